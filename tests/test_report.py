@@ -65,3 +65,15 @@ def test_persistence_table_shows_first_and_last_checkpoint(runs_tmp):
     )
     assert expected in text
     assert expected in report.write_summary(profile).read_text()
+
+
+def test_reward_section(runs_tmp):
+    profile = get_profile("ci")
+    assert "run notebook 04" in report.reward_markdown(profile)
+    acc = {"all": 0.9, "n": 100, "hostile": 1.0, "off_topic": 0.6}
+    record = {"pairwise_accuracy": acc, "n_train_pairs": 300, "hate_below_helpful": 0.98, "n_hate": 100,
+              "train_time_s": 300.0}  # fmt: skip
+    (runs_tmp / "ci").mkdir(parents=True)
+    (runs_tmp / "ci" / report.REWARD_FILE).write_text(json.dumps(record))
+    text = report.reward_markdown(profile)
+    assert "**90.0% [82.6, 94.5]**" in text and "off_topic 60%" in text and "5.0 min" in text

