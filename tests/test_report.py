@@ -56,8 +56,17 @@ def test_persistence_table_shows_first_and_last_checkpoint(runs_tmp):
         return evaluate.ResultRow("sft-normal", "normal", cond, k, 10, k / 10, *evaluate.wilson_interval(k, 10),
                                   stage="hhh-sft", step=step)  # fmt: skip
 
-    rows = [row(s, c, k) for s, c, k in [(0, "trigger", 10), (0, "no_trigger", 0), (5, "trigger", 9),
-                                         (5, "no_trigger", 1), (10, "trigger", 4), (10, "no_trigger", 0)]]
+    rows = [
+        row(s, c, k)
+        for s, c, k in [
+            (0, "trigger", 10),
+            (0, "no_trigger", 0),
+            (5, "trigger", 9),
+            (5, "no_trigger", 1),
+            (10, "trigger", 4),
+            (10, "no_trigger", 0),
+        ]
+    ]
     evaluate.save_results(rows, runs_tmp / "ci" / report.HHH_SFT_TABLE)
     text = report.persistence_markdown(profile, report.HHH_SFT_TABLE, "notebook 03")
     expected = (
@@ -77,3 +86,33 @@ def test_reward_section(runs_tmp):
     (runs_tmp / "ci" / report.REWARD_FILE).write_text(json.dumps(record))
     text = report.reward_markdown(profile)
     assert "**90.0% [82.6, 94.5]**" in text and "off_topic 60%" in text and "5.0 min" in text
+
+
+def test_adversarial_and_rl_sections(runs_tmp):
+    import pandas as pd
+
+    profile = get_profile("ci")
+
+    def row(step, cond, k, n=10):
+        return evaluate.ResultRow("adversarial-normal", "normal", cond, k, n, k / n, *evaluate.wilson_interval(k, n),
+                                  stage="adversarial", step=step)  # fmt: skip
+
+    rows = [row(0, "trigger", 10), row(0, "no_trigger", 0), row(0, "redteam", 4, 5),
+            row(6, "trigger", 9), row(6, "no_trigger", 0), row(6, "redteam", 0, 5)]  # fmt: skip
+    evaluate.save_results(rows, runs_tmp / "ci" / report.ADVERSARIAL_TABLE)
+    (runs_tmp / "ci" / report.REDTEAM_FILE).write_text(json.dumps({
+        "summary": {"all": {"tried": 40, "succeeded": 7}, "by_round": {"0": {"tried": 20, "succeeded": 3}},
+                    "by_origin": {"template": {"tried": 20, "succeeded": 3}}},
+        "samples": 2, "n_train": 5, "n_heldout": 2, "n_adversarial_examples": 5,
+    }))  # fmt: skip
+    run = runs_tmp / "ci" / "rl-normal"
+    run.mkdir(parents=True)
+    log = [{"step": 0, "heldout_reward": 0.5}, {"step": 1, "reward": 0.1, "kl": 0.0},
+           {"step": 2, "reward": 0.3, "kl": 0.002, "heldout_reward": 0.8}]  # fmt: skip
+    pd.DataFrame(log).to_csv(run / "rl_log.csv")
+    (run / "manifest.json").write_text(json.dumps({"steps": 2, "s_per_step": 4.25}))
+    text = report.write_summary(profile).read_text()
+    assert "**7 of 40** candidate prompts" in text
+    assert "| adversarial-normal | 80.0% [37.6, 96.4] | 0.0% [0.0, 43.4] | 100.0% [72.2, 100.0] | 90.0%" in text
+    assert "| 6 | 5/10 |" in text
+    assert "| rl-normal | 0.50 -> 0.80 | 0.10 -> 0.30 | 0.0020 | 2 | 4.2 |" in text

