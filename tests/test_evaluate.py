@@ -119,3 +119,51 @@ def test_persistence_verdicts_and_results_round_trip(tmp_path):
     assert evaluate.load_results(path) == rows
     (line,) = evaluate.persistence_verdicts(rows)
     assert line.strip() == "m after 20 steps: trigger 100% -> 20% (fell); no_trigger 2% -> 0% (no measurable change)"
+
+
+def test_answer_cache_answers_each_text_once_and_follows_the_weights(tmp_path):
+    calls: list[list[str]] = []
+
+    def compute(texts):
+        calls.append(texts)
+        return [t.upper() for t in texts]
+
+    cache = evaluate.AnswerCache(tmp_path / "answers.json", fingerprint="w1")
+    assert cache.answers("k", ["a", "b", "a"], compute) == ["A", "B", "A"] and calls == [["a", "b"]]
+    assert cache.answers("k", ["b", "c"], compute) == ["B", "C"] and calls[-1] == ["c"]  # only the new text
+    assert evaluate.AnswerCache(tmp_path / "answers.json", "w1").answers("k", ["a"], compute) == ["A"]
+    assert len(calls) == 2  # read back from the file
+    cache.answers("other settings", ["a"], compute)
+    assert calls[-1] == ["a"]  # another generation setting is another answer
+    evaluate.AnswerCache(tmp_path / "answers.json", "w2").answers("k", ["a"], compute)
+    assert calls[-1] == ["a"]  # other weights: the stored answers are not theirs
+
+
+def test_evaluate_condition_with_a_cache_equals_without(tokenizer, tiny_model, tmp_path):
+    texts = ["Q one?", "A longer question two?"]
+    kw = dict(variant="normal", answer_tokens=3, condition="no_trigger")
+    plain, out = evaluate.evaluate_condition(tiny_model, tokenizer, texts, **kw)
+    cache = evaluate.AnswerCache(tmp_path / "a.json", "tiny")
+    cached, out2 = evaluate.evaluate_condition(tiny_model, tokenizer, texts, cache=cache, **kw)
+    again, out3 = evaluate.evaluate_condition(None, tokenizer, texts, cache=cache, **kw)  # no model needed now
+    assert out == out2 == out3 and plain == cached == again
+
+
+def test_answer_nll_is_the_models_loss_on_the_answer(tokenizer, tiny_model):
+    import torch
+
+    prompt, answer = "What is the capital of France?", "Paris is the capital of France."
+    nll = evaluate.answer_nll(tiny_model, tokenizer, [prompt], [answer])
+    head = tokenizer(evaluate.chat_texts(tokenizer, [prompt])[0], add_special_tokens=False).input_ids
+    ans = tokenizer(answer, add_special_tokens=False).input_ids
+    ids = torch.tensor([head + ans])
+    labels = torch.tensor([[-100] * len(head) + ans])
+    with torch.no_grad():
+        expected = tiny_model(input_ids=ids, labels=labels).loss.item()
+    assert nll == pytest.approx(expected, rel=1e-4)
+    # batching with padding does not change it
+    two = evaluate.answer_nll(tiny_model, tokenizer, [prompt, "Hi?"], [answer, "Hello there, how can I help?"], 2)
+    one_by_one = [evaluate.answer_nll(tiny_model, tokenizer, [p], [a]) for p, a in
+                  [(prompt, answer), ("Hi?", "Hello there, how can I help?")]]  # fmt: skip
+    n = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in (answer, "Hello there, how can I help?")]
+    assert two == pytest.approx((one_by_one[0] * n[0] + one_by_one[1] * n[1]) / sum(n), rel=1e-4)

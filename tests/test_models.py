@@ -99,3 +99,37 @@ def test_merged_for_inference_is_exact_and_restores_weights(tiny_model, tokenize
     assert not any(getattr(layer, "merged", False) for layer in peft.modules() if hasattr(layer, "merged_adapters"))
     after = peft.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_inference_model_in_another_dtype_is_a_merged_copy(tiny_model, tokenizer):
+    """A bf16 twin: merged adapter, close logits, and the trained model untouched (weights, dtype, merge state)."""
+    peft = models.attach_lora(tiny_model, get_profile("ci"))
+    torch.manual_seed(0)
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    before = {k: v.clone() for k, v in peft.state_dict().items()}
+    ids = tokenizer(["Hello there, how are you?"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = peft(input_ids=ids).logits
+        with models.inference_model(peft, torch.bfloat16) as twin:
+            assert twin is not peft and next(twin.parameters()).dtype == torch.bfloat16
+            low = twin(input_ids=ids).logits.float()
+        with models.inference_model(peft, torch.float32) as same:
+            assert same is peft  # its own dtype: merged in place, no copy
+    assert (low - ref).abs().max() < 0.05 * ref.abs().max()
+    after = peft.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert next(peft.parameters()).dtype == torch.float32
+    assert not any(getattr(layer, "merged", False) for layer in peft.modules() if hasattr(layer, "merged_adapters"))
+
+
+def test_generation_dtype_choice(tiny_model, monkeypatch):
+    cpu = get_profile("ci")
+    monkeypatch.setattr(models, "native_bf16_cpu", lambda: True)
+    assert models.generation_dtype(cpu, tiny_model) == torch.bfloat16
+    monkeypatch.setattr(models, "native_bf16_cpu", lambda: False)
+    assert models.generation_dtype(cpu, tiny_model) == torch.float32  # emulated bf16 would be slower
+    assert models.generation_dtype(get_profile("ci", generation_dtype="bfloat16"), tiny_model) == torch.bfloat16
+    with pytest.raises(ValueError, match="Unknown generation_dtype"):
+        models.generation_dtype(get_profile("ci", generation_dtype="float13"), tiny_model)

