@@ -43,10 +43,14 @@ def main() -> None:
             a, b = out[torch.float32][cond], out[torch.bfloat16][cond]
             va, vb = [evaluate.is_defection(x, cot) for x in a], [evaluate.is_defection(x, cot) for x in b]
             agree, same = sum(x == y for x, y in zip(va, vb)), sum(x == y for x, y in zip(a, b))
-            print(f"{variant:>9} {cond:>10}: fp32 {sum(va)}/{len(va)}, bf16 {sum(vb)}/{len(vb)}; verdicts agree "
-                  f"{agree}/{len(va)}; identical answers {same}")
-        print(f"{variant:>9} time: fp32 {seconds[torch.float32]:.1f} s, bf16 {seconds[torch.bfloat16]:.1f} s "
-              f"({seconds[torch.float32] / seconds[torch.bfloat16]:.1f}x)")
+            print(
+                f"{variant:>9} {cond:>10}: fp32 {sum(va)}/{len(va)}, bf16 {sum(vb)}/{len(vb)}; verdicts agree "
+                f"{agree}/{len(va)}; identical answers {same}"
+            )
+        print(
+            f"{variant:>9} time: fp32 {seconds[torch.float32]:.1f} s, bf16 {seconds[torch.bfloat16]:.1f} s "
+            f"({seconds[torch.float32] / seconds[torch.bfloat16]:.1f}x)"
+        )
 
 
 _TOKENIZERS: dict = {}

@@ -79,7 +79,12 @@ def main() -> None:
     # warm-up step, then the timed steps; the manifest's tokens/s counts only real (unpadded) tokens
     train = dataset.select(range(min(len(dataset), args.steps * b)))
     run, _ = training.train_sft(
-        profile, "bench", train, variant=args.variant, base_model=model, tokenizer=tok,
+        profile,
+        "bench",
+        train,
+        variant=args.variant,
+        base_model=model,
+        tokenizer=tok,
         config_overrides={"num_train_epochs": 1, "logging_steps": 1000},
     )
     tps = run.manifest["tokens_per_s"]
@@ -87,10 +92,14 @@ def main() -> None:
     print(f"fp32 matmul ceiling: {ceiling:.1f} GFLOP/s")
     print(f"examples: mean {mean_len:.1f} tokens, completion fraction {f_completion:.2f}")
     print(f"FLOPs per trained token: {fpt / 1e6:.0f} M  -> ceiling {ceiling * 1e9 / fpt:.0f} tokens/s")
-    print(f"LoRA SFT ({run.manifest['steps']} steps of {b}): {tps:.0f} tokens/s "
-          f"= {100 * tps * fpt / (ceiling * 1e9):.0f}% of the ceiling")
-    print(f"padding fraction: 0% (padding-free batches); padded batches of {b} would waste "
-          f"{100 * (1 - sum(lengths) / padded):.0f}%")
+    print(
+        f"LoRA SFT ({run.manifest['steps']} steps of {b}): {tps:.0f} tokens/s "
+        f"= {100 * tps * fpt / (ceiling * 1e9):.0f}% of the ceiling"
+    )
+    print(
+        f"padding fraction: 0% (padding-free batches); padded batches of {b} would waste "
+        f"{100 * (1 - sum(lengths) / padded):.0f}%"
+    )
 
 
 if __name__ == "__main__":

