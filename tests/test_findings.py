@@ -27,7 +27,7 @@ def test_comparison_rule():
 
 
 def test_persistence_verdicts_follow_the_written_rules(runs_tmp):
-    profile = get_profile("ci")
+    profile = get_profile("ci", variants=("normal", "cot", "distilled"))  # the cpu profile's three
     trig = lambda k0, k1: {0: {"trigger": (k0, 100)}, 20: {"trigger": (k1, 100)}}  # noqa: E731
     _save(runs_tmp, report.HHH_SFT_TABLE,
           _rows("sft-normal", "normal", "hhh-sft", trig(100, 37)) + _rows("sft-cot", "cot", "hhh-sft", trig(100, 0))

