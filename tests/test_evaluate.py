@@ -224,3 +224,20 @@ def test_transposed_linears_compute_the_same_and_are_undone(tiny_model):
     half = tiny_model.to(torch.bfloat16)
     with transposed_linears(half):
         assert not any("forward" in vars(m) for m in half.modules())  # float32 only
+
+
+def test_preallocated_cache_sees_what_a_dynamic_cache_sees(tokenizer, tiny_model):
+    import torch
+
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.no_grad():
+        prefix = tiny_model(ids[:, :3], use_cache=True).past_key_values
+        cache = evaluate.preallocated_cache(prefix, rows=2, capacity=6)
+        prefix = tiny_model(ids[:, :3], use_cache=True).past_key_values
+        prefix.batch_repeat_interleave(2)  # the DynamicCache way
+        step = ids[:, 3:].repeat(2, 1)
+        mine, theirs = (tiny_model(step, past_key_values=kv, use_cache=True).logits for kv in (cache, prefix))
+        assert torch.equal(mine, theirs) and cache.get_seq_length() == 5
+        assert all(torch.equal(a.keys, b.keys) for a, b in zip(cache.layers, prefix.layers))
+        with pytest.raises(ValueError, match="full"):
+            tiny_model(step, past_key_values=cache, use_cache=True)  # 5 + 2 > 6 positions
