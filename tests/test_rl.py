@@ -49,6 +49,15 @@ def test_grpo_settings(tokenizer, tmp_path):
     assert args.max_completion_length > profile.rl_completion_tokens  # room for the scratchpad
     assert rl.grpo_config(profile, tmp_path, "normal", tokenizer).max_completion_length == profile.rl_completion_tokens
     assert not args.gradient_checkpointing and args.max_steps == profile.rl_steps
+    assert args.seed == profile.seed
+    other = rl.grpo_config(profile, tmp_path, "cot", tokenizer, seed=profile.seed + 3)
+    assert other.seed == other.data_seed == profile.seed + 3  # the seed study's runs sample differently
+
+
+def test_another_rl_seed_is_another_run():
+    profile = get_profile("ci")
+    assert rl.rl_run_name(profile, "cot") == rl.rl_run_name(profile, "cot", profile.seed) == "rl-cot"
+    assert rl.rl_run_name(profile, "cot", profile.seed + 1) == f"rl-cot-seed{profile.seed + 1}"
 
 
 def test_rl_log_merges_training_and_checkpoint_rewards():
