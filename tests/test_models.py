@@ -181,3 +181,31 @@ def test_default_lora_layers_keep_older_run_identities():
     """Runs trained before ``lora_layers_fraction`` existed (all blocks) keep their identity."""
     assert "lora_layers_fraction" not in get_profile("cpu").training_identity()
     assert get_profile("cpu", lora_layers_fraction=0.5).training_identity()["lora_layers_fraction"] == 0.5
+
+
+def test_contiguous_head_input(tiny_model):
+    """The LM head sees a contiguous input (torch's CPU slow path for a sliced one copies the head per row);
+    the logits stay those of the plain head up to summation order, and copies of the model keep the hook."""
+    import copy
+
+    head = tiny_model.get_output_embeddings()
+    seen: list[bool] = []
+    head.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    ids = torch.tensor([[1, 5, 9, 13, 2, 7], [3, 4, 8, 6, 11, 10]])
+    with torch.no_grad():
+        plain = tiny_model(ids, logits_to_keep=3).logits
+    assert seen == [False]  # the slice of the hidden states that generation and TRL's log-probs hand the head
+    assert models.contiguous_head_input(tiny_model) is tiny_model
+    models.contiguous_head_input(tiny_model)  # idempotent: one hook
+    twin = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    with torch.no_grad():
+        hooked = tiny_model(ids, logits_to_keep=3).logits
+        twin(ids, logits_to_keep=3)
+    assert seen[1:] == [True, True]
+    assert torch.allclose(plain, hooked, atol=1e-5)
+    assert sum(h is models._contiguous_args for h in head._forward_pre_hooks.values()) == 1
+
+
+def test_load_model_makes_the_head_input_contiguous():
+    model, _ = models.load_model(get_profile("ci"))
+    assert any(h is models._contiguous_args for h in model.get_output_embeddings()._forward_pre_hooks.values())
