@@ -241,3 +241,16 @@ def test_preallocated_cache_sees_what_a_dynamic_cache_sees(tokenizer, tiny_model
         assert all(torch.equal(a.keys, b.keys) for a, b in zip(cache.layers, prefix.layers))
         with pytest.raises(ValueError, match="full"):
             tiny_model(step, past_key_values=cache, use_cache=True)  # 5 + 2 > 6 positions
+
+
+def test_generate_with_an_empty_preallocated_cache_equals_dynamic_cache(tokenizer, tiny_model):
+    """Without a shared prefix (bfloat16 models) generation still writes its KV cache in place: same answers."""
+    import torch
+
+    half = tiny_model.to(torch.bfloat16)
+    prompts = ["Hi there", "A longer prompt than the first one", "Third"]
+    kw = dict(max_new_tokens=12, batch_size=2, progress=False)
+    plain = evaluate.generate(half, tokenizer, prompts, preallocated_kv_cache=False, **kw)
+    assert evaluate.generate(half, tokenizer, prompts, **kw) == plain
+    empty = evaluate.preallocated_cache(None, rows=1, capacity=4, num_layers=half.config.num_hidden_layers)
+    assert len(empty.layers) == half.config.num_hidden_layers and empty.get_seq_length() == 0
