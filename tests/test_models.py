@@ -285,3 +285,27 @@ def test_varlen_sdpa_attends_in_float32_when_training_under_autocast(tokenizer):
     assert torch.allclose(logits.float(), reference, atol=0.1)  # bf16 matmuls elsewhere
     logits.float().sum().backward()
     assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
+
+
+def test_inference_model_copy_runs_its_own_weights_inside_a_trainer(tiny_model, tokenizer):
+    """TRL's trainers give the model an instance ``forward`` that closes over the original model (its fused LM
+    head), and accelerate wraps the PEFT model's: the bf16 copy must still compute with its own merged weights,
+    not call the original's (which cost 3x the matmuls)."""
+    from accelerate import Accelerator
+    from trl.trainer.utils import add_fused_lm_head
+
+    add_fused_lm_head(tiny_model)  # as TRL's SFTTrainer and GRPOTrainer do, before PEFT
+    peft = models.attach_lora(tiny_model, get_profile("ci"))
+    prepared = Accelerator(cpu=True, mixed_precision="bf16").prepare_model(peft)
+    ids = tokenizer(["Hello there, how are you?"], return_tensors="pt").input_ids
+    with models.frozen_weights_cast_once(prepared), models.inference_model(prepared, torch.bfloat16) as twin:
+        calls = []
+        prepared.get_base_model().lm_head.register_forward_pre_hook(lambda *a: calls.append(1))
+        assert "forward" not in vars(twin)
+        assert not any(getattr(h, "_cast_once", False) for m in twin.modules() for h in m._forward_pre_hooks.values())
+        with torch.no_grad():
+            twin(input_ids=ids)
+        assert calls == []  # the original model was not run
+        with torch.no_grad():
+            prepared(input_ids=ids)
+        assert calls == [1]  # (the hook itself works)
