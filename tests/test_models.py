@@ -334,6 +334,11 @@ def test_inference_model_reuses_its_copy_with_the_current_weights(tiny_model, to
     another model, another dtype or a changed set of adapters gets a new copy."""
     import copy
 
+    plain = copy.deepcopy(tiny_model)  # a model without adapters (the base model) is copied and refreshed too
+    with torch.no_grad(), models.inference_model(plain, torch.bfloat16) as low:
+        assert next(low.parameters()).dtype == torch.bfloat16
+    with torch.no_grad(), models.inference_model(plain, torch.bfloat16) as again:
+        assert again is low
     peft = models.attach_lora(tiny_model, get_profile("ci"))
     with torch.no_grad():
         with models.inference_model(peft, torch.bfloat16) as first:
