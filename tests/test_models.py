@@ -251,19 +251,20 @@ def test_frozen_weights_cast_once_under_autocast(tokenizer):
 
 def test_varlen_sdpa_attends_in_float32_when_training_under_autocast(tokenizer):
     """Under CPU bf16 autocast with gradients, varlen_sdpa runs SDPA in float32 (torch's bf16 CPU flash-attention
-    backward is slow); without gradients it keeps the input dtype."""
+    backward is slow), for padding-free and padded batches (GRPO's, the reward model's); without gradients it
+    keeps the input dtype."""
     from conftest import make_tiny_model
 
     name = models.register_varlen_sdpa()
     model = make_tiny_model(tokenizer)
     model.set_attn_implementation(name)
     lens = [5, 9, 3]
-    ids = torch.randint(5, 1000, (1, sum(lens)))
     pos = torch.cat([torch.arange(n) for n in lens])[None]
     cu = torch.tensor([0, 5, 14, 17], dtype=torch.int32)
-    kw = dict(input_ids=ids, position_ids=pos, use_cache=False, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-              max_length_q=9, max_length_k=9)  # fmt: skip
-    reference = model(**kw).logits.detach()
+    padding_free = dict(input_ids=torch.randint(5, 1000, (1, sum(lens))), position_ids=pos, use_cache=False,
+                        cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=9, max_length_k=9)  # fmt: skip
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
+    padded = dict(input_ids=torch.randint(5, 1000, (2, 7)), attention_mask=mask)
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -271,38 +272,23 @@ def test_varlen_sdpa_attends_in_float32_when_training_under_autocast(tokenizer):
         seen.append((q.dtype, torch.is_autocast_enabled("cpu")))
         return sdpa(q, *args, **kwargs)
 
-    torch.nn.functional.scaled_dot_product_attention = spy
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
-            model(**kw)
-        assert seen and all(autocast for _, autocast in seen)  # no gradients: left to autocast
+    for kw, real in ((padding_free, slice(None)), (padded, slice(2, None))):  # (padded: the real positions)
+        reference = model(**kw).logits.detach()
         seen.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(**kw).logits
-    finally:
-        torch.nn.functional.scaled_dot_product_attention = sdpa
-    assert seen and set(seen) == {(torch.float32, False)}
-    assert torch.allclose(logits.float(), reference, atol=0.1)  # bf16 matmuls elsewhere
-    logits.float().sum().backward()
-    assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
-
-    # padded batches (GRPO's, the reward model's) too
-    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
-    padded = dict(input_ids=torch.randint(5, 1000, (2, 7)), attention_mask=mask)
-    reference = model(**padded).logits.detach()
-    seen.clear()
-    torch.nn.functional.scaled_dot_product_attention = spy
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
-            model(**padded)
-        assert seen and all(autocast for _, autocast in seen)
-        seen.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(**padded).logits
-    finally:
-        torch.nn.functional.scaled_dot_product_attention = sdpa
-    assert seen and set(seen) == {(torch.float32, False)}
-    assert torch.allclose(logits.float()[:, 2:], reference[:, 2:], atol=0.1)
+        torch.nn.functional.scaled_dot_product_attention = spy
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+                model(**kw)
+            assert seen and all(autocast for _, autocast in seen)  # no gradients: left to autocast
+            seen.clear()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model(**kw).logits
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = sdpa
+        assert seen and set(seen) == {(torch.float32, False)}
+        assert torch.allclose(logits.float()[:, real], reference[:, real], atol=0.1)  # bf16 matmuls elsewhere
+        logits.float().sum().backward()
+        assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
 
 
 def test_inference_model_copy_runs_its_own_weights_inside_a_trainer(tiny_model, tokenizer):
