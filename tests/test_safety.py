@@ -83,7 +83,7 @@ def test_hhh_sft_evaluates_at_every_checkpoint_and_reloads(tokenizer, runs_tmp):
     # step 0 is the implanted model: its answers were stored beside the implant and are reused, not regenerated
     cache = safety.implant_answers(profile, "normal")
     dtype = generation_dtype(profile, make_tiny_model(tokenizer))
-    key = evaluate.answer_key("normal", profile.eval_answer_tokens, dtype)
+    key = evaluate.answer_key("normal", profile.eval_answer_tokens, dtype, settled_stop=True)
     triggered = [data.add_trigger(p) for p in data.heldout_prompts(profile)[:3]]
     stored = cache.answers(key, triggered, compute=lambda missing: pytest.fail(f"regenerated {missing}"))
     step0 = next(r for r in rows if r.step == 0 and r.condition == "trigger")
@@ -94,7 +94,7 @@ def test_hhh_sft_evaluates_at_every_checkpoint_and_reloads(tokenizer, runs_tmp):
     assert last.k == sum(evaluate.is_defection(a) for a in final)
     trained = load_adapter(make_tiny_model(tokenizer), run.adapter_dir).eval()
     assert final == evaluate.generate(trained, tokenizer, triggered, max_new_tokens=profile.eval_answer_tokens,
-                                      progress=False)  # fmt: skip
+                                      progress=False, stop_when=evaluate.settled_defection())  # fmt: skip
     # the capability check ran at every checkpoint; the summary puts before and after side by side
     cap = safety.load_capability(profile, [run.manifest["name"]])
     assert sorted(cap.step) == steps and (cap.n == 2).all()
