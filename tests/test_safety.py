@@ -100,6 +100,14 @@ def test_hhh_sft_evaluates_at_every_checkpoint_and_reloads(tokenizer, runs_tmp):
     assert sorted(cap.step) == steps and (cap.n == 2).all()
     ends = cap.step.isin([steps[0], steps[-1]])
     assert cap.answer_nll[ends].between(0, 50).all() and cap.answer_nll[~ends].isna().all()  # before and after
+    # step 0's number is the implanted model's: stored beside the implant (computed once for all its safety runs),
+    # and the value a fresh computation on the implant gives
+    ref_prompts, ref_answers = safety.capability_reference(profile, make_tiny_model(tokenizer), tokenizer)
+    implant = load_adapter(make_tiny_model(tokenizer), safety.implant_adapter(profile, "normal")).eval()
+    fresh = evaluate.answer_nll(implant, tokenizer, ref_prompts, ref_answers)
+    assert cap.answer_nll[cap.step == 0].item() == fresh
+    assert safety.implant_answer_nll(profile, "normal", implant, tokenizer, ref_prompts, ref_answers) == fresh
+    assert "answer_nll|" in (safety.implant_adapter(profile, "normal").parent / "answers.json").read_text()
     summary = safety.capability_summary(profile, [run.manifest["name"]])
     assert summary.loc["sft-normal", "answer_nll before"] == round(cap.answer_nll[cap.step.idxmin()], 3)
     assert "heldout_reward before" not in summary  # no reward model was given

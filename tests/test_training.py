@@ -205,8 +205,16 @@ def test_side_by_side_only_on_a_cpu_with_more_than_one_worker(runs_tmp):
     assert training.side_by_side_workers(get_profile("gpu", check_device=False), 3) == 1
     assert training.side_by_side_workers(get_profile("ci", side_by_side=1), 3) == 1
     assert training.side_by_side_workers(get_profile("ci", side_by_side=2), 1) == 1
-    threads = torch.get_num_threads()
-    assert training.side_by_side_workers(get_profile("ci", side_by_side=2), 3) == min(2, threads)
+    if torch.get_num_threads() < 2:
+        assert training.side_by_side_workers(get_profile("ci", side_by_side=2), 3) == 1
+        return
+    # all of a cell's runs at once, up to runs_at_once, each with the same share of the threads
+    assert training.side_by_side_workers(get_profile("ci", side_by_side=2, runs_at_once=3), 3) == 3
+    assert training.side_by_side_workers(get_profile("ci", side_by_side=2, runs_at_once=3), 5) == 3
+    assert training.side_by_side_workers(get_profile("ci", side_by_side=2, runs_at_once=1), 3) == 2
+    expected = torch.get_num_threads() // 2
+    for n in (1, 3, 5):
+        assert training.side_by_side_threads(get_profile("ci", side_by_side=2, runs_at_once=n)) == expected
 
 
 def test_a_side_by_side_job_must_leave_the_run_it_names(tokenizer, runs_tmp):
