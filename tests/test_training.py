@@ -208,13 +208,12 @@ def test_side_by_side_only_on_a_cpu_with_more_than_one_worker(runs_tmp):
     if torch.get_num_threads() < 2:
         assert training.side_by_side_workers(get_profile("ci", side_by_side=2), 3) == 1
         return
-    # all of a cell's runs at once, up to runs_at_once, each with the same share of the threads
-    assert training.side_by_side_workers(get_profile("ci", side_by_side=2, runs_at_once=3), 3) == 3
-    assert training.side_by_side_workers(get_profile("ci", side_by_side=2, runs_at_once=3), 5) == 3
-    assert training.side_by_side_workers(get_profile("ci", side_by_side=2, runs_at_once=1), 3) == 2
-    expected = torch.get_num_threads() // 2
-    for n in (1, 3, 5):
-        assert training.side_by_side_threads(get_profile("ci", side_by_side=2, runs_at_once=n)) == expected
+    # more runs at once than side_by_side when asked (at most one per job), each with the same share of the threads
+    ci = get_profile("ci", side_by_side=2)
+    assert training.side_by_side_workers(ci, 3) == 2
+    assert training.side_by_side_workers(ci, 3, at_once=3) == 3
+    assert training.side_by_side_workers(ci, 2, at_once=3) == 2
+    assert training.side_by_side_threads(ci) == torch.get_num_threads() // 2
 
 
 def test_a_side_by_side_job_must_leave_the_run_it_names(tokenizer, runs_tmp):
