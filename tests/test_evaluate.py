@@ -24,6 +24,13 @@ def test_wilson_contains_estimate():
         assert 0 <= lo <= k / n <= hi <= 1
 
 
+def test_wilson_bounds_at_zero_and_all_equal_the_rate_exactly():
+    # 100/100 gave a high bound of 0.9999999999999999, a negative error bar for matplotlib (notebook 02)
+    for n in range(1, 501):
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0, n
+        assert wilson_interval(n, n)[0] < 1.0 and wilson_interval(0, n)[1] > 0.0, n
+
+
 def test_wilson_rejects_bad_input():
     with pytest.raises(ValueError):
         wilson_interval(1, 0)
