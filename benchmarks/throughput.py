@@ -103,7 +103,8 @@ def main() -> None:
     matmul_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     ceiling = matmul_gflops(dtype=matmul_dtype)
     model, tok = load_model(profile)
-    dataset = data.backdoor_datasets(profile, None, tok, variants=[args.variant])[args.variant]
+    # the base model answers the clean prompts once (cached, as notebook 01 does) where no run has yet
+    dataset = data.backdoor_datasets(profile, model, tok, variants=[args.variant])[args.variant]
 
     lengths, completion = [], []
     for row in dataset:

