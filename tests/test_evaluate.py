@@ -383,3 +383,13 @@ def test_grouped_prefill_gives_the_same_answers_and_cache_as_one_padded_batch(to
         assert torch.allclose(a.keys * seen, b.keys * seen, atol=1e-5)
         assert torch.allclose(a.values * seen, b.values * seen, atol=1e-5)
         assert torch.isfinite(a.keys).all() and torch.isfinite(a.values).all()  # hidden positions hold zeros
+    # a row with no token but its last leaves only hidden positions, which hold zeros, not uninitialised memory
+    with torch.no_grad():
+        cache = evaluate.preallocated_cache(prefix, 2, k + 6)
+        for layer in cache.layers:
+            for buffer in layer.buffers:
+                buffer[:, :, k:] = float("nan")
+        evaluate.prefill_rows(tiny_model, cache, prefix, k, [rest[0][-1:], rest[0][:4]], pad, torch.device("cpu"))
+    assert cache.get_seq_length() == k + 3
+    assert all(torch.isfinite(x).all() and not x[0, :, k:].any() for layer in cache.layers
+               for x in (layer.keys, layer.values))  # fmt: skip
