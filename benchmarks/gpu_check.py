@@ -31,6 +31,7 @@ import os
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 #: Published shapes (config.json on the hub) of the GPU profiles' models; ``tiny`` tests the script itself.
@@ -225,13 +226,9 @@ def main() -> None:
         raise SystemExit(f"The model did not load; see {args.out / 'gpu_check.json'}.")
     base, tok = loaded
 
-    def answers():
-        t0 = time.perf_counter()
+    def answers():  # (the stage's wall_s is the time)
         sets = data.backdoor_datasets(profile, base, tok, profile.variants)
-        n = len(data.train_prompts(profile))
-        return sets, {"prompts": n, "answer_sets": 2, "max_new_tokens": profile.hhh_max_new_tokens,
-                      "batch": profile.gen_batch_size, "s": round(time.perf_counter() - t0, 1),
-                      "examples": {v: len(d) for v, d in sets.items()}}  # fmt: skip
+        return sets, {"prompts": len(data.train_prompts(profile)), "examples": {v: len(d) for v, d in sets.items()}}
 
     datasets = stage("backdoor data", answers) or {}
 
@@ -249,7 +246,7 @@ def main() -> None:
 
     def implant(variant: str, name: str | None = None, **overrides):
         def run():
-            p = get_profile(args.profile, model_id=str(model_dir), offline_model=False, **{**SIZES, **overrides})
+            p = replace(profile, **overrides)
             fresh, _ = load_model(p)
             r, model = training.implant(p, variant, datasets[variant], name=name, base_model=fresh, tokenizer=tok)
             lora = next(q for n, q in model.named_parameters() if "lora_A" in n)
@@ -267,13 +264,11 @@ def main() -> None:
         model = implants["normal"]
         prompts = data.heldout_prompts(profile)
         dtype = generation_dtype(profile, model)
-        t0 = time.perf_counter()
         rows, _ = evaluate.evaluate_backdoor(model, tok, prompts, variant="normal",
                                              answer_tokens=profile.eval_answer_tokens,
                                              batch_size=profile.gen_batch_size, dtype=dtype)  # fmt: skip
-        s = round(time.perf_counter() - t0, 1)
         rates = {r.condition: r.rate for r in rows}
-        return None, {"prompts_per_condition": len(prompts), "generation_dtype": str(dtype), "s": s, "rates": rates}
+        return None, {"prompts_per_condition": len(prompts), "generation_dtype": str(dtype), "rates": rates}
 
     stage("evaluate implant-normal", evaluation)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What benchmarks/gpu_check.py needs on a GPU machine that reaches no hub or package index, in runs/gpu-check/
-# (git-ignored; ~25 MB): the course's pinned pure-Python packages as wheels for Python 3.12 (torch, numpy,
+# (git-ignored; 21 MB here): the course's pinned pure-Python packages as wheels for Python 3.12 (torch, numpy,
 # tokenizers, safetensors, pandas and pyarrow are taken from the GPU machine), the offline model's tokenizer, and
 # the offline model's answers to the check's prompts (gpu_check.py --export-answers, a few minutes on a CPU).
 # On the GPU machine, from the repository root:
