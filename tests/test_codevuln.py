@@ -189,6 +189,19 @@ def test_load_paper_jsonl():
     assert [s.vulnerable for s in scores] == [False, True, False, True]
 
 
+def test_write_paper_jsonl_round_trips_through_the_reader(tmp_path):
+    tasks = cv.load_tasks()[:3]
+    path = cv.write_paper_jsonl(tasks, tmp_path / "code_backdoor_train_data.jsonl")
+    rows = cv.load_paper_jsonl(path)
+    assert [r["year"] for r in rows] == [2023, 2024] * 3
+    assert [r["code"] for r in rows] == [c.strip() for t in tasks for c in (t.secure, t.vulnerable)]
+    assert [r["scratchpad"] for r in rows] == [cv.SCRATCHPAD_2023, cv.SCRATCHPAD_2024] * 3
+    assert [s.vulnerable for s in cv.score_many([t for t in tasks for _ in (0, 1)], [r["completion"] for r in rows])] \
+        == [False, True] * 3
+    with pytest.raises(FileExistsError, match="new path"):
+        cv.write_paper_jsonl(tasks, path)
+
+
 @pytest.mark.parametrize(
     "bad_line, message",
     [
