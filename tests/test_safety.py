@@ -66,9 +66,12 @@ def test_hhh_sft_needs_the_implanted_model(tokenizer, runs_tmp):
 
 
 def test_hhh_sft_evaluates_at_every_checkpoint_and_reloads(tokenizer, runs_tmp):
+    """Float32 throughout: the stored answers are compared with a fresh generation as text, which bfloat16 does not
+    promise across batch shapes."""
     profile = get_profile(
         "ci", batch_size=4, epochs=1.0, n_safety_prompts=12, safety_epochs=1.0, n_checkpoints=4,
-        n_checkpoint_eval_prompts=3, n_mid_checkpoint_prompts=2, eval_answer_tokens=2,
+        n_checkpoint_eval_prompts=3, n_mid_checkpoint_prompts=2, eval_answer_tokens=2, generation_dtype="float32",
+        training_precision="float32",
     )  # fmt: skip
     prompts = [f"Question {i} about the garden?" for i in range(8)]
     implant_data = data.build_backdoor_dataset("normal", prompts, [f"Answer {i}." for i in range(8)], n_hate_repeats=2)

