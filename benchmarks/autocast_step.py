@@ -1,5 +1,5 @@
-"""One LoRA training step of the profile's model in float32 and under CPU bfloat16 autocast: the gain autocast would
-bring to training (not what the course uses yet; see benchmarks/NOTES.md).
+"""One LoRA training step of the profile's model in float32 and under CPU bfloat16 autocast: the gain autocast
+brings to a plain training step (measured: benchmarks/NOTES.md).
 
     python benchmarks/autocast_step.py --profile cpu [--batch 8] [--length 78] [--steps 3]
 

@@ -56,7 +56,7 @@ def main() -> None:
         "threads": os.cpu_count(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    # the unit tests' and the notebooks' pytest summaries ("... passed ... in 88.61s"), in the order make runs them
+    # the unit tests' and the notebooks' pytest summaries ("... passed ... in <seconds>s"), in the order make runs them
     pytest_s = [float(x) for x in re.findall(r"passed.* in ([0-9.]+)s", proc.stdout + proc.stderr)]
     if len(pytest_s) == 2:
         result["unit_tests_s"], result["notebooks_s"] = pytest_s

