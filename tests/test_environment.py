@@ -19,3 +19,10 @@ def test_requirements_environment_and_pyproject_agree():
     for name, version in deps.items():
         assert reqs[name] == version, name
     assert reqs["torch"] == "2.13.0"
+
+
+def test_make_install_takes_the_pinned_torch_from_the_cpu_index_first():
+    makefile = (ROOT / "Makefile").read_text()
+    reqs = _pins((ROOT / "requirements.txt").read_text().splitlines())
+    assert re.search(r"--index-url \$\(TORCH_CPU_INDEX\) torch==([^\s]+)", makefile)[1] == reqs["torch"]
+    assert makefile.index("$(TORCH_CPU_INDEX) torch==") < makefile.index("-r requirements.txt")  # before the rest
