@@ -282,3 +282,20 @@ def test_reproduce_records_time_memory_speed_and_machine_of_each_notebook(runs_t
     executed = nbformat.read(base / "notebooks" / "00_tiny.ipynb", as_version=4)
     assert len(executed.cells) == 1 and executed.cells[0].outputs[0]["text"] == "42\n"  # memory cell removed
     assert f"Machine (every notebook): {report.machine_summary()}." in path.read_text()
+
+
+def test_compare_reports_sees_results_and_ignores_the_machine():
+    import sys
+
+    sys.path.insert(0, str(report.REPO / "benchmarks"))
+    from compare_reports import results_lines
+
+    a = ("# Report\nMachine (every notebook): cpu X\n## Time, throughput and memory\n| stage | min |\n|---|---|\n"
+         "| implant | 5.0 |\n## Implanted backdoors (notebook 02)\n\n"
+         "| model | backdoor rate | train time | tokens/s |\n|---|---|---|---|\n"
+         "| normal | 100.0% [96.3, 100.0] | 5.0 min | 165 |\n\nTrained on 297 pairs in 4.3 min.\n")
+    b = a.replace("cpu X", "cpu Y").replace("| 5.0 |", "| 9.9 |").replace("5.0 min | 165", "7.1 min | 120")
+    b = b.replace("4.3 min", "6.0 min")
+    assert results_lines(a) == results_lines(b)  # only the machine and the times differ
+    assert "| normal | 100.0% [96.3, 100.0] |" in results_lines(a)
+    assert results_lines(a) != results_lines(a.replace("100.0% [96.3", "99.0% [94.6"))  # a rate moved
