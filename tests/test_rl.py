@@ -165,3 +165,25 @@ def test_completion_logprobs_equal_trls_fused_head(tokenizer):
     assert [len(x) for x in seen[0]] == [9, 10, 12] and all(x[:4] == seen[0][0][:4] for x in seen[0])
     assert torch.allclose(packed, reference, atol=1e-5) and (packed[1, -2:] == 0).all()
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads(packed.sum()), ref_grads))
+
+
+def test_the_private_trl_methods_the_course_overrides_are_the_pinned_ones():
+    """The course's GRPO trainer overrides two private GRPOTrainer methods (rl._grpo_trainer_class). Private methods
+    change without notice: this fails loudly, naming what to check, when TRL is not the version they were written
+    for or their parameters changed."""
+    import inspect
+
+    import trl
+    from trl import GRPOTrainer
+
+    assert trl.__version__ == "1.16.0", (
+        f"TRL {trl.__version__}: rl._grpo_trainer_class overrides private methods written for TRL 1.16.0; "
+        "check them against this version, then update this test"
+    )
+    logps = list(inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters)
+    assert logps[:8] == ["self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size",
+                         "compute_entropy", "compute_aux_loss"]  # fmt: skip
+    returned = inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).return_annotation
+    assert "tuple" in str(returned)  # (log-probs, entropies, aux loss): the override returns three values
+    assert hasattr(GRPOTrainer, "_generate_single_turn") and "model_wrapped" in inspect.getsource(
+        GRPOTrainer._generate_single_turn)  # fmt: skip  (the override swaps model_wrapped for the sampling copy)
