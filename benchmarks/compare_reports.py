@@ -30,7 +30,7 @@ def results_lines(text: str) -> list[str]:
         if skip or line.startswith(("Machine", "Hubinger et al.")):
             continue
         if line.startswith("|"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().removeprefix("|").removesuffix("|"))]
             if set("".join(cells)) <= set("-: "):  # the separator row
                 line = "|" + "|".join(c for i, c in enumerate(cells) if i not in drop) + "|"
             elif not any(ch.isdigit() for ch in cells[0]) and any(MACHINE_COLUMNS.search(c) for c in cells):
