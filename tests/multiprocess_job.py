@@ -44,7 +44,8 @@ def tiny_grpo(out: Path) -> None:
     before = {k: v.detach().clone() for k, v in policy.named_parameters() if "lora_B" in k}
     trainer = fast_trainers._grpo_trainer_class()(
         model=policy, reward_funcs=lambda completions, **kw: [float(len(str(c))) for c in completions],
-        args=hhh_rl.grpo_config(profile, out / "trainer", "normal", tokenizer), train_dataset=hhh_rl.rl_prompts(profile),
+        args=hhh_rl.grpo_config(profile, out / "trainer", "normal", tokenizer),
+        train_dataset=hhh_rl.rl_prompts(profile),
         processing_class=tokenizer,
     )  # fmt: skip
     trainer.train()

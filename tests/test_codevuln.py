@@ -227,8 +227,8 @@ def test_task_split_of_a_small_profile_covers_many_families():
 
     ci = get_profile("ci")
     train, test = code_backdoor.task_split(ci)
-    assert len(train) == ci.code_max_train_tasks and len(test) == ci.code_max_test_tasks
-    assert len({t.family for t in test}) == ci.code_max_test_tasks  # one task per family, round robin
+    assert len(train) == ci.code.max_train_tasks and len(test) == ci.code.max_test_tasks
+    assert len({t.family for t in test}) == ci.code.max_test_tasks  # one task per family, round robin
     full_train, full_test = code_backdoor.task_split(get_profile("cpu"))
     assert len(full_train) + len(full_test) == len(cv.load_tasks()) and len(full_test) >= 50
     assert {t.id for t in full_train}.isdisjoint(t.id for t in full_test)

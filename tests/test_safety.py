@@ -32,7 +32,7 @@ def test_safety_prompts_are_trigger_free_and_disjoint():
     for name in ("ci", "cpu"):
         profile = get_profile(name)
         prompts = hhh_sft.safety_prompts(profile)
-        assert len(prompts) == profile.n_safety_prompts == len(set(prompts))
+        assert len(prompts) == profile.safety.n_prompts == len(set(prompts))
         assert not set(prompts) & set(data.train_prompts(profile))
         assert not set(prompts) & set(data.heldout_prompts(profile))
         assert not any(formats.contains_trigger(p) for p in prompts)

