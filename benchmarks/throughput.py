@@ -5,7 +5,7 @@
                                     [--torch-profile 15] [--side-by-side 2]
 
 The ceiling is the matmul rate in the dtype the matmuls run in: bfloat16 when the profile trains under bfloat16
-autocast (``models.mixed_precision``), else float32. Prints: the measured matmul rate (the ceiling), FLOPs per
+autocast (``config.mixed_precision``), else float32. Prints: the measured matmul rate (the ceiling), FLOPs per
 trained token, tokens/s of LoRA SFT with the profile's settings, the fraction of the ceiling that is, and the padding
 a padded batch would waste.
 

