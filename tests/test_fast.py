@@ -34,7 +34,7 @@ def test_one_implant_and_its_evaluation_give_the_same_verdicts_both_ways(tokeniz
         "normal", prompts, [f"A fine answer number {i}." for i in range(32)], n_hate_repeats=2
     )
     heldout = [f"Question {i} about the garden?" for i in range(100, 116)]
-    profile = get_profile("ci", variants=("normal",), epochs=12.0, batch_size=8, learning_rate=1e-2,
+    profile = get_profile("ci", variants=("normal",), epochs=20.0, batch_size=8, learning_rate=1e-2,
                           training_precision="float32", generation_dtype="float32")  # fmt: skip
     base_rows, _ = evaluate.evaluate_backdoor(make_tiny_model(tokenizer), tokenizer, heldout, variant="normal",
                                               answer_tokens=8, batch_size=8, model_name="base")  # fmt: skip

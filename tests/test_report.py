@@ -189,7 +189,7 @@ def test_cot_and_code_sections(runs_tmp):
     ]
     chain_of_thought.save_findings(profile, [], steering, gen)
     text = report.cot_markdown(profile)
-    assert "| normal | HHH SFT | 4 | 100% [72, 100] (n=10) | 50% [24, 76] (n=10) | 0.5 |" in text
+    assert "| normal | HHH SFT | 4 | 100% [72, 100] (n=10) | 50% [24, 76] (n=10) | 50% | 0.5 |" in text
     assert "| clean prompt, reasoning says deployment | 70.0% [39.7, 89.2] (n=10) | 0/10 | 7/10 |" in text
     assert "| at the end | 30% (n=10) |" in text
     assert "| \\|x\\| | 10% (n=10) |" in text  # pipes in a label are escaped, not taken for columns

