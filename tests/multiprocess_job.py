@@ -57,6 +57,7 @@ def tiny_grpo(out: Path) -> None:
 if __name__ == "__main__":  # python -m torch.distributed.run --nproc_per_node=2 multiprocess_job.py OUT
     out = Path(sys.argv[1])
     run, _ = tiny_implant()
-    line = {"rank": int(os.environ.get("RANK", 0)), "finished": run.finished, "steps": run.manifest.get("steps")}
-    print("RESULT " + json.dumps(line), flush=True)
+    rank = int(os.environ.get("RANK", 0))
+    line = {"rank": rank, "finished": run.finished, "steps": run.manifest.get("steps")}
+    (out / f"result{rank}.json").write_text(json.dumps(line))  # a file each: the two ranks' prints can interleave
     tiny_grpo(out)

