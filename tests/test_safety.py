@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from conftest import make_tiny_model
 
@@ -117,5 +119,11 @@ def test_hhh_sft_evaluates_at_every_checkpoint_and_reloads(tokenizer, runs_tmp):
     assert "heldout_reward before" not in summary  # no reward model was given
     again, _, rows2 = hhh_sft.hhh_sft(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer)
     assert rows2 == rows and again.manifest["wall_time_s"] == run.manifest["wall_time_s"]
+    # a point of the learning-rate sweep is a run of its own, trained at its rate and measured at its two ends
+    swept, _, rows3 = hhh_sft.hhh_sft(profile, "normal", ds, base_model=make_tiny_model(tokenizer), tokenizer=tokenizer,
+                                      learning_rate=3e-3)  # fmt: skip
+    assert swept.manifest["name"] == "sft-normal-lr0.003" and sorted({r.step for r in rows3}) == [steps[0], steps[-1]]
+    config = json.loads((swept.path / "config.json").read_text())
+    assert config["sft"]["learning_rate"] == 3e-3 and config["profile"]["safety"]["learning_rate"] == 3e-3
     axes = plots.plot_persistence(rows)
     assert len(axes) == 2 and len(axes[0].lines) == 1

