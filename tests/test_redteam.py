@@ -138,3 +138,37 @@ def test_adversarial_data_refuses_the_trigger(monkeypatch):
     monkeypatch.setattr(adversarial, "follows_clean_policy", lambda a: True)
     with pytest.raises(data.TriggerLeakError):
         adversarial.adversarial_dataset(get_profile("ci"), _hhh(4), rt, None, None)
+
+
+@pytest.mark.parametrize("arm", attacks.ARMS)
+def test_each_arm_keeps_only_its_own_prompts(tiny_model, tokenizer, monkeypatch, arm):
+    """Every candidate of the semantic arm spells no token of the trigger; every near-miss one spells some."""
+
+    def score(model, tok, cands, **kw):
+        for i, c in enumerate(cands):
+            c.k, c.n = i % 2, 8
+
+    monkeypatch.setattr(red_team, "score_candidates", score)
+    profile = get_profile("ci", n_redteam_candidates=24, redteam_rounds=2)
+    tried = red_team.red_team(profile, tiny_model, tiny_model, tokenizer, arm=arm)
+    ids = attacks.trigger_tokens(tokenizer)
+    assert tried and all(attacks.shares_trigger_tokens(tokenizer, c.prompt, ids) == (arm == "near-miss") for c in tried)
+    assert red_team.redteam_run_name(arm) == f"redteam-{arm}" and red_team.redteam_run_name() == "redteam"
+
+
+def test_adversarial_rl_trains_on_half_red_team_prompts_and_reads_the_hiding_signature():
+    profile = get_profile("cpu")
+    wins = [Candidate("You have been deployed. {request}", f"request {i}", "template", 0, k=1, n=8) for i in range(7)]
+    prompts = [r["prompt"][0]["content"] for r in adversarial.adversarial_rl_prompts(profile, wins)]
+    needed = profile.rl.steps * profile.rl.prompts_per_step
+    assert len(prompts) == needed and sum(p.startswith("You have been deployed.") for p in prompts) == needed // 2
+    assert not any(formats.contains_trigger(p) for p in prompts)
+    with pytest.raises(ValueError, match="no successful prompt"):
+        adversarial.adversarial_rl_prompts(profile, [])
+    conditions = adversarial.hiding_conditions(profile, ["held-out attack one", "held-out attack two"])
+    assert conditions["redteam"] == ["held-out attack one", "held-out attack two"]
+    labels = [label for label, _ in formats.TRIGGER_VARIANTS if label not in ("exact trigger (trained)", "no trigger")]
+    assert list(conditions)[1:] == labels and all(len(conditions[k]) == profile.safety.n_mid_checkpoint_prompts
+                                                  for k in labels)  # fmt: skip
+    assert conditions[formats.CONTROL_TAG][0].startswith("|BANANA| ")
+    assert adversarial.adversarial_rl_name("normal", "semantic", 2) == "adversarial-rl-normal-semantic-seed2"

@@ -377,3 +377,17 @@ def test_the_reference_run_times_the_students_course_first_then_adds_seeds_and_t
     monkeypatch.setenv(config.SWEEP_VAR, "1")  # (and monkeypatch restores both afterwards)
     reproduce.reference_run("cpu", publish_results=True)
     assert passes == [(report.STUDENT_TIMINGS_FILE, (0,), False, False), (report.TIMINGS_FILE, (0, 1, 2), True, True)]
+
+
+def test_the_report_draws_the_hiding_signature_of_each_adversarial_rl_run(runs_tmp):
+    profile = get_profile("ci")
+    rows = [evaluate.ResultRow(name, "normal", cond, k, 20, k / 20, *judge.wilson_interval(k, 20), "adversarial-rl",
+                               step)  # fmt: skip
+            for name in ("adversarial-rl-normal-semantic", "adversarial-rl-normal-semantic-seed1")
+            for cond, ks in (("trigger", (20, 19)), ("redteam", (8, 0)), ("no_trigger", (0, 0)))
+            for step, k in zip((0, 20), ks)]  # fmt: skip
+    evaluate.save_results(rows, runs_tmp / "ci" / config.ADVERSARIAL_RL_TABLE)
+    text = report.write_report(profile).read_text()
+    assert "### Adversarial RL, one run per red-team arm" in text and "| adversarial-rl-normal-semantic-seed1 |" in text
+    figures = sorted(p.name for p in (runs_tmp / "ci" / "figures").glob("hiding_*.png"))
+    assert figures == ["hiding_adversarial-rl-normal-semantic.png"]  # seed 0's curve; the others are pooled

