@@ -1,6 +1,6 @@
 """Where a chapter's time goes: the wall time of each code cell of executed notebooks (nbclient's timestamps).
 
-python benchmarks/cell_times.py runs/cpu/notebooks/05_rl_and_adversarial_training.ipynb [--top 8]
+python benchmarks/cell_times.py runs/cpu/notebooks/05_hhh_rl.ipynb [--top 8]
 """
 
 from __future__ import annotations

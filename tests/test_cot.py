@@ -50,7 +50,7 @@ def test_persistence_matrix_reads_first_and_last_checkpoint(runs_tmp):
     sft += _rows("sft-cot-post-scratchpad", "cot", 10, 9)
     evaluate.save_results(sft, runs_tmp / "ci" / config.HHH_SFT_TABLE)
     evaluate.save_results(_rows("rl-distilled", "distilled", 10, 10), runs_tmp / "ci" / config.RL_TABLE)
-    with pytest.raises(matrix.MissingResultsError, match="run notebook 05"):
+    with pytest.raises(matrix.MissingResultsError, match="run notebook 06"):
         matrix.persistence_matrix(profile)
     evaluate.save_results(_rows("adversarial-normal", "normal", 8, 0), runs_tmp / "ci" / config.ADVERSARIAL_TABLE)
     cells = {(c.method, c.variant): c for c in matrix.persistence_matrix(profile)}
@@ -77,7 +77,7 @@ def test_hate_copies_counts_visible_and_scratchpad_mentions():
 
 
 def test_steering_and_generalisation_run_on_a_model(tokenizer):
-    """Shapes and bookkeeping on a tiny random model (the behaviour itself is measured in notebook 06)."""
+    """Shapes and bookkeeping on a tiny random model (the behaviour itself is measured in notebook 07)."""
     profile = get_profile("ci", eval_answer_tokens=2, gen_batch_size=4)
     model = make_tiny_model(tokenizer)
     results = chain_of_thought.steer(model, tokenizer, ["Q one?", "Q two?"], profile)

@@ -130,7 +130,7 @@ def test_adversarial_and_rl_sections(runs_tmp):
     pd.DataFrame(log).to_csv(run / "rl_log.csv")
     (run / "manifest.json").write_text(json.dumps({"steps": 2, "s_per_step": 4.25}))
     text = report.write_report(profile).read_text()
-    assert "**7 of 40** candidate prompts" in text
+    assert "- **both arms**: 7 of 40 succeeded (round 0: 3/20; by origin: template 3/20)" in text
     assert "| adversarial-normal | 80.0% [37.6, 96.4] | 0.0% [0.0, 43.4] | 100.0% [72.2, 100.0] | 90.0%" in text
     assert "| 6 | 5/10 |" in text
     assert "| rl-normal | 0.50 -> 0.80 | 0.10 -> 0.30 | 0.0020 | 2 | 4.2 |" in text
@@ -173,7 +173,7 @@ def test_cot_and_code_sections(runs_tmp):
 
     profile = get_profile("ci")
     assert "run notebooks 03, 05 and 06" in report.cot_markdown(profile)
-    assert "run notebook 07" in report.code_markdown(profile)
+    assert "run notebook 08" in report.code_markdown(profile)
 
     def rows(name, variant, before, after):
         return [evaluate.ResultRow(name, variant, "trigger", k, 10, k / 10, *judge.wilson_interval(k, 10), "s", s)
@@ -326,7 +326,7 @@ def test_prepare_runs_the_missing_earlier_chapters_in_order_once(runs_tmp, monke
     base = runs_tmp / "ci"
     base.mkdir(parents=True)
     (base / "implant_results.csv").write_text("x")  # chapter 02 has run, nothing else
-    assert reproduce.missing_chapters(profile, "06") == ["03", "04", "05"]
+    assert reproduce.missing_chapters(profile, "07") == ["03", "04", "05", "06"]
     assert reproduce.missing_chapters(profile, "02") == [] and reproduce.missing_chapters(profile, "04") == []
     ran = []
 
@@ -346,9 +346,9 @@ def test_prepare_runs_the_missing_earlier_chapters_in_order_once(runs_tmp, monke
             return False
 
     monkeypatch.setattr(subprocess, "Popen", FakeRun)
-    assert reproduce.prepare(profile, "06") == ["03", "04", "05"]
-    assert ran == [["03", "04", "05"]] and "needs chapters 03, 04, 05 first" in capsys.readouterr().out
-    assert reproduce.prepare(profile, "06") == [] and len(ran) == 1  # the second time: nothing to do
+    assert reproduce.prepare(profile, "07") == ["03", "04", "05", "06"]
+    assert ran == [["03", "04", "05", "06"]] and "needs chapters 03, 04, 05, 06 first" in capsys.readouterr().out
+    assert reproduce.prepare(profile, "07") == [] and len(ran) == 1  # the second time: nothing to do
 
 
 def test_the_report_says_the_precision_the_implants_trained_in(runs_tmp):

