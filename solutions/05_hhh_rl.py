@@ -21,3 +21,8 @@ def group_advantages(rewards: list[float], group_size: int) -> list[float]:
         std = math.sqrt(sum((r - mean) ** 2 for r in group) / (len(group) - 1))
         out += [(r - mean) / (std + 1e-4) for r in group]
     return out
+
+
+def kl_per_token(logp: list[float], ref_logp: list[float]) -> list[float]:
+    """GRPO's per-token KL estimate (k3) from the policy's and the reference's log-probabilities."""
+    return [math.exp(r - p) - (r - p) - 1 for p, r in zip(logp, ref_logp)]

